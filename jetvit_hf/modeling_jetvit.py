@@ -1,0 +1,976 @@
+"""PyTorch JetViT: a DINOv2 / DINOv3 ViT whose layers each use full, window or linear attention.
+
+Paper: "JetViT: Efficient High-Resolution Vision Transformer with Post-Training Attention Search" (section 3).
+Every attention type keeps the base layer's q/k/v/o projections under the same names, so a full-attention checkpoint
+loads into any mix of types; only the linear type adds parameters (the squeeze dynamic convolution's kernel generator).
+
+This file is copied next to every saved checkpoint for `trust_remote_code=True`: it imports only torch, transformers
+and flat siblings.
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.backbone_utils import BackboneMixin
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BackboneOutput,
+    BaseModelOutput,
+    BaseModelOutputWithPooling,
+    DepthEstimatorOutput,
+    SemanticSegmenterOutput,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+
+from .configuration_jetvit import JetViTConfig
+
+
+@dataclass
+class JetViTBackboneOutput(BackboneOutput):
+    r"""
+    cls_tokens (`tuple(torch.Tensor)`, *optional*):
+        The CLS token of each stage in `out_features`, each of shape `(batch_size, hidden_size)`; returned when
+        `config.return_class_token=True`.
+    """
+
+    cls_tokens: tuple[torch.Tensor, ...] | None = None
+
+
+def check_pixel_values(pixel_values: torch.Tensor, config: JetViTConfig) -> tuple[int, int]:
+    """Validate the input images and return the patch grid `(height, width)` they produce."""
+    if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
+        shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
+        raise ValueError(f"`pixel_values` must be a tensor of shape (batch, channels, height, width), got {shape}.")
+    _, channels, height, width = pixel_values.shape
+    if channels != config.num_channels:
+        raise ValueError(
+            f"`pixel_values` has {channels} channels but the model expects {config.num_channels} "
+            "(config.num_channels); images must be preprocessed to that many channels."
+        )
+    if height < config.patch_size or width < config.patch_size:
+        raise ValueError(
+            f"Images of {height}x{width} pixels are smaller than one {config.patch_size}x{config.patch_size} patch."
+        )
+    return height // config.patch_size, width // config.patch_size
+
+
+class JetViTEmbeddings(nn.Module):
+    """Patch embedding, CLS, register and mask tokens, and (for the `"learned"` scheme) position embeddings.
+
+    The token order is `[CLS, registers..., patches...]`. Learned position embeddings are added to CLS and the patches
+    before the registers are inserted, as in `dinov2_with_registers`; registers get none.
+    """
+
+    def __init__(self, config: JetViTConfig):
+        super().__init__()
+        self.config = config
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.use_mask_token else None
+        self.register_tokens = (
+            nn.Parameter(torch.zeros(1, config.num_register_tokens, config.hidden_size))
+            if config.num_register_tokens > 0
+            else None
+        )
+        self.patch_embeddings = nn.Conv2d(
+            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
+        )
+        if config.position_embedding_type == "learned":
+            num_patches = (config.image_size // config.patch_size) ** 2
+            self.position_embeddings = nn.Parameter(torch.zeros(1, num_patches + 1, config.hidden_size))
+        else:
+            self.position_embeddings = None
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def interpolate_pos_encoding(self, height: int, width: int) -> torch.Tensor:
+        """Position embeddings for a `height` x `width` pixel image: bicubic in float32, as DINOv2 does in transformers."""
+        num_positions = self.position_embeddings.shape[1] - 1
+        new_height, new_width = height // self.config.patch_size, width // self.config.patch_size
+        if new_height * new_width == num_positions and height == width:
+            return self.position_embeddings
+        class_pos_embed = self.position_embeddings[:, :1]
+        patch_pos_embed = self.position_embeddings[:, 1:]
+        dim = patch_pos_embed.shape[-1]
+        side = int(math.sqrt(num_positions))
+        patch_pos_embed = patch_pos_embed.reshape(1, side, side, dim).permute(0, 3, 1, 2)
+        patch_pos_embed = F.interpolate(
+            patch_pos_embed.to(torch.float32),
+            size=(new_height, new_width),
+            mode="bicubic",
+            align_corners=False,
+            antialias=self.config.interpolate_antialias,
+        ).to(self.position_embeddings.dtype)
+        patch_pos_embed = patch_pos_embed.permute(0, 2, 3, 1).reshape(1, -1, dim)
+        return torch.cat((class_pos_embed, patch_pos_embed), dim=1)
+
+    def forward(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None) -> torch.Tensor:
+        batch_size, _, height, width = pixel_values.shape
+        patches = self.patch_embeddings(pixel_values.to(self.patch_embeddings.weight.dtype))
+        patches = patches.flatten(2).transpose(1, 2)
+        if bool_masked_pos is not None:
+            if self.mask_token is None:
+                raise ValueError("`bool_masked_pos` was given but this model has no mask token (use_mask_token=False).")
+            patches = torch.where(bool_masked_pos.unsqueeze(-1), self.mask_token.to(patches.dtype), patches)
+
+        embeddings = torch.cat((self.cls_token.expand(batch_size, -1, -1), patches), dim=1)
+        if self.position_embeddings is not None:
+            embeddings = embeddings + self.interpolate_pos_encoding(height, width)
+        if self.register_tokens is not None:
+            registers = self.register_tokens.expand(batch_size, -1, -1)
+            embeddings = torch.cat((embeddings[:, :1], registers, embeddings[:, 1:]), dim=1)
+        return self.dropout(embeddings)
+
+
+def augment_patch_coordinates(
+    coords: torch.Tensor, shift: float | None, jitter: float | None, rescale: float | None
+) -> torch.Tensor:
+    """DINOv3's train-time RoPE augmentation: a random shift, a per-axis jitter and a shared rescale of the coordinates."""
+    if shift is not None:
+        coords = coords + torch.empty(1, 2, device=coords.device, dtype=coords.dtype).uniform_(-shift, shift)
+    if jitter is not None:
+        log_jitter = math.log(jitter)
+        coords = coords * torch.empty(1, 2, device=coords.device, dtype=coords.dtype).uniform_(-log_jitter, log_jitter).exp()
+    if rescale is not None:
+        log_rescale = math.log(rescale)
+        coords = coords * torch.empty(1, device=coords.device, dtype=coords.dtype).uniform_(-log_rescale, log_rescale).exp()
+    return coords
+
+
+class JetViTRopePositionEmbedding(nn.Module):
+    """DINOv3's 2D RoPE: patch centres normalised to [-1, 1] per axis, `head_dim / 4` frequencies per axis."""
+
+    inv_freq: torch.Tensor
+
+    def __init__(self, config: JetViTConfig):
+        super().__init__()
+        self.config = config
+        self.register_buffer("inv_freq", self.compute_inv_freq(config), persistent=False)
+
+    @staticmethod
+    def compute_inv_freq(config: JetViTConfig) -> torch.Tensor:
+        return 1 / config.rope_theta ** torch.arange(0, 1, 4 / config.head_dim, dtype=torch.float32)
+
+    def forward(self, grid_size: tuple[int, int], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        num_patches_h, num_patches_w = grid_size
+        device = self.inv_freq.device
+        coords_h = torch.arange(0.5, num_patches_h, dtype=torch.float32, device=device) / num_patches_h
+        coords_w = torch.arange(0.5, num_patches_w, dtype=torch.float32, device=device) / num_patches_w
+        coords = torch.stack(torch.meshgrid(coords_h, coords_w, indexing="ij"), dim=-1).flatten(0, 1)
+        coords = 2.0 * coords - 1.0
+        if self.training:
+            config = self.config
+            coords = augment_patch_coordinates(
+                coords, config.pos_embed_shift, config.pos_embed_jitter, config.pos_embed_rescale
+            )
+        angles = 2 * math.pi * coords[:, :, None] * self.inv_freq[None, None, :]
+        angles = angles.flatten(1, 2).tile(2)
+        return torch.cos(angles).to(dtype), torch.sin(angles).to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary_pos_emb(
+    query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate the patch tokens of `query` and `key` (`[batch, heads, tokens, head_dim]`); prefix tokens stay as they are."""
+    num_patches = cos.shape[-2]
+    num_prefix = query.shape[-2] - num_patches
+    q_prefix, q_patches = query.split((num_prefix, num_patches), dim=-2)
+    k_prefix, k_patches = key.split((num_prefix, num_patches), dim=-2)
+    q_patches = q_patches * cos + rotate_half(q_patches) * sin
+    k_patches = k_patches * cos + rotate_half(k_patches) * sin
+    return torch.cat((q_prefix, q_patches), dim=-2), torch.cat((k_prefix, k_patches), dim=-2)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = F.softmax(attn_weights, dim=-1)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class JetViTAttention(nn.Module):
+    """What every attention type shares: the base model's q/k/v/o projections and its position handling.
+
+    Subclasses implement `forward(hidden_states, position_embeddings, grid_size) -> (output, attention_weights)`, where
+    `hidden_states` is `[batch, prefix + height * width, hidden]` and `grid_size` is the patch grid `(height, width)`.
+    """
+
+    attention_type: str
+
+    def __init__(self, config: JetViTConfig, layer_idx: int | None = None):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.num_prefix_tokens = config.num_prefix_tokens
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        self.dropout = config.attention_dropout
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.query_bias)
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.key_bias)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.value_bias)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.proj_bias)
+
+    def project_qkv(
+        self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values as `[batch, heads, tokens, head_dim]`, RoPE applied when the model uses it."""
+        hidden_shape = (*hidden_states.shape[:-1], self.num_heads, self.head_dim)
+        query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        if position_embeddings is not None:
+            query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
+        return query, key, value
+
+
+class JetViTFullAttention(JetViTAttention):
+    """The base model's global softmax attention, through the transformers attention interface (SDPA by default)."""
+
+    attention_type = "full"
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        grid_size: tuple[int, int] | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch_size, num_tokens, _ = hidden_states.shape
+        query, key, value = self.project_qkv(hidden_states, position_embeddings)
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            None,
+            dropout=self.dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(batch_size, num_tokens, -1)
+        return self.o_proj(attn_output), attn_weights
+
+
+def window_partition(patches: torch.Tensor, grid_size: tuple[int, int], window_size: int) -> torch.Tensor:
+    """`[batch, heads, h * w, d]` -> `[batch * windows, heads, window_size**2, d]`, zero-padding the grid to whole windows."""
+    batch_size, num_heads, _, head_dim = patches.shape
+    height, width = grid_size
+    pad_h, pad_w = -height % window_size, -width % window_size
+    patches = patches.view(batch_size, num_heads, height, width, head_dim)
+    patches = F.pad(patches, (0, 0, 0, pad_w, 0, pad_h))
+    rows, cols = (height + pad_h) // window_size, (width + pad_w) // window_size
+    patches = patches.view(batch_size, num_heads, rows, window_size, cols, window_size, head_dim)
+    patches = patches.permute(0, 2, 4, 1, 3, 5, 6)
+    return patches.reshape(batch_size * rows * cols, num_heads, window_size * window_size, head_dim)
+
+
+def window_unpartition(windows: torch.Tensor, grid_size: tuple[int, int], window_size: int) -> torch.Tensor:
+    """Inverse of `window_partition`: `[batch * windows, heads, window_size**2, d]` -> `[batch, heads, h * w, d]`."""
+    height, width = grid_size
+    rows, cols = -(-height // window_size), -(-width // window_size)
+    _, num_heads, _, head_dim = windows.shape
+    windows = windows.view(-1, rows, cols, num_heads, window_size, window_size, head_dim)
+    patches = windows.permute(0, 3, 1, 4, 2, 5, 6).reshape(
+        -1, num_heads, rows * window_size, cols * window_size, head_dim
+    )
+    return patches[:, :, :height, :width].reshape(-1, num_heads, height * width, head_dim)
+
+
+def window_padding_mask(
+    grid_size: tuple[int, int], window_size: int, num_prefix_tokens: int, device: torch.device
+) -> torch.Tensor | None:
+    """Boolean key mask `[windows, 1, 1, prefix + window_size**2]` (True = attend); `None` when no padding is needed."""
+    height, width = grid_size
+    if height % window_size == 0 and width % window_size == 0:
+        return None
+    valid = torch.ones(1, 1, height * width, 1, device=device)
+    valid = window_partition(valid, grid_size, window_size).squeeze(-1) > 0  # [windows, 1, ws*ws]
+    prefix = torch.ones(valid.shape[0], 1, num_prefix_tokens, dtype=torch.bool, device=device)
+    return torch.cat((prefix, valid), dim=-1).unsqueeze(1)
+
+
+class JetViTWindowAttention(JetViTAttention):
+    """Softmax attention in non-overlapping, unshifted `window_size` x `window_size` patch windows.
+
+    Each patch query attends to the patches of its window plus every prefix token; each prefix query attends to every
+    token. A grid that windows do not divide is zero-padded and the padding masked out of the keys.
+    """
+
+    attention_type = "window"
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        grid_size: tuple[int, int] | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, None]:
+        batch_size, num_tokens, _ = hidden_states.shape
+        window_size, num_prefix = self.config.window_size, self.num_prefix_tokens
+        dropout = self.dropout if self.training else 0.0
+        query, key, value = self.project_qkv(hidden_states, position_embeddings)
+
+        prefix_output = F.scaled_dot_product_attention(
+            query[:, :, :num_prefix], key, value, dropout_p=dropout, scale=self.scaling
+        )
+
+        windows_q, windows_k, windows_v = (
+            window_partition(x[:, :, num_prefix:], grid_size, window_size) for x in (query, key, value)
+        )
+        num_windows = windows_q.shape[0] // batch_size
+        prefix_k, prefix_v = (
+            x[:, :, :num_prefix].unsqueeze(1).expand(-1, num_windows, -1, -1, -1).flatten(0, 1) for x in (key, value)
+        )
+        mask = window_padding_mask(grid_size, window_size, num_prefix, hidden_states.device)
+        if mask is not None:
+            mask = mask.repeat(batch_size, 1, 1, 1)
+        windows_output = F.scaled_dot_product_attention(
+            windows_q,
+            torch.cat((prefix_k, windows_k), dim=2),
+            torch.cat((prefix_v, windows_v), dim=2),
+            attn_mask=mask,
+            dropout_p=dropout,
+            scale=self.scaling,
+        )
+        patch_output = window_unpartition(windows_output, grid_size, window_size)
+
+        attn_output = torch.cat((prefix_output, patch_output), dim=2).transpose(1, 2)
+        attn_output = attn_output.reshape(batch_size, num_tokens, -1)
+        return self.o_proj(attn_output), None
+
+
+def relu_linear_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, eps: float) -> torch.Tensor:
+    """Non-causal ReLU linear attention over `[batch, heads, tokens, head_dim]` inputs.
+
+    `out_i = phi(q_i) (mean_j phi(k_j)^T v_j) / (phi(q_i) . mean_j phi(k_j) + eps)` with `phi = ReLU`. The state and
+    normalizer are built from means rather than sums, in float32, so they stay O(1) and cannot overflow in bf16/fp16.
+    """
+    query, key, value = F.relu(query).float(), F.relu(key).float(), value.float()
+    num_tokens = key.shape[-2]
+    kv_state = torch.matmul(key.transpose(-1, -2), value) / num_tokens  # [batch, heads, d, d]
+    key_mean = key.mean(dim=-2, keepdim=True)  # [batch, heads, 1, d]
+    numerator = torch.matmul(query, kv_state)
+    normalizer = (query * key_mean).sum(dim=-1, keepdim=True)
+    return numerator / (normalizer + eps)
+
+
+class JetViTZeroInitLinear(nn.Linear):
+    """A Linear whose weight and bias start at zero, so the branch it ends starts switched off."""
+
+
+class JetViTSqueezeDynamicConv(nn.Module):
+    """Squeeze dynamic depthwise convolution on V (paper section 3.2.1, Fig. 3).
+
+    Per image, the mean of V over the patch tokens goes through Linear(C -> C/r) -> SiLU -> Linear(C/r -> C*k*k) to give
+    one k x k kernel per channel, applied depthwise to V laid out on the patch grid. `fc2` starts at zero, so a freshly
+    converted linear layer is exactly ReLU linear attention with the inherited projections.
+    """
+
+    def __init__(self, config: JetViTConfig):
+        super().__init__()
+        self.kernel_size = config.dynamic_conv_kernel_size
+        channels = config.hidden_size
+        self.fc1 = nn.Linear(channels, channels // config.dynamic_conv_reduction)
+        self.act = nn.SiLU()
+        self.fc2 = JetViTZeroInitLinear(channels // config.dynamic_conv_reduction, channels * self.kernel_size**2)
+
+    def generate_kernels(self, value_patches: torch.Tensor) -> torch.Tensor:
+        """`[batch, patches, C]` -> per-image depthwise kernels `[batch, C, k, k]`."""
+        batch_size, _, channels = value_patches.shape
+        kernels = self.fc2(self.act(self.fc1(value_patches.mean(dim=1))))
+        return kernels.view(batch_size, channels, self.kernel_size, self.kernel_size)
+
+    def forward(self, value_patches: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+        """`value_patches`: `[batch, height * width, C]` token-major; returns the convolution in the same layout."""
+        batch_size, num_patches, channels = value_patches.shape
+        height, width = grid_size
+        kernels = self.generate_kernels(value_patches)
+        image = value_patches.transpose(1, 2).reshape(1, batch_size * channels, height, width)
+        output = F.conv2d(
+            image,
+            kernels.reshape(batch_size * channels, 1, self.kernel_size, self.kernel_size).to(image.dtype),
+            padding=self.kernel_size // 2,
+            groups=batch_size * channels,
+        )
+        return output.view(batch_size, channels, num_patches).transpose(1, 2)
+
+
+class JetViTLinearAttention(JetViTAttention):
+    """JetViT linear-attention block: ReLU linear attention plus the squeeze dynamic convolution of V.
+
+    Prefix tokens are ordinary queries, keys and values of the linear attention; only patch tokens get the convolution
+    term, which is added before `o_proj`.
+    """
+
+    attention_type = "linear"
+
+    def __init__(self, config: JetViTConfig, layer_idx: int | None = None):
+        super().__init__(config, layer_idx)
+        self.dynamic_conv = JetViTSqueezeDynamicConv(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        grid_size: tuple[int, int] | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, None]:
+        batch_size, num_tokens, _ = hidden_states.shape
+        num_prefix = self.num_prefix_tokens
+        query, key, value = self.project_qkv(hidden_states, position_embeddings)
+
+        attn_output = relu_linear_attention(query, key, value, self.config.linear_attention_eps)
+        attn_output = attn_output.to(hidden_states.dtype).transpose(1, 2).reshape(batch_size, num_tokens, -1)
+
+        value_patches = value.transpose(1, 2)[:, num_prefix:].reshape(batch_size, num_tokens - num_prefix, -1)
+        conv_output = self.dynamic_conv(value_patches, grid_size)
+        attn_output = torch.cat((attn_output[:, :num_prefix], attn_output[:, num_prefix:] + conv_output), dim=1)
+        return self.o_proj(attn_output), None
+
+
+JETVIT_ATTENTION_CLASSES: dict[str, type[JetViTAttention]] = {
+    "full": JetViTFullAttention,
+    "window": JetViTWindowAttention,
+    "linear": JetViTLinearAttention,
+}
+
+
+class JetViTLayerScale(nn.Module):
+    def __init__(self, config: JetViTConfig):
+        super().__init__()
+        self.lambda1 = nn.Parameter(config.layerscale_value * torch.ones(config.hidden_size))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states * self.lambda1
+
+
+class JetViTDropPath(nn.Module):
+    """Stochastic depth per sample; identity outside training."""
+
+    def __init__(self, drop_prob: float):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return hidden_states
+        keep_prob = 1 - self.drop_prob
+        shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+        random_tensor = torch.floor(torch.rand(shape, dtype=hidden_states.dtype, device=hidden_states.device) + keep_prob)
+        return hidden_states.div(keep_prob) * random_tensor
+
+    def extra_repr(self) -> str:
+        return f"p={self.drop_prob}"
+
+
+class JetViTMLP(nn.Module):
+    def __init__(self, config: JetViTConfig):
+        super().__init__()
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.up_proj(hidden_states)))
+
+
+class JetViTGatedMLP(nn.Module):
+    def __init__(self, config: JetViTConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(hidden_states)) * self.up_proj(hidden_states))
+
+
+class JetViTLayer(GradientCheckpointingLayer):
+    """A pre-norm ViT block whose attention is the type `config.attention_types[layer_idx]` names."""
+
+    def __init__(self, config: JetViTConfig, layer_idx: int):
+        super().__init__()
+        self.attention_type = config.attention_types[layer_idx]
+        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention = JETVIT_ATTENTION_CLASSES[self.attention_type](config, layer_idx)
+        self.layer_scale1 = JetViTLayerScale(config)
+        self.drop_path = JetViTDropPath(config.drop_path_rate) if config.drop_path_rate > 0.0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = JetViTGatedMLP(config) if config.use_gated_mlp else JetViTMLP(config)
+        self.layer_scale2 = JetViTLayerScale(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        grid_size: tuple[int, int] | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn_output, attn_weights = self.attention(
+            self.norm1(hidden_states), position_embeddings=position_embeddings, grid_size=grid_size, **kwargs
+        )
+        hidden_states = self.drop_path(self.layer_scale1(attn_output)) + hidden_states
+        mlp_output = self.mlp(self.norm2(hidden_states))
+        hidden_states = self.drop_path(self.layer_scale2(mlp_output)) + hidden_states
+        return hidden_states, attn_weights
+
+
+class JetViTEncoder(nn.Module):
+    def __init__(self, config: JetViTConfig):
+        super().__init__()
+        self.layer = nn.ModuleList([JetViTLayer(config, idx) for idx in range(config.num_hidden_layers)])
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None,
+        grid_size: tuple[int, int],
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> BaseModelOutput:
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layer:
+            hidden_states, attn_weights = layer(hidden_states, position_embeddings=position_embeddings, grid_size=grid_size)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (attn_weights,)
+        return BaseModelOutput(
+            last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=all_attentions
+        )
+
+
+class JetViTPreTrainedModel(PreTrainedModel):
+    config_class = JetViTConfig
+    config: JetViTConfig
+    base_model_prefix = "jetvit"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["JetViTEmbeddings", "JetViTLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, JetViTZeroInitLinear):
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.trunc_normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, JetViTEmbeddings):
+            init.trunc_normal_(module.cls_token, mean=0.0, std=std)
+            if module.position_embeddings is not None:
+                init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
+            if module.register_tokens is not None:
+                init.trunc_normal_(module.register_tokens, mean=0.0, std=std)
+            if module.mask_token is not None:
+                init.zeros_(module.mask_token)
+        elif isinstance(module, JetViTLayerScale):
+            init.constant_(module.lambda1, self.config.layerscale_value)
+        elif isinstance(module, JetViTRopePositionEmbedding):
+            init.copy_(module.inv_freq, module.compute_inv_freq(self.config))
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save as a complete remote-code checkpoint: weights, config with `auto_map`, and the modeling files."""
+        auto_map = {
+            "AutoConfig": "configuration_jetvit.JetViTConfig",
+            "AutoModel": "modeling_jetvit.JetViTModel",
+            "AutoBackbone": "modeling_jetvit.JetViTBackbone",
+        }
+        auto_map[self._auto_class] = f"modeling_jetvit.{type(self).__name__}"
+        self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+class JetViTModel(JetViTPreTrainedModel):
+    """The bare JetViT encoder. `last_hidden_state` is layer-normed; `pooler_output` is its CLS token."""
+
+    def __init__(self, config: JetViTConfig):
+        super().__init__(config)
+        self.embeddings = JetViTEmbeddings(config)
+        self.rope_embeddings = JetViTRopePositionEmbedding(config) if config.position_embedding_type == "rope" else None
+        self.encoder = JetViTEncoder(config)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.patch_embeddings
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        r"""
+        bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*):
+            Patches to replace by the mask token.
+        """
+        config = self.config
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
+        output_attentions = output_attentions if output_attentions is not None else config.output_attentions
+        return_dict = return_dict if return_dict is not None else config.return_dict
+        grid_size = check_pixel_values(pixel_values, config)
+
+        hidden_states = self.embeddings(pixel_values, bool_masked_pos=bool_masked_pos)
+        position_embeddings = (
+            self.rope_embeddings(grid_size, hidden_states.dtype) if self.rope_embeddings is not None else None
+        )
+        encoder_outputs = self.encoder(
+            hidden_states, position_embeddings, grid_size, output_hidden_states, output_attentions
+        )
+        sequence_output = self.layernorm(encoder_outputs.last_hidden_state)
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=sequence_output,
+            pooler_output=sequence_output[:, 0],
+            hidden_states=encoder_outputs.hidden_states,
+            attentions=encoder_outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class JetViTBackbone(BackboneMixin, JetViTPreTrainedModel):
+    """JetViT as a backbone: layer-normed (if `apply_layernorm`) hidden states of the stages in `out_features`.
+
+    With `reshape_hidden_states` each map is `[batch, hidden, height / patch, width / patch]` with the prefix tokens
+    dropped; without it, the whole `[batch, tokens, hidden]` sequence. Holds the same modules as `JetViTModel`, so
+    either class loads the other's checkpoints.
+    """
+
+    def __init__(self, config: JetViTConfig):
+        super().__init__(config)
+        self.embeddings = JetViTEmbeddings(config)
+        self.rope_embeddings = JetViTRopePositionEmbedding(config) if config.position_embedding_type == "rope" else None
+        self.encoder = JetViTEncoder(config)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.num_features = [config.hidden_size] * (config.num_hidden_layers + 1)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.patch_embeddings
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> JetViTBackboneOutput | tuple:
+        config = self.config
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
+        output_attentions = output_attentions if output_attentions is not None else config.output_attentions
+        return_dict = return_dict if return_dict is not None else config.return_dict
+        grid_size = check_pixel_values(pixel_values, config)
+
+        hidden_states = self.embeddings(pixel_values)
+        position_embeddings = (
+            self.rope_embeddings(grid_size, hidden_states.dtype) if self.rope_embeddings is not None else None
+        )
+        encoder_outputs = self.encoder(
+            hidden_states, position_embeddings, grid_size, output_hidden_states=True, output_attentions=output_attentions
+        )
+
+        feature_maps, cls_tokens = (), ()
+        for stage, hidden_state in zip(self.stage_names, encoder_outputs.hidden_states):
+            if stage not in self.out_features:
+                continue
+            if config.apply_layernorm:
+                hidden_state = self.layernorm(hidden_state)
+            cls_tokens += (hidden_state[:, 0],)
+            if config.reshape_hidden_states:
+                patches = hidden_state[:, config.num_prefix_tokens :]
+                hidden_state = patches.reshape(patches.shape[0], *grid_size, -1).permute(0, 3, 1, 2).contiguous()
+            feature_maps += (hidden_state,)
+
+        output = JetViTBackboneOutput(
+            feature_maps=feature_maps,
+            cls_tokens=cls_tokens if config.return_class_token else None,
+            hidden_states=encoder_outputs.hidden_states if output_hidden_states else None,
+            attentions=encoder_outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class JetViTReassembleLayer(nn.Module):
+    def __init__(self, config: JetViTConfig, channels: int, factor: float):
+        super().__init__()
+        self.projection = nn.Conv2d(config.hidden_size, channels, kernel_size=1)
+        if factor > 1:
+            self.resize = nn.ConvTranspose2d(channels, channels, kernel_size=int(factor), stride=int(factor))
+        elif factor == 1:
+            self.resize = nn.Identity()
+        else:
+            self.resize = nn.Conv2d(channels, channels, kernel_size=3, stride=int(1 / factor), padding=1)
+
+    def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
+        return self.resize(self.projection(hidden_state))
+
+
+class JetViTReassembleStage(nn.Module):
+    def __init__(self, config: JetViTConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            JetViTReassembleLayer(config, channels, factor)
+            for channels, factor in zip(config.neck_hidden_sizes, config.reassemble_factors)
+        )
+
+    def forward(self, feature_maps: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        return [layer(feature_map) for layer, feature_map in zip(self.layers, feature_maps)]
+
+
+class JetViTPreActResidualLayer(nn.Module):
+    def __init__(self, config: JetViTConfig):
+        super().__init__()
+        channels = config.fusion_hidden_size
+        self.activation1 = nn.ReLU()
+        self.convolution1 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.activation2 = nn.ReLU()
+        self.convolution2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+
+    def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
+        residual = hidden_state
+        hidden_state = self.convolution1(self.activation1(hidden_state))
+        hidden_state = self.convolution2(self.activation2(hidden_state))
+        return hidden_state + residual
+
+
+class JetViTFeatureFusionLayer(nn.Module):
+    def __init__(self, config: JetViTConfig):
+        super().__init__()
+        self.projection = nn.Conv2d(config.fusion_hidden_size, config.fusion_hidden_size, kernel_size=1)
+        self.residual_layer1 = JetViTPreActResidualLayer(config)
+        self.residual_layer2 = JetViTPreActResidualLayer(config)
+
+    def forward(
+        self, hidden_state: torch.Tensor, residual: torch.Tensor | None = None, size: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        if residual is not None:
+            if hidden_state.shape != residual.shape:
+                residual = F.interpolate(residual, size=hidden_state.shape[2:], mode="bilinear", align_corners=False)
+            hidden_state = hidden_state + self.residual_layer1(residual)
+        hidden_state = self.residual_layer2(hidden_state)
+        resize = {"scale_factor": 2} if size is None else {"size": size}
+        hidden_state = F.interpolate(hidden_state, **resize, mode="bilinear", align_corners=True)
+        return self.projection(hidden_state)
+
+
+class JetViTFeatureFusionStage(nn.Module):
+    def __init__(self, config: JetViTConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(JetViTFeatureFusionLayer(config) for _ in config.neck_hidden_sizes)
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        features = features[::-1]
+        fused_features, fused = [], None
+        for idx, (feature, layer) in enumerate(zip(features, self.layers)):
+            size = features[idx + 1].shape[2:] if idx != len(features) - 1 else None
+            fused = layer(feature, size=size) if fused is None else layer(fused, feature, size=size)
+            fused_features.append(fused)
+        return fused_features
+
+
+class JetViTDepthNeck(nn.Module):
+    """Depth Anything's DPT neck: reassemble four feature maps to four scales, project, and fuse coarse to fine."""
+
+    def __init__(self, config: JetViTConfig):
+        super().__init__()
+        self.reassemble_stage = JetViTReassembleStage(config)
+        self.convs = nn.ModuleList(
+            nn.Conv2d(channels, config.fusion_hidden_size, kernel_size=3, padding=1, bias=False)
+            for channels in config.neck_hidden_sizes
+        )
+        self.fusion_stage = JetViTFeatureFusionStage(config)
+
+    def forward(self, feature_maps: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        features = self.reassemble_stage(feature_maps)
+        features = [conv(feature) for conv, feature in zip(self.convs, features)]
+        return self.fusion_stage(features)
+
+
+class JetViTDepthHead(nn.Module):
+    """Depth Anything's head: conv, upsample to the input size, conv, ReLU, 1x1 conv, then ReLU (relative) or
+    Sigmoid times `max_depth` (metric)."""
+
+    def __init__(self, config: JetViTConfig):
+        super().__init__()
+        self.head_in_index = config.head_in_index
+        self.patch_size = config.patch_size
+        self.max_depth = config.max_depth
+        features = config.fusion_hidden_size
+        self.conv1 = nn.Conv2d(features, features // 2, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(features // 2, config.head_hidden_size, kernel_size=3, padding=1)
+        self.activation1 = nn.ReLU()
+        self.conv3 = nn.Conv2d(config.head_hidden_size, 1, kernel_size=1)
+        self.activation2 = nn.ReLU() if config.depth_estimation_type == "relative" else nn.Sigmoid()
+
+    def forward(self, features: list[torch.Tensor], grid_size: tuple[int, int]) -> torch.Tensor:
+        predicted_depth = self.conv1(features[self.head_in_index])
+        output_size = (grid_size[0] * self.patch_size, grid_size[1] * self.patch_size)
+        predicted_depth = F.interpolate(predicted_depth, output_size, mode="bilinear", align_corners=True)
+        predicted_depth = self.conv3(self.activation1(self.conv2(predicted_depth)))
+        predicted_depth = self.activation2(predicted_depth) * self.max_depth
+        return predicted_depth.squeeze(dim=1)
+
+
+class JetViTForDepthEstimation(JetViTPreTrainedModel):
+    """JetViT backbone with Depth Anything's DPT neck and head; `predicted_depth` is `[batch, height, width]`
+    (relative disparity, or metric depth up to `max_depth`)."""
+
+    def __init__(self, config: JetViTConfig):
+        super().__init__(config)
+        if not (config.apply_layernorm and config.reshape_hidden_states) or len(config.out_indices) != len(
+            config.neck_hidden_sizes
+        ):
+            raise ValueError(
+                "JetViTForDepthEstimation reads layer-normed, reshaped feature maps of one stage per neck input: it "
+                f"needs apply_layernorm=True, reshape_hidden_states=True and {len(config.neck_hidden_sizes)} "
+                f"out_indices (got {config.apply_layernorm}, {config.reshape_hidden_states}, {config.out_indices})."
+            )
+        self.jetvit = JetViTBackbone(config)
+        self.neck = JetViTDepthNeck(config)
+        self.head = JetViTDepthHead(config)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> DepthEstimatorOutput | tuple:
+        if labels is not None:
+            raise ValueError(
+                "JetViTForDepthEstimation does not compute a loss from `labels`; depth losses live in "
+                "`jetvit_hf.losses` and `training/finetune.py`."
+            )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        grid_size = check_pixel_values(pixel_values, self.config)
+        outputs = self.jetvit(
+            pixel_values, output_hidden_states=output_hidden_states, output_attentions=output_attentions, return_dict=True
+        )
+        features = self.neck(outputs.feature_maps)
+        predicted_depth = self.head(features, grid_size)
+        output = DepthEstimatorOutput(
+            predicted_depth=predicted_depth, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class JetViTLinearProbeHead(nn.Module):
+    """DINOv3's linear segmentation probe: Dropout2d -> BatchNorm -> 1x1 convolution on the patch-feature map."""
+
+    def __init__(self, config: JetViTConfig):
+        super().__init__()
+        self.dropout = nn.Dropout2d(config.semantic_head_dropout)
+        self.batchnorm = nn.BatchNorm2d(config.hidden_size)
+        self.classifier = nn.Conv2d(config.hidden_size, config.num_labels, kernel_size=1)
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.batchnorm(self.dropout(feature_map)))
+
+
+class JetViTForSemanticSegmentation(JetViTPreTrainedModel):
+    """JetViT with DINOv3's linear-probe head on the layer-normed last-layer patch features.
+
+    `logits` are at patch resolution `[batch, num_labels, height / patch, width / patch]`, as transformers' segmenters
+    return them; the loss upsamples them bilinearly to the labels' size and ignores `semantic_loss_ignore_index`.
+    """
+
+    def __init__(self, config: JetViTConfig):
+        super().__init__(config)
+        self.jetvit = JetViTModel(config)
+        self.head = JetViTLinearProbeHead(config)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SemanticSegmenterOutput | tuple:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
+            Class index per pixel; `config.semantic_loss_ignore_index` marks pixels without a label.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        grid_size = check_pixel_values(pixel_values, self.config)
+        outputs = self.jetvit(
+            pixel_values, output_hidden_states=output_hidden_states, output_attentions=output_attentions, return_dict=True
+        )
+        patches = outputs.last_hidden_state[:, self.config.num_prefix_tokens :]
+        feature_map = patches.reshape(patches.shape[0], *grid_size, -1).permute(0, 3, 1, 2)
+        logits = self.head(feature_map)
+
+        loss = None
+        if labels is not None:
+            if labels.ndim != 3:
+                raise ValueError(f"`labels` must have shape (batch, height, width), got {tuple(labels.shape)}.")
+            upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+            loss = F.cross_entropy(upsampled.float(), labels, ignore_index=self.config.semantic_loss_ignore_index)
+
+        output = SemanticSegmenterOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+
+JetViTConfig.register_for_auto_class()
+JetViTModel.register_for_auto_class("AutoModel")
+JetViTBackbone.register_for_auto_class("AutoBackbone")
+JetViTForDepthEstimation.register_for_auto_class("AutoModelForDepthEstimation")
+JetViTForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
+
+__all__ = [
+    "JETVIT_ATTENTION_CLASSES",
+    "JetViTBackbone",
+    "JetViTForDepthEstimation",
+    "JetViTForSemanticSegmentation",
+    "JetViTFullAttention",
+    "JetViTLinearAttention",
+    "JetViTModel",
+    "JetViTPreTrainedModel",
+    "JetViTWindowAttention",
+]
