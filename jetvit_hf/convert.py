@@ -364,9 +364,14 @@ def convert_to_jetvit(
     if not_new:
         raise ValueError(f"The source checkpoint lacks weights JetViT needs to inherit: {not_new[:10]}")
 
-    model = jetvit_class.from_pretrained(
-        None, config=config, state_dict=state_dict, dtype=dtype if dtype is not None else torch.float32
-    )
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # transformers' load report would list the new parameters as "MISSING"
+    try:
+        model = jetvit_class.from_pretrained(
+            None, config=config, state_dict=state_dict, dtype=dtype if dtype is not None else torch.float32
+        )
+    finally:
+        logging.set_verbosity(verbosity)
     model.eval()
     info = ConversionInfo(
         source=str(source),
