@@ -29,6 +29,7 @@ from transformers.modeling_outputs import (
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 
 from .configuration_jetvit import JetViTConfig
+from .kernels_jetvit import linear_attention_output, linear_attention_state
 
 
 @dataclass
@@ -365,31 +366,16 @@ class JetViTWindowAttention(JetViTAttention):
         return self.o_proj(attn_output), None
 
 
-def relu_linear_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, eps: float) -> torch.Tensor:
-    """Non-causal ReLU linear attention over `[batch, heads, tokens, head_dim]` inputs.
-
-    `out_i = phi(q_i) (mean_j phi(k_j)^T v_j) / (phi(q_i) . mean_j phi(k_j) + eps)` with `phi = ReLU`. The state and
-    normalizer are built from means rather than sums, in float32, so they stay O(1) and cannot overflow in bf16/fp16.
-    """
-    query, key, value = F.relu(query).float(), F.relu(key).float(), value.float()
-    num_tokens = key.shape[-2]
-    kv_state = torch.matmul(key.transpose(-1, -2), value) / num_tokens  # [batch, heads, d, d]
-    key_mean = key.mean(dim=-2, keepdim=True)  # [batch, heads, 1, d]
-    numerator = torch.matmul(query, kv_state)
-    normalizer = (query * key_mean).sum(dim=-1, keepdim=True)
-    return numerator / (normalizer + eps)
-
-
 class JetViTZeroInitLinear(nn.Linear):
     """A Linear whose weight and bias start at zero, so the branch it ends starts switched off."""
 
 
 class JetViTSqueezeDynamicConv(nn.Module):
-    """Squeeze dynamic depthwise convolution on V (paper section 3.2.1, Fig. 3).
+    """Kernel generator of the squeeze dynamic depthwise convolution on V (paper section 3.2.1, Fig. 3).
 
     Per image, the mean of V over the patch tokens goes through Linear(C -> C/r) -> SiLU -> Linear(C/r -> C*k*k) to give
-    one k x k kernel per channel, applied depthwise to V laid out on the patch grid. `fc2` starts at zero, so a freshly
-    converted linear layer is exactly ReLU linear attention with the inherited projections.
+    one k x k kernel per channel; the fused linear-attention op applies it depthwise to V on the patch grid. `fc2`
+    starts at zero, so a freshly converted linear layer is exactly ReLU linear attention with the inherited projections.
     """
 
     def __init__(self, config: JetViTConfig):
@@ -400,32 +386,18 @@ class JetViTSqueezeDynamicConv(nn.Module):
         self.act = nn.SiLU()
         self.fc2 = JetViTZeroInitLinear(channels // config.dynamic_conv_reduction, channels * self.kernel_size**2)
 
-    def generate_kernels(self, value_patches: torch.Tensor) -> torch.Tensor:
-        """`[batch, patches, C]` -> per-image depthwise kernels `[batch, C, k, k]`."""
-        batch_size, _, channels = value_patches.shape
-        kernels = self.fc2(self.act(self.fc1(value_patches.mean(dim=1))))
-        return kernels.view(batch_size, channels, self.kernel_size, self.kernel_size)
-
-    def forward(self, value_patches: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
-        """`value_patches`: `[batch, height * width, C]` token-major; returns the convolution in the same layout."""
-        batch_size, num_patches, channels = value_patches.shape
-        height, width = grid_size
-        kernels = self.generate_kernels(value_patches)
-        image = value_patches.transpose(1, 2).reshape(1, batch_size * channels, height, width)
-        output = F.conv2d(
-            image,
-            kernels.reshape(batch_size * channels, 1, self.kernel_size, self.kernel_size).to(image.dtype),
-            padding=self.kernel_size // 2,
-            groups=batch_size * channels,
-        )
-        return output.view(batch_size, channels, num_patches).transpose(1, 2)
+    def forward(self, value_mean: torch.Tensor) -> torch.Tensor:
+        """`[batch, C]` mean of V over the patch tokens -> per-image depthwise kernels `[batch, C, k, k]`."""
+        kernels = self.fc2(self.act(self.fc1(value_mean.to(self.fc1.weight.dtype))))
+        return kernels.view(value_mean.shape[0], -1, self.kernel_size, self.kernel_size)
 
 
 class JetViTLinearAttention(JetViTAttention):
     """JetViT linear-attention block: ReLU linear attention plus the squeeze dynamic convolution of V.
 
-    Prefix tokens are ordinary queries, keys and values of the linear attention; only patch tokens get the convolution
-    term, which is added before `o_proj`.
+    `out_i = relu(q_i) (sum_j relu(k_j)^T v_j) / (relu(q_i) . sum_j relu(k_j) + N eps) + [patch i] DWConv(V)_i`, with
+    the state and normalizer in fp32. Prefix tokens are ordinary queries, keys and values; only patch tokens get the
+    convolution term, added before `o_proj`. Runs as two fused ops (`kernels_jetvit`): Triton on CUDA, PyTorch on CPU.
     """
 
     attention_type = "linear"
@@ -441,16 +413,13 @@ class JetViTLinearAttention(JetViTAttention):
         grid_size: tuple[int, int] | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, None]:
-        batch_size, num_tokens, _ = hidden_states.shape
         num_prefix = self.num_prefix_tokens
-        query, key, value = self.project_qkv(hidden_states, position_embeddings)
-
-        attn_output = relu_linear_attention(query, key, value, self.config.linear_attention_eps)
-        attn_output = attn_output.to(hidden_states.dtype).transpose(1, 2).reshape(batch_size, num_tokens, -1)
-
-        value_patches = value.transpose(1, 2)[:, num_prefix:].reshape(batch_size, num_tokens - num_prefix, -1)
-        conv_output = self.dynamic_conv(value_patches, grid_size)
-        attn_output = torch.cat((attn_output[:, :num_prefix], attn_output[:, num_prefix:] + conv_output), dim=1)
+        query, key, value = (x.transpose(1, 2) for x in self.project_qkv(hidden_states, position_embeddings))
+        state, key_sum, value_sum = linear_attention_state(key, value, num_prefix)
+        conv_weight = self.dynamic_conv(value_sum.flatten(1) / (grid_size[0] * grid_size[1]))
+        attn_output = linear_attention_output(
+            query, value, state, key_sum, conv_weight, num_prefix, grid_size, self.config.linear_attention_eps
+        )
         return self.o_proj(attn_output), None
 
 

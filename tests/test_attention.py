@@ -10,8 +10,8 @@ from jetvit_hf.modeling_jetvit import (
     JetViTLinearAttention,
     JetViTRopePositionEmbedding,
     JetViTWindowAttention,
-    relu_linear_attention,
 )
+from jetvit_hf.kernels_jetvit import linear_attention_output, linear_attention_state
 
 WIDTH, HEADS = 32, 4
 
@@ -175,9 +175,11 @@ def test_fresh_linear_block_is_plain_relu_linear_attention_with_inherited_projec
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_linear_attention_stays_finite_and_accurate_with_large_activations(dtype):
     generator = torch.Generator().manual_seed(4)
-    q, k, v = (torch.randn(1, 2, 4096, 16, generator=generator) * 300 for _ in range(3))
-    out = relu_linear_attention(q.to(dtype), k.to(dtype), v.to(dtype), eps=1e-6)
-    expected = reference_linear_attention(q.double(), k.double(), v.double(), eps=1e-6)
+    q, k, v = (torch.randn(1, 4096, 2, 16, generator=generator) * 300 for _ in range(3))  # [B, N, H, d]
+    state, key_sum, _ = linear_attention_state(k.to(dtype), v.to(dtype), 1)
+    out = linear_attention_output(q.to(dtype), v.to(dtype), state, key_sum, None, 1, (64, 64), 1e-6)
+    expected = reference_linear_attention(*(x.double().transpose(1, 2) for x in (q, k, v)), eps=1e-6)
+    expected = expected.transpose(1, 2).reshape(1, 4096, 32)
     assert torch.isfinite(out).all()
     error = (out.double() - expected).norm() / expected.norm()
     assert error < 2e-2, error

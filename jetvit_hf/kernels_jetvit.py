@@ -1,0 +1,365 @@
+"""Fused linear-attention kernels for JetViT, registered as torch custom ops (`torch.ops.jetvit.*`).
+
+JetViT's linear-attention block (ReLU linear attention plus the squeeze dynamic depthwise convolution of V) runs as two
+ops so that `torch.compile` keeps whole graphs:
+
+1. `linear_attention_state(key, value, num_prefix)` reads K and V once and returns, per image and head, the fp32 state
+   `sum_j relu(k_j)^T v_j` (d x d), the normalizer `sum_j relu(k_j)` and the sum of V over the patch tokens (the
+   squeeze convolution's pooled input). On CUDA a Triton kernel splits the sequence so batch 1 fills the GPU.
+2. `linear_attention_output(query, value, state, key_sum, conv_weight, ...)` computes
+   `relu(q_i) state / (relu(q_i) . key_sum + N eps)` (the state divided in fp32; bf16/fp16 products use a hi/lo split
+   of the fp32 state), adds the depthwise k x k convolution of V on the patch grid for patch tokens, and writes
+   `[batch, tokens, heads * head_dim]`, the layout `o_proj` reads.
+
+Inputs are `[batch, tokens, heads, head_dim]` tensors with a contiguous last dimension (views of the projection output
+are fine). The PyTorch implementations below are the CPU path and the reference the Triton kernels are tested against;
+both ops have analytic backwards (in PyTorch, fp32) for training.
+
+This file travels with saved checkpoints for `trust_remote_code`; Triton is optional.
+"""
+
+import torch
+import torch.nn.functional as F
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: the PyTorch path below is used
+    triton = None
+
+
+def triton_available(tensor: torch.Tensor) -> bool:
+    return triton is not None and tensor.is_cuda
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# PyTorch reference implementations (CPU path, test oracle)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def state_reference(key: torch.Tensor, value: torch.Tensor, num_prefix: int):
+    key, value = F.relu(key).float(), value.float()  # [B, N, H, d]
+    state = torch.einsum("bnhd,bnhe->bhde", key, value)
+    return state, key.sum(dim=1), value[:, num_prefix:].sum(dim=1)
+
+
+def depthwise_conv_reference(value: torch.Tensor, conv_weight: torch.Tensor, num_prefix: int, grid_size) -> torch.Tensor:
+    """Per-image depthwise conv of the patch tokens of `value` ([B, N, H, d]) with `conv_weight` ([B, C, k, k])."""
+    batch, _, heads, head_dim = value.shape
+    channels, size = heads * head_dim, conv_weight.shape[-1]
+    image = value[:, num_prefix:].reshape(batch, *grid_size, channels).permute(0, 3, 1, 2).float()
+    out = F.conv2d(
+        image.reshape(1, batch * channels, *grid_size),
+        conv_weight.reshape(batch * channels, 1, size, size).float(),
+        padding=size // 2,
+        groups=batch * channels,
+    )
+    return out.view(batch, channels, -1).transpose(1, 2)  # [B, patches, C]
+
+
+def output_reference(query, value, state, key_sum, conv_weight, num_prefix: int, grid_size, eps: float):
+    batch, num_tokens, heads, head_dim = query.shape
+    dtype = query.dtype
+    query = F.relu(query).float()
+    numerator = torch.einsum("bnhd,bhde->bnhe", query, state) / num_tokens
+    normalizer = torch.einsum("bnhd,bhd->bnh", query, key_sum).unsqueeze(-1) / num_tokens + eps
+    out = (numerator / normalizer).reshape(batch, num_tokens, heads * head_dim)
+    if conv_weight is not None:
+        conv = depthwise_conv_reference(value, conv_weight, num_prefix, grid_size)
+        out = torch.cat((out[:, :num_prefix], out[:, num_prefix:] + conv), dim=1)
+    return out.to(dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Triton kernels
+# ----------------------------------------------------------------------------------------------------------------------
+
+if triton is not None:
+
+    @triton.jit
+    def _state_kernel(
+        k_ptr, v_ptr, state_ptr, key_sum_ptr, value_sum_ptr,
+        num_tokens, num_heads, num_prefix, tokens_per_split,
+        stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, IEEE_FP32: tl.constexpr,
+    ):
+        batch_head = tl.program_id(0)
+        split = tl.program_id(1)
+        num_splits = tl.num_programs(1)
+        batch = batch_head // num_heads
+        head = batch_head % num_heads
+        offs_d = tl.arange(0, BLOCK_D)
+        d_mask = offs_d < HEAD_DIM
+        k_base = k_ptr + batch * stride_kb + head * stride_kh
+        v_base = v_ptr + batch * stride_vb + head * stride_vh
+
+        state = tl.zeros((BLOCK_D, BLOCK_D), dtype=tl.float32)
+        key_sum = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        value_sum = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        start = split * tokens_per_split
+        for offset in range(0, tokens_per_split, BLOCK_N):
+            offs_n = start + offset + tl.arange(0, BLOCK_N)
+            n_mask = offs_n < num_tokens
+            mask = n_mask[:, None] & d_mask[None, :]
+            k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=mask, other=0.0)
+            v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=mask, other=0.0)
+            k = tl.where(k > 0, k, tl.zeros_like(k))
+            if IEEE_FP32:
+                state += tl.dot(tl.trans(k), v, input_precision="ieee")
+            else:
+                state += tl.dot(tl.trans(k), v)
+            key_sum += tl.sum(k.to(tl.float32), axis=0)
+            is_patch = (offs_n >= num_prefix)[:, None]
+            value_sum += tl.sum(tl.where(is_patch, v.to(tl.float32), 0.0), axis=0)
+
+        partial = batch_head * num_splits + split
+        offs_dd = offs_d[:, None] * HEAD_DIM + offs_d[None, :]
+        tl.store(state_ptr + partial * HEAD_DIM * HEAD_DIM + offs_dd, state, mask=d_mask[:, None] & d_mask[None, :])
+        tl.store(key_sum_ptr + partial * HEAD_DIM + offs_d, key_sum, mask=d_mask)
+        tl.store(value_sum_ptr + partial * HEAD_DIM + offs_d, value_sum, mask=d_mask)
+
+    @triton.jit
+    def _output_kernel(
+        q_ptr, v_ptr, state_ptr, key_sum_ptr, w_ptr, o_ptr,
+        num_tokens, num_heads, num_prefix, grid_h, grid_w, inv_tokens, eps,
+        stride_qb, stride_qn, stride_qh, stride_vb, stride_vn, stride_vh, stride_ob, stride_on,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, KERNEL_SIZE: tl.constexpr,
+        HAS_CONV: tl.constexpr, IEEE_FP32: tl.constexpr,
+    ):
+        batch_head = tl.program_id(0)
+        batch = batch_head // num_heads
+        head = batch_head % num_heads
+        offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        n_mask = offs_n < num_tokens
+        d_mask = offs_d < HEAD_DIM
+        mask = n_mask[:, None] & d_mask[None, :]
+
+        q = tl.load(q_ptr + batch * stride_qb + head * stride_qh + offs_n[:, None] * stride_qn + offs_d[None, :],
+                    mask=mask, other=0.0)
+        q = tl.where(q > 0, q, tl.zeros_like(q))
+        dd_mask = d_mask[:, None] & d_mask[None, :]
+        state = tl.load(state_ptr + batch_head * HEAD_DIM * HEAD_DIM + offs_d[:, None] * HEAD_DIM + offs_d[None, :],
+                        mask=dd_mask, other=0.0)
+        if IEEE_FP32:
+            numerator = tl.dot(q, state, input_precision="ieee")
+        else:
+            # The state is a sum over tokens and can exceed fp16's range, and a bf16 copy loses its low bits: scale it
+            # to [-1, 1] and multiply by a hi and a lo half-precision part, accumulating in fp32.
+            scale = tl.maximum(tl.max(tl.abs(state)), 1e-30)
+            state = state / scale
+            state_hi = state.to(q.dtype)
+            state_lo = (state - state_hi.to(tl.float32)).to(q.dtype)
+            numerator = (tl.dot(q, state_hi) + tl.dot(q, state_lo)) * scale
+        key_sum = tl.load(key_sum_ptr + batch_head * HEAD_DIM + offs_d, mask=d_mask, other=0.0)
+        normalizer = tl.sum(q.to(tl.float32) * key_sum[None, :], axis=1) * inv_tokens + eps
+        out = numerator * inv_tokens / normalizer[:, None]
+
+        if HAS_CONV:
+            patch = offs_n - num_prefix
+            is_patch = n_mask & (patch >= 0)
+            row = patch // grid_w
+            col = patch % grid_w
+            v_base = v_ptr + batch * stride_vb + head * stride_vh
+            w_base = w_ptr + (batch * num_heads * HEAD_DIM + head * HEAD_DIM + offs_d) * (KERNEL_SIZE * KERNEL_SIZE)
+            for dy in tl.static_range(KERNEL_SIZE):
+                for dx in tl.static_range(KERNEL_SIZE):
+                    r = row + dy - KERNEL_SIZE // 2
+                    c = col + dx - KERNEL_SIZE // 2
+                    inside = is_patch & (r >= 0) & (r < grid_h) & (c >= 0) & (c < grid_w)
+                    neighbour = num_prefix + r * grid_w + c
+                    v = tl.load(v_base + neighbour[:, None] * stride_vn + offs_d[None, :],
+                                mask=inside[:, None] & d_mask[None, :], other=0.0)
+                    w = tl.load(w_base + dy * KERNEL_SIZE + dx, mask=d_mask, other=0.0)
+                    out += v.to(tl.float32) * w[None, :]
+
+        tl.store(o_ptr + batch * stride_ob + offs_n[:, None] * stride_on + head * HEAD_DIM + offs_d[None, :],
+                 out.to(o_ptr.dtype.element_ty), mask=mask)
+
+
+def _block_d(head_dim: int) -> int:
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def _num_splits(batch_heads: int, num_tokens: int, block_n: int, device: torch.device) -> int:
+    """Enough sequence splits for about four programs per multiprocessor, never more than there are token blocks."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    return max(1, min(triton.cdiv(4 * sms, batch_heads), triton.cdiv(num_tokens, block_n)))
+
+
+def state_triton(key: torch.Tensor, value: torch.Tensor, num_prefix: int):
+    batch, num_tokens, heads, head_dim = key.shape
+    block_n, block_d = 64, _block_d(head_dim)
+    splits = _num_splits(batch * heads, num_tokens, block_n, key.device)
+    tokens_per_split = triton.cdiv(triton.cdiv(num_tokens, splits), block_n) * block_n
+    splits = triton.cdiv(num_tokens, tokens_per_split)
+    options = dict(device=key.device, dtype=torch.float32)
+    state = torch.empty(batch * heads, splits, head_dim, head_dim, **options)
+    key_sum = torch.empty(batch * heads, splits, head_dim, **options)
+    value_sum = torch.empty(batch * heads, splits, head_dim, **options)
+    _state_kernel[(batch * heads, splits)](
+        key, value, state, key_sum, value_sum,
+        num_tokens, heads, num_prefix, tokens_per_split,
+        key.stride(0), key.stride(1), key.stride(2), value.stride(0), value.stride(1), value.stride(2),
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=block_n, IEEE_FP32=key.dtype == torch.float32,
+        num_warps=4,
+    )
+    # the split partials are summed here (deterministic, unlike atomics); it is a few microseconds
+    return (
+        state.sum(1).view(batch, heads, head_dim, head_dim),
+        key_sum.sum(1).view(batch, heads, head_dim),
+        value_sum.sum(1).view(batch, heads, head_dim),
+    )
+
+
+def output_triton(query, value, state, key_sum, conv_weight, num_prefix: int, grid_size, eps: float):
+    batch, num_tokens, heads, head_dim = query.shape
+    block_n, block_d = 64, _block_d(head_dim)
+    out = torch.empty(batch, num_tokens, heads * head_dim, device=query.device, dtype=query.dtype)
+    has_conv = conv_weight is not None
+    weight = conv_weight.float().contiguous() if has_conv else state  # any tensor; unused without the conv
+    _output_kernel[(batch * heads, triton.cdiv(num_tokens, block_n))](
+        query, value, state.contiguous(), key_sum.contiguous(), weight, out,
+        num_tokens, heads, num_prefix, grid_size[0], grid_size[1], 1.0 / num_tokens, eps,
+        query.stride(0), query.stride(1), query.stride(2), value.stride(0), value.stride(1), value.stride(2),
+        out.stride(0), out.stride(1),
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=block_n,
+        KERNEL_SIZE=conv_weight.shape[-1] if has_conv else 1, HAS_CONV=has_conv,
+        IEEE_FP32=query.dtype == torch.float32, num_warps=4,
+    )
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Custom ops and their backwards
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _depthwise_conv_backward(grad_patches, value, conv_weight, num_prefix: int, grid_size):
+    """Gradients of the per-image depthwise conv w.r.t. V's patch tokens ([B, P, H, d]) and the kernels ([B, C, k, k])."""
+    batch, _, heads, head_dim = value.shape
+    channels, size = heads * head_dim, conv_weight.shape[-1]
+    pad = size // 2
+    grad_image = grad_patches.float().transpose(1, 2).reshape(1, batch * channels, *grid_size)
+    weight = conv_weight.float().reshape(batch * channels, 1, size, size)
+    grad_value = F.conv2d(grad_image, weight.flip(-1, -2), padding=pad, groups=batch * channels)
+    grad_value = grad_value.view(batch, channels, -1).transpose(1, 2).reshape(batch, -1, heads, head_dim)
+    image = value[:, num_prefix:].float().reshape(batch, *grid_size, channels).permute(0, 3, 1, 2)
+    padded = F.pad(image, (pad, pad, pad, pad))
+    grad_image = grad_image.view(batch, channels, *grid_size)
+    height, width = grid_size
+    grad_weight = torch.stack(
+        [
+            (grad_image * padded[:, :, dy : dy + height, dx : dx + width]).sum((-1, -2))
+            for dy in range(size)
+            for dx in range(size)
+        ],
+        dim=-1,
+    ).view(batch, channels, size, size)
+    return grad_value, grad_weight
+
+
+def _register_ops():
+    """Define the ops once per process (a second copy of this file, e.g. a checkpoint's remote code, reuses them)."""
+    if hasattr(torch.ops.jetvit, "linear_attention_state"):
+        return
+
+    @torch.library.custom_op("jetvit::linear_attention_state", mutates_args=())
+    def linear_attention_state(key: torch.Tensor, value: torch.Tensor, num_prefix: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if triton_available(key):
+            return state_triton(key, value, num_prefix)
+        return state_reference(key, value, num_prefix)
+
+    @linear_attention_state.register_fake
+    def _(key, value, num_prefix):
+        batch, _, heads, head_dim = key.shape
+        return (
+            key.new_empty(batch, heads, head_dim, head_dim, dtype=torch.float32),
+            key.new_empty(batch, heads, head_dim, dtype=torch.float32),
+            key.new_empty(batch, heads, head_dim, dtype=torch.float32),
+        )
+
+    def state_setup_context(ctx, inputs, output):
+        key, value, num_prefix = inputs
+        ctx.save_for_backward(key, value)
+        ctx.num_prefix = num_prefix
+
+    def state_backward(ctx, grad_state, grad_key_sum, grad_value_sum):
+        key, value = ctx.saved_tensors
+        relu_key = F.relu(key).float()
+        grad_key = torch.einsum("bnhe,bhde->bnhd", value.float(), grad_state) + grad_key_sum.unsqueeze(1)
+        grad_key = grad_key * (key > 0)
+        grad_value = torch.einsum("bnhd,bhde->bnhe", relu_key, grad_state)
+        grad_value[:, ctx.num_prefix :] += grad_value_sum.unsqueeze(1)
+        return grad_key.to(key.dtype), grad_value.to(value.dtype), None
+
+    linear_attention_state.register_autograd(state_backward, setup_context=state_setup_context)
+
+    @torch.library.custom_op("jetvit::linear_attention_output", mutates_args=())
+    def linear_attention_output(
+        query: torch.Tensor,
+        value: torch.Tensor,
+        state: torch.Tensor,
+        key_sum: torch.Tensor,
+        conv_weight: torch.Tensor | None,
+        num_prefix: int,
+        grid_h: int,
+        grid_w: int,
+        eps: float,
+    ) -> torch.Tensor:
+        if triton_available(query):
+            return output_triton(query, value, state, key_sum, conv_weight, num_prefix, (grid_h, grid_w), eps)
+        return output_reference(query, value, state, key_sum, conv_weight, num_prefix, (grid_h, grid_w), eps)
+
+    @linear_attention_output.register_fake
+    def _(query, value, state, key_sum, conv_weight, num_prefix, grid_h, grid_w, eps):
+        batch, num_tokens, heads, head_dim = query.shape
+        return query.new_empty(batch, num_tokens, heads * head_dim)
+
+    def output_setup_context(ctx, inputs, output):
+        query, value, state, key_sum, conv_weight, num_prefix, grid_h, grid_w, eps = inputs
+        ctx.save_for_backward(query, value, state, key_sum, conv_weight)
+        ctx.num_prefix, ctx.grid_size, ctx.eps = num_prefix, (grid_h, grid_w), eps
+
+    def output_backward(ctx, grad_out):
+        query, value, state, key_sum, conv_weight = ctx.saved_tensors
+        batch, num_tokens, heads, head_dim = query.shape
+        relu_query = F.relu(query).float()
+        grad = grad_out.float().view(batch, num_tokens, heads, head_dim)
+        numerator = torch.einsum("bnhd,bhde->bnhe", relu_query, state) / num_tokens
+        normalizer = torch.einsum("bnhd,bhd->bnh", relu_query, key_sum).unsqueeze(-1) / num_tokens + ctx.eps
+        grad_numerator = grad / normalizer
+        grad_normalizer = -(grad * numerator).sum(-1, keepdim=True) / normalizer.square()
+        grad_query = (
+            torch.einsum("bnhe,bhde->bnhd", grad_numerator, state) + grad_normalizer * key_sum.unsqueeze(1)
+        ) / num_tokens
+        grad_query = (grad_query * (query > 0)).to(query.dtype)
+        grad_state = torch.einsum("bnhd,bnhe->bhde", relu_query, grad_numerator) / num_tokens
+        grad_key_sum = (grad_normalizer * relu_query).sum(1) / num_tokens
+        grad_value, grad_weight = None, None
+        if conv_weight is not None:
+            grad_patches = grad_out[:, ctx.num_prefix :]
+            grad_patch_value, grad_weight = _depthwise_conv_backward(
+                grad_patches, value, conv_weight, ctx.num_prefix, ctx.grid_size
+            )
+            grad_value = torch.zeros_like(value, dtype=torch.float32)
+            grad_value[:, ctx.num_prefix :] = grad_patch_value
+            grad_value, grad_weight = grad_value.to(value.dtype), grad_weight.to(conv_weight.dtype)
+        return grad_query, grad_value, grad_state, grad_key_sum, grad_weight, None, None, None, None
+
+    linear_attention_output.register_autograd(output_backward, setup_context=output_setup_context)
+
+
+_register_ops()
+
+
+def linear_attention_state(key: torch.Tensor, value: torch.Tensor, num_prefix: int):
+    """`(sum_j relu(k_j)^T v_j, sum_j relu(k_j), sum over patch tokens of v_j)` in fp32, per image and head."""
+    return torch.ops.jetvit.linear_attention_state(key, value, num_prefix)
+
+
+def linear_attention_output(query, value, state, key_sum, conv_weight, num_prefix: int, grid_size, eps: float):
+    """Normalised ReLU linear attention plus the depthwise conv of V on patch tokens, as `[batch, tokens, channels]`."""
+    return torch.ops.jetvit.linear_attention_output(
+        query, value, state, key_sum, conv_weight, num_prefix, grid_size[0], grid_size[1], eps
+    )

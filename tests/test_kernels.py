@@ -1,0 +1,122 @@
+"""The fused linear-attention ops: forward and backward against float64 references, and the Triton kernels against
+the PyTorch path (on a GPU, or on the CPU through Triton's interpreter with TRITON_INTERPRET=1)."""
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from jetvit_hf import kernels_jetvit
+from jetvit_hf.kernels_jetvit import linear_attention_output, linear_attention_state
+
+
+def reference_block(q, k, v, conv_weight, num_prefix, grid, eps):
+    """Float64 long-hand of the whole block: explicit N x N ReLU kernel matrix plus a shift-and-add depthwise conv."""
+    batch, tokens, heads, dim = q.shape
+    qh, kh, vh = (x.double().transpose(1, 2) for x in (q, k, v))
+    scores = F.relu(qh) @ F.relu(kh).transpose(-1, -2)
+    out = (scores @ vh) / (scores.sum(-1, keepdim=True) + tokens * eps)
+    out = out.transpose(1, 2).reshape(batch, tokens, heads * dim)
+    if conv_weight is not None:
+        size = conv_weight.shape[-1]
+        image = v.double()[:, num_prefix:].reshape(batch, *grid, heads * dim).permute(0, 3, 1, 2)
+        padded = F.pad(image, (size // 2,) * 4)
+        conv = torch.zeros_like(image)
+        for dy in range(size):
+            for dx in range(size):
+                conv += conv_weight.double()[:, :, dy, dx, None, None] * padded[:, :, dy : dy + grid[0], dx : dx + grid[1]]
+        out = torch.cat((out[:, :num_prefix], out[:, num_prefix:] + conv.flatten(2).transpose(1, 2)), dim=1)
+    return out
+
+
+def random_inputs(batch, num_prefix, grid, heads, dim, kernel_size, dtype=torch.float32, device="cpu", scale=1.0, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    tokens = num_prefix + grid[0] * grid[1]
+    # q, k, v as strided views of one fused projection output, the layout the model produces
+    qkv = torch.randn(batch, tokens, 3, heads, dim, generator=generator) * scale
+    conv_weight = torch.randn(batch, heads * dim, kernel_size, kernel_size, generator=generator) * 0.3
+    qkv, conv_weight = qkv.to(device=device, dtype=dtype), conv_weight.to(device)
+    return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], conv_weight
+
+
+def fused_block(q, k, v, conv_weight, num_prefix, grid, eps):
+    state, key_sum, value_sum = linear_attention_state(k, v, num_prefix)
+    return linear_attention_output(q, v, state, key_sum, conv_weight, num_prefix, grid, eps), value_sum
+
+
+@pytest.mark.parametrize("grid, num_prefix, kernel_size", [((4, 5), 1, 3), ((6, 3), 5, 5), ((3, 3), 0, 1)])
+def test_ops_forward_matches_float64(grid, num_prefix, kernel_size):
+    q, k, v, conv_weight = random_inputs(2, num_prefix, grid, 3, 8, kernel_size)
+    out, value_sum = fused_block(q, k, v, conv_weight, num_prefix, grid, 1e-6)
+    torch.testing.assert_close(out.double(), reference_block(q, k, v, conv_weight, num_prefix, grid, 1e-6),
+                               rtol=1e-5, atol=1e-5)
+    expected_sum = v.double()[:, num_prefix:].sum(1)
+    torch.testing.assert_close(value_sum.double(), expected_sum, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("with_conv", [True, False])
+def test_ops_backward_matches_float64_autograd(with_conv):
+    grid, num_prefix = (3, 4), 2
+    q, k, v, conv_weight = random_inputs(2, num_prefix, grid, 2, 8, 3, seed=1)
+    conv_weight = conv_weight if with_conv else None
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)] + ([conv_weight.clone().requires_grad_(True)] if with_conv else [])
+    weight = leaves[3] if with_conv else None
+    out, value_sum = fused_block(*leaves[:3], weight, num_prefix, grid, 1e-6)
+    probe = torch.randn_like(out)
+    probe_sum = torch.randn_like(value_sum)
+    ((out * probe).sum() + (value_sum * probe_sum).sum()).backward()
+
+    reference_leaves = [t.detach().double().requires_grad_(True) for t in leaves]
+    ref_weight = reference_leaves[3] if with_conv else None
+    expected = reference_block(*reference_leaves[:3], ref_weight, num_prefix, grid, 1e-6)
+    expected_sum = reference_leaves[2][:, num_prefix:].reshape(2, -1, 16).sum(1).view(2, 2, 8)
+    ((expected * probe.double()).sum() + (expected_sum * probe_sum.double()).sum()).backward()
+    for leaf, reference in zip(leaves, reference_leaves):
+        torch.testing.assert_close(leaf.grad.double(), reference.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_ops_compile_without_graph_breaks():
+    q, k, v, conv_weight = random_inputs(1, 1, (4, 4), 2, 8, 3)
+    compiled = torch.compile(fused_block, fullgraph=True, backend="aot_eager")
+    out, _ = compiled(q, k, v, conv_weight, 1, (4, 4), 1e-6)
+    torch.testing.assert_close(out, fused_block(q, k, v, conv_weight, 1, (4, 4), 1e-6)[0])
+
+
+def triton_device(dtype):
+    if kernels_jetvit.triton is None:
+        pytest.skip("triton is not installed")
+    if torch.cuda.is_available():
+        return "cuda"
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton kernels need a CUDA GPU or TRITON_INTERPRET=1")
+    if dtype == torch.bfloat16:
+        pytest.skip("Triton's CPU interpreter miscomputes bf16 dot products (numpy has no bf16); bf16 runs on the GPU")
+    return "cpu"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("grid, num_prefix, heads, dim", [((5, 7), 5, 2, 64), ((16, 8), 1, 3, 32), ((3, 33), 0, 1, 48)])
+def test_triton_kernels_match_the_pytorch_path(dtype, grid, num_prefix, heads, dim):
+    device = triton_device(dtype)
+    q, k, v, conv_weight = random_inputs(2, num_prefix, grid, heads, dim, 3, dtype=dtype, device=device, scale=3.0)
+    state, key_sum, value_sum = kernels_jetvit.state_triton(k, v, num_prefix)
+    ref_state, ref_key_sum, ref_value_sum = kernels_jetvit.state_reference(k, v, num_prefix)
+    for actual, expected in ((state, ref_state), (key_sum, ref_key_sum), (value_sum, ref_value_sum)):
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-3)
+    out = kernels_jetvit.output_triton(q, v, state, key_sum, conv_weight, num_prefix, grid, 1e-6)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    expected = reference_block(q, k, v, conv_weight, num_prefix, grid, 1e-6)
+    error = ((out.double() - expected).norm() / expected.norm()).item()
+    assert error < (1e-5 if dtype == torch.float32 else 1e-2), error
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_kernels_survive_large_activations(dtype):
+    device = triton_device(dtype)
+    q, k, v, conv_weight = random_inputs(1, 5, (32, 32), 2, 64, 3, dtype=dtype, device=device, scale=200.0)
+    state, key_sum, _ = kernels_jetvit.state_triton(k, v, 5)
+    out = kernels_jetvit.output_triton(q, v, state, key_sum, None, 5, (32, 32), 1e-6)
+    expected = reference_block(q, k, v, None, 5, (32, 32), 1e-6)
+    assert torch.isfinite(out).all()
+    assert ((out.double() - expected).norm() / expected.norm()).item() < 1e-2
