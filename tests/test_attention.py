@@ -208,3 +208,18 @@ def test_full_attention_returns_attention_maps_with_eager():
     assert len(out.attentions) == 2
     assert out.attentions[0].shape == (1, HEADS, 3 + 16, 3 + 16)
     torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(1, HEADS, 19))
+
+
+def test_fused_qkv_projections_give_the_same_outputs():
+    config = make_config(attention_types=["linear", "window"], key_bias=False)
+    model = randomize_(JetViTModel(config), seed=6)
+    pixel_values = torch.randn(2, 3, 20, 28)
+    with torch.no_grad():
+        expected = model(pixel_values).last_hidden_state
+        model.fuse_qkv_projections()
+        assert model.encoder.layer[0].attention.qkv_weight.shape == (3 * WIDTH, WIDTH)
+        fused = model(pixel_values).last_hidden_state
+    assert "encoder.layer.0.attention.qkv_weight" not in model.state_dict()
+    torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)
+    model.unfuse_qkv_projections()
+    assert model.encoder.layer[0].attention.qkv_weight is None
