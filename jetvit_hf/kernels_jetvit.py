@@ -37,8 +37,32 @@ def triton_available(tensor: torch.Tensor) -> bool:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def state_reference(key: torch.Tensor, value: torch.Tensor, num_prefix: int):
-    key, value = F.relu(key).float(), value.float()  # [B, N, H, d]
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, num_prefix: int) -> torch.Tensor:
+    """RoPE on the patch tokens of `x` ([B, N, H, d]) with tables `[patches, d]`; prefix tokens are not rotated."""
+    if cos is None:
+        return x
+    patches = x[:, num_prefix:]
+    cos, sin = cos[None, :, None, :].to(x.dtype), sin[None, :, None, :].to(x.dtype)
+    return torch.cat((x[:, :num_prefix], patches * cos + rotate_half(patches) * sin), dim=1)
+
+
+def unrotate_grad(grad: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, num_prefix: int) -> torch.Tensor:
+    """The gradient w.r.t. the input of `apply_rope`, given the gradient w.r.t. its output (the transpose rotation)."""
+    if cos is None:
+        return grad
+    patches = grad[:, num_prefix:]
+    cos, sin = cos[None, :, None, :].to(grad.dtype), sin[None, :, None, :].to(grad.dtype)
+    return torch.cat((grad[:, :num_prefix], patches * cos - rotate_half(patches * sin)), dim=1)
+
+
+def state_reference(key, value, cos, sin, num_prefix: int):
+    key = F.relu(apply_rope(key.float(), cos, sin, num_prefix))  # [B, N, H, d]
+    value = value.float()
     state = torch.einsum("bnhd,bnhe->bhde", key, value)
     return state, key.sum(dim=1), value[:, num_prefix:].sum(dim=1)
 
@@ -57,10 +81,10 @@ def depthwise_conv_reference(value: torch.Tensor, conv_weight: torch.Tensor, num
     return out.view(batch, channels, -1).transpose(1, 2)  # [B, patches, C]
 
 
-def output_reference(query, value, state, key_sum, conv_weight, num_prefix: int, grid_size, eps: float):
+def output_reference(query, value, state, key_sum, conv_weight, cos, sin, num_prefix: int, grid_size, eps: float):
     batch, num_tokens, heads, head_dim = query.shape
     dtype = query.dtype
-    query = F.relu(query).float()
+    query = F.relu(apply_rope(query.float(), cos, sin, num_prefix))
     numerator = torch.einsum("bnhd,bhde->bnhe", query, state) / num_tokens
     normalizer = torch.einsum("bnhd,bhd->bnh", query, key_sum).unsqueeze(-1) / num_tokens + eps
     out = (numerator / normalizer).reshape(batch, num_tokens, heads * head_dim)
@@ -77,15 +101,34 @@ def output_reference(query, value, state, key_sum, conv_weight, num_prefix: int,
 if triton is not None:
 
     @triton.jit
+    def _load_rotated(base, offs_n, stride_n, offs_d, mask, cos_ptr, sin_ptr, num_prefix,
+                      HEAD_DIM: tl.constexpr, HAS_ROPE: tl.constexpr):
+        """A [BLOCK_N, BLOCK_D] tile of q or k, RoPE applied to its patch tokens (in fp32), back in its own dtype."""
+        x = tl.load(base + offs_n[:, None] * stride_n + offs_d[None, :], mask=mask, other=0.0)
+        if HAS_ROPE:
+            partner = (offs_d + HEAD_DIM // 2) % HEAD_DIM  # rotate_half: x[j + d/2] with sign -1, x[j - d/2] with +1
+            x_partner = tl.load(base + offs_n[:, None] * stride_n + partner[None, :], mask=mask, other=0.0)
+            sign = tl.where(offs_d < HEAD_DIM // 2, -1.0, 1.0)
+            patch = offs_n - num_prefix
+            table_mask = mask & (patch >= 0)[:, None]
+            table = patch[:, None] * HEAD_DIM + offs_d[None, :]
+            cos = tl.load(cos_ptr + table, mask=table_mask, other=1.0).to(tl.float32)
+            sin = tl.load(sin_ptr + table, mask=table_mask, other=0.0).to(tl.float32)
+            rotated = x.to(tl.float32) * cos + sign[None, :] * x_partner.to(tl.float32) * sin
+            x = rotated.to(x.dtype)
+        return tl.where(x > 0, x, tl.zeros_like(x))
+
+    @triton.jit
     def _state_kernel(
-        k_ptr, v_ptr, state_ptr, key_sum_ptr, value_sum_ptr,
+        k_ptr, v_ptr, cos_ptr, sin_ptr, partial_ptr,
         num_tokens, num_heads, num_prefix, tokens_per_split,
         stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,
-        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, IEEE_FP32: tl.constexpr,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, HAS_ROPE: tl.constexpr,
+        IEEE_FP32: tl.constexpr,
     ):
+        """One (image, head, sequence split): partial sums of relu(k)^T v, relu(k) and patch v, packed in one row."""
         batch_head = tl.program_id(0)
         split = tl.program_id(1)
-        num_splits = tl.num_programs(1)
         batch = batch_head // num_heads
         head = batch_head % num_heads
         offs_d = tl.arange(0, BLOCK_D)
@@ -99,32 +142,28 @@ if triton is not None:
         start = split * tokens_per_split
         for offset in range(0, tokens_per_split, BLOCK_N):
             offs_n = start + offset + tl.arange(0, BLOCK_N)
-            n_mask = offs_n < num_tokens
-            mask = n_mask[:, None] & d_mask[None, :]
-            k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=mask, other=0.0)
+            mask = (offs_n < num_tokens)[:, None] & d_mask[None, :]
+            k = _load_rotated(k_base, offs_n, stride_kn, offs_d, mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM, HAS_ROPE)
             v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=mask, other=0.0)
-            k = tl.where(k > 0, k, tl.zeros_like(k))
             if IEEE_FP32:
                 state += tl.dot(tl.trans(k), v, input_precision="ieee")
             else:
                 state += tl.dot(tl.trans(k), v)
             key_sum += tl.sum(k.to(tl.float32), axis=0)
-            is_patch = (offs_n >= num_prefix)[:, None]
-            value_sum += tl.sum(tl.where(is_patch, v.to(tl.float32), 0.0), axis=0)
+            value_sum += tl.sum(tl.where((offs_n >= num_prefix)[:, None], v.to(tl.float32), 0.0), axis=0)
 
-        partial = batch_head * num_splits + split
-        offs_dd = offs_d[:, None] * HEAD_DIM + offs_d[None, :]
-        tl.store(state_ptr + partial * HEAD_DIM * HEAD_DIM + offs_dd, state, mask=d_mask[:, None] & d_mask[None, :])
-        tl.store(key_sum_ptr + partial * HEAD_DIM + offs_d, key_sum, mask=d_mask)
-        tl.store(value_sum_ptr + partial * HEAD_DIM + offs_d, value_sum, mask=d_mask)
+        row = partial_ptr + (batch_head * tl.num_programs(1) + split) * (HEAD_DIM * HEAD_DIM + 2 * HEAD_DIM)
+        tl.store(row + offs_d[:, None] * HEAD_DIM + offs_d[None, :], state, mask=d_mask[:, None] & d_mask[None, :])
+        tl.store(row + HEAD_DIM * HEAD_DIM + offs_d, key_sum, mask=d_mask)
+        tl.store(row + HEAD_DIM * HEAD_DIM + HEAD_DIM + offs_d, value_sum, mask=d_mask)
 
     @triton.jit
     def _output_kernel(
-        q_ptr, v_ptr, state_ptr, key_sum_ptr, w_ptr, o_ptr,
+        q_ptr, v_ptr, state_ptr, key_sum_ptr, w_ptr, cos_ptr, sin_ptr, o_ptr,
         num_tokens, num_heads, num_prefix, grid_h, grid_w, inv_tokens, eps,
         stride_qb, stride_qn, stride_qh, stride_vb, stride_vn, stride_vh, stride_ob, stride_on,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, KERNEL_SIZE: tl.constexpr,
-        HAS_CONV: tl.constexpr, IEEE_FP32: tl.constexpr,
+        HAS_CONV: tl.constexpr, HAS_ROPE: tl.constexpr, IEEE_FP32: tl.constexpr,
     ):
         batch_head = tl.program_id(0)
         batch = batch_head // num_heads
@@ -135,9 +174,8 @@ if triton is not None:
         d_mask = offs_d < HEAD_DIM
         mask = n_mask[:, None] & d_mask[None, :]
 
-        q = tl.load(q_ptr + batch * stride_qb + head * stride_qh + offs_n[:, None] * stride_qn + offs_d[None, :],
-                    mask=mask, other=0.0)
-        q = tl.where(q > 0, q, tl.zeros_like(q))
+        q_base = q_ptr + batch * stride_qb + head * stride_qh
+        q = _load_rotated(q_base, offs_n, stride_qn, offs_d, mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM, HAS_ROPE)
         dd_mask = d_mask[:, None] & d_mask[None, :]
         state = tl.load(state_ptr + batch_head * HEAD_DIM * HEAD_DIM + offs_d[:, None] * HEAD_DIM + offs_d[None, :],
                         mask=dd_mask, other=0.0)
@@ -177,55 +215,62 @@ if triton is not None:
                  out.to(o_ptr.dtype.element_ty), mask=mask)
 
 
+# Launch settings, chosen by `benchmarks/bench_linear_attention.py --sweep` on an H200 (bf16, ViT-L, 8197 tokens).
+STATE_BLOCK_N, STATE_WARPS, STATE_PROGRAMS_PER_SM = 64, 4, 4
+OUTPUT_BLOCK_N, OUTPUT_WARPS = 64, 4
+
+
 def _block_d(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
-def _num_splits(batch_heads: int, num_tokens: int, block_n: int, device: torch.device) -> int:
-    """Enough sequence splits for about four programs per multiprocessor, never more than there are token blocks."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    return max(1, min(triton.cdiv(4 * sms, batch_heads), triton.cdiv(num_tokens, block_n)))
+def _rope_tables(cos, sin, reference: torch.Tensor):
+    """Contiguous tables (any tensor as a placeholder without RoPE: the kernels do not read it then)."""
+    if cos is None:
+        return reference, reference
+    return cos.contiguous(), sin.contiguous()
 
 
-def state_triton(key: torch.Tensor, value: torch.Tensor, num_prefix: int):
+def state_triton(key, value, cos, sin, num_prefix: int, block_n=None, num_warps=None, programs_per_sm=None):
     batch, num_tokens, heads, head_dim = key.shape
-    block_n, block_d = 64, _block_d(head_dim)
-    splits = _num_splits(batch * heads, num_tokens, block_n, key.device)
+    block_n = block_n or STATE_BLOCK_N
+    sms = torch.cuda.get_device_properties(key.device).multi_processor_count if key.is_cuda else 4
+    # split the sequence so that about `programs_per_sm` programs run per multiprocessor even at batch 1
+    splits = max(1, min(triton.cdiv((programs_per_sm or STATE_PROGRAMS_PER_SM) * sms, batch * heads),
+                        triton.cdiv(num_tokens, block_n)))
     tokens_per_split = triton.cdiv(triton.cdiv(num_tokens, splits), block_n) * block_n
     splits = triton.cdiv(num_tokens, tokens_per_split)
-    options = dict(device=key.device, dtype=torch.float32)
-    state = torch.empty(batch * heads, splits, head_dim, head_dim, **options)
-    key_sum = torch.empty(batch * heads, splits, head_dim, **options)
-    value_sum = torch.empty(batch * heads, splits, head_dim, **options)
+    row = head_dim * head_dim + 2 * head_dim
+    partials = torch.empty(batch * heads, splits, row, device=key.device, dtype=torch.float32)
+    cos, sin = _rope_tables(cos, sin, key)
     _state_kernel[(batch * heads, splits)](
-        key, value, state, key_sum, value_sum,
+        key, value, cos, sin, partials,
         num_tokens, heads, num_prefix, tokens_per_split,
         key.stride(0), key.stride(1), key.stride(2), value.stride(0), value.stride(1), value.stride(2),
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=block_n, IEEE_FP32=key.dtype == torch.float32,
-        num_warps=4,
+        HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), BLOCK_N=block_n, HAS_ROPE=cos is not key,
+        IEEE_FP32=key.dtype == torch.float32, num_warps=num_warps or STATE_WARPS,
     )
-    # the split partials are summed here (deterministic, unlike atomics); it is a few microseconds
-    return (
-        state.sum(1).view(batch, heads, head_dim, head_dim),
-        key_sum.sum(1).view(batch, heads, head_dim),
-        value_sum.sum(1).view(batch, heads, head_dim),
-    )
+    totals = partials.sum(1).view(batch, heads, row)  # one deterministic reduction of the split partials
+    state, key_sum, value_sum = totals.split((head_dim * head_dim, head_dim, head_dim), dim=-1)
+    return state.reshape(batch, heads, head_dim, head_dim), key_sum, value_sum
 
 
-def output_triton(query, value, state, key_sum, conv_weight, num_prefix: int, grid_size, eps: float):
+def output_triton(query, value, state, key_sum, conv_weight, cos, sin, num_prefix: int, grid_size, eps: float,
+                  block_n=None, num_warps=None):
     batch, num_tokens, heads, head_dim = query.shape
-    block_n, block_d = 64, _block_d(head_dim)
+    block_n = block_n or OUTPUT_BLOCK_N
     out = torch.empty(batch, num_tokens, heads * head_dim, device=query.device, dtype=query.dtype)
     has_conv = conv_weight is not None
-    weight = conv_weight.float().contiguous() if has_conv else state  # any tensor; unused without the conv
+    weight = conv_weight.float().contiguous() if has_conv else state  # placeholder without the conv: never read
+    cos, sin = _rope_tables(cos, sin, query)
     _output_kernel[(batch * heads, triton.cdiv(num_tokens, block_n))](
-        query, value, state.contiguous(), key_sum.contiguous(), weight, out,
+        query, value, state.contiguous(), key_sum.contiguous(), weight, cos, sin, out,
         num_tokens, heads, num_prefix, grid_size[0], grid_size[1], 1.0 / num_tokens, eps,
         query.stride(0), query.stride(1), query.stride(2), value.stride(0), value.stride(1), value.stride(2),
         out.stride(0), out.stride(1),
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=block_n,
-        KERNEL_SIZE=conv_weight.shape[-1] if has_conv else 1, HAS_CONV=has_conv,
-        IEEE_FP32=query.dtype == torch.float32, num_warps=4,
+        HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), BLOCK_N=block_n,
+        KERNEL_SIZE=conv_weight.shape[-1] if has_conv else 1, HAS_CONV=has_conv, HAS_ROPE=cos is not query,
+        IEEE_FP32=query.dtype == torch.float32, num_warps=num_warps or OUTPUT_WARPS,
     )
     return out
 
@@ -265,13 +310,15 @@ def _register_ops():
         return
 
     @torch.library.custom_op("jetvit::linear_attention_state", mutates_args=())
-    def linear_attention_state(key: torch.Tensor, value: torch.Tensor, num_prefix: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def linear_attention_state(
+        key: torch.Tensor, value: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, num_prefix: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if triton_available(key):
-            return state_triton(key, value, num_prefix)
-        return state_reference(key, value, num_prefix)
+            return state_triton(key, value, cos, sin, num_prefix)
+        return state_reference(key, value, cos, sin, num_prefix)
 
     @linear_attention_state.register_fake
-    def _(key, value, num_prefix):
+    def _(key, value, cos, sin, num_prefix):
         batch, _, heads, head_dim = key.shape
         return (
             key.new_empty(batch, heads, head_dim, head_dim, dtype=torch.float32),
@@ -280,18 +327,18 @@ def _register_ops():
         )
 
     def state_setup_context(ctx, inputs, output):
-        key, value, num_prefix = inputs
-        ctx.save_for_backward(key, value)
+        key, value, cos, sin, num_prefix = inputs
+        ctx.save_for_backward(key, value, cos, sin)
         ctx.num_prefix = num_prefix
 
     def state_backward(ctx, grad_state, grad_key_sum, grad_value_sum):
-        key, value = ctx.saved_tensors
-        relu_key = F.relu(key).float()
+        key, value, cos, sin = ctx.saved_tensors
+        rotated = apply_rope(key.float(), cos, sin, ctx.num_prefix)
         grad_key = torch.einsum("bnhe,bhde->bnhd", value.float(), grad_state) + grad_key_sum.unsqueeze(1)
-        grad_key = grad_key * (key > 0)
-        grad_value = torch.einsum("bnhd,bhde->bnhe", relu_key, grad_state)
+        grad_key = unrotate_grad(grad_key * (rotated > 0), cos, sin, ctx.num_prefix)
+        grad_value = torch.einsum("bnhd,bhde->bnhe", F.relu(rotated), grad_state)
         grad_value[:, ctx.num_prefix :] += grad_value_sum.unsqueeze(1)
-        return grad_key.to(key.dtype), grad_value.to(value.dtype), None
+        return grad_key.to(key.dtype), grad_value.to(value.dtype), None, None, None
 
     linear_attention_state.register_autograd(state_backward, setup_context=state_setup_context)
 
@@ -302,29 +349,31 @@ def _register_ops():
         state: torch.Tensor,
         key_sum: torch.Tensor,
         conv_weight: torch.Tensor | None,
+        cos: torch.Tensor | None,
+        sin: torch.Tensor | None,
         num_prefix: int,
         grid_h: int,
         grid_w: int,
         eps: float,
     ) -> torch.Tensor:
-        if triton_available(query):
-            return output_triton(query, value, state, key_sum, conv_weight, num_prefix, (grid_h, grid_w), eps)
-        return output_reference(query, value, state, key_sum, conv_weight, num_prefix, (grid_h, grid_w), eps)
+        args = (query, value, state, key_sum, conv_weight, cos, sin, num_prefix, (grid_h, grid_w), eps)
+        return output_triton(*args) if triton_available(query) else output_reference(*args)
 
     @linear_attention_output.register_fake
-    def _(query, value, state, key_sum, conv_weight, num_prefix, grid_h, grid_w, eps):
+    def _(query, value, state, key_sum, conv_weight, cos, sin, num_prefix, grid_h, grid_w, eps):
         batch, num_tokens, heads, head_dim = query.shape
         return query.new_empty(batch, num_tokens, heads * head_dim)
 
     def output_setup_context(ctx, inputs, output):
-        query, value, state, key_sum, conv_weight, num_prefix, grid_h, grid_w, eps = inputs
-        ctx.save_for_backward(query, value, state, key_sum, conv_weight)
+        query, value, state, key_sum, conv_weight, cos, sin, num_prefix, grid_h, grid_w, eps = inputs
+        ctx.save_for_backward(query, value, state, key_sum, conv_weight, cos, sin)
         ctx.num_prefix, ctx.grid_size, ctx.eps = num_prefix, (grid_h, grid_w), eps
 
     def output_backward(ctx, grad_out):
-        query, value, state, key_sum, conv_weight = ctx.saved_tensors
+        query, value, state, key_sum, conv_weight, cos, sin = ctx.saved_tensors
         batch, num_tokens, heads, head_dim = query.shape
-        relu_query = F.relu(query).float()
+        rotated = apply_rope(query.float(), cos, sin, ctx.num_prefix)
+        relu_query = F.relu(rotated)
         grad = grad_out.float().view(batch, num_tokens, heads, head_dim)
         numerator = torch.einsum("bnhd,bhde->bnhe", relu_query, state) / num_tokens
         normalizer = torch.einsum("bnhd,bhd->bnh", relu_query, key_sum).unsqueeze(-1) / num_tokens + ctx.eps
@@ -333,7 +382,7 @@ def _register_ops():
         grad_query = (
             torch.einsum("bnhe,bhde->bnhd", grad_numerator, state) + grad_normalizer * key_sum.unsqueeze(1)
         ) / num_tokens
-        grad_query = (grad_query * (query > 0)).to(query.dtype)
+        grad_query = unrotate_grad(grad_query * (rotated > 0), cos, sin, ctx.num_prefix).to(query.dtype)
         grad_state = torch.einsum("bnhd,bnhe->bhde", relu_query, grad_numerator) / num_tokens
         grad_key_sum = (grad_normalizer * relu_query).sum(1) / num_tokens
         grad_value, grad_weight = None, None
@@ -345,7 +394,7 @@ def _register_ops():
             grad_value = torch.zeros_like(value, dtype=torch.float32)
             grad_value[:, ctx.num_prefix :] = grad_patch_value
             grad_value, grad_weight = grad_value.to(value.dtype), grad_weight.to(conv_weight.dtype)
-        return grad_query, grad_value, grad_state, grad_key_sum, grad_weight, None, None, None, None
+        return grad_query, grad_value, grad_state, grad_key_sum, grad_weight, None, None, None, None, None, None
 
     linear_attention_output.register_autograd(output_backward, setup_context=output_setup_context)
 
@@ -353,13 +402,16 @@ def _register_ops():
 _register_ops()
 
 
-def linear_attention_state(key: torch.Tensor, value: torch.Tensor, num_prefix: int):
-    """`(sum_j relu(k_j)^T v_j, sum_j relu(k_j), sum over patch tokens of v_j)` in fp32, per image and head."""
-    return torch.ops.jetvit.linear_attention_state(key, value, num_prefix)
+def linear_attention_state(key: torch.Tensor, value: torch.Tensor, num_prefix: int, cos=None, sin=None):
+    """`(sum_j phi(k_j)^T v_j, sum_j phi(k_j), sum over patch tokens of v_j)` in fp32 per image and head, where
+    `phi(k) = relu(RoPE(k))` (RoPE on patch tokens when `cos`/`sin` tables `[patches, head_dim]` are given)."""
+    return torch.ops.jetvit.linear_attention_state(key, value, cos, sin, num_prefix)
 
 
-def linear_attention_output(query, value, state, key_sum, conv_weight, num_prefix: int, grid_size, eps: float):
+def linear_attention_output(
+    query, value, state, key_sum, conv_weight, num_prefix: int, grid_size, eps: float, cos=None, sin=None
+):
     """Normalised ReLU linear attention plus the depthwise conv of V on patch tokens, as `[batch, tokens, channels]`."""
     return torch.ops.jetvit.linear_attention_output(
-        query, value, state, key_sum, conv_weight, num_prefix, grid_size[0], grid_size[1], eps
+        query, value, state, key_sum, conv_weight, cos, sin, num_prefix, grid_size[0], grid_size[1], eps
     )

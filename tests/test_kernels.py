@@ -11,9 +11,26 @@ from jetvit_hf import kernels_jetvit
 from jetvit_hf.kernels_jetvit import linear_attention_output, linear_attention_state
 
 
-def reference_block(q, k, v, conv_weight, num_prefix, grid, eps):
+def rope_tables(num_patches, dim, seed=0):
+    angles = torch.rand(num_patches, dim // 2, generator=torch.Generator().manual_seed(seed)) * 6.3
+    return torch.cos(angles).repeat(1, 2), torch.sin(angles).repeat(1, 2)
+
+
+def rotate(x, cos, sin, num_prefix):
+    """Float64 RoPE written out: pairs (j, j + d/2) rotate by the table's angle; prefix tokens stay."""
+    if cos is None:
+        return x
+    half = x.shape[-1] // 2
+    x1, x2 = x[:, num_prefix:, :, :half], x[:, num_prefix:, :, half:]
+    c, s_ = cos.double()[None, :, None, :half], sin.double()[None, :, None, :half]
+    patches = torch.cat((x1 * c - x2 * s_, x2 * c + x1 * s_), dim=-1)
+    return torch.cat((x[:, :num_prefix], patches), dim=1)
+
+
+def reference_block(q, k, v, conv_weight, num_prefix, grid, eps, cos=None, sin=None):
     """Float64 long-hand of the whole block: explicit N x N ReLU kernel matrix plus a shift-and-add depthwise conv."""
     batch, tokens, heads, dim = q.shape
+    q, k = rotate(q.double(), cos, sin, num_prefix), rotate(k.double(), cos, sin, num_prefix)
     qh, kh, vh = (x.double().transpose(1, 2) for x in (q, k, v))
     scores = F.relu(qh) @ F.relu(kh).transpose(-1, -2)
     out = (scores @ vh) / (scores.sum(-1, keepdim=True) + tokens * eps)
@@ -40,36 +57,40 @@ def random_inputs(batch, num_prefix, grid, heads, dim, kernel_size, dtype=torch.
     return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], conv_weight
 
 
-def fused_block(q, k, v, conv_weight, num_prefix, grid, eps):
-    state, key_sum, value_sum = linear_attention_state(k, v, num_prefix)
-    return linear_attention_output(q, v, state, key_sum, conv_weight, num_prefix, grid, eps), value_sum
+def fused_block(q, k, v, conv_weight, num_prefix, grid, eps, cos=None, sin=None):
+    state, key_sum, value_sum = linear_attention_state(k, v, num_prefix, cos, sin)
+    out = linear_attention_output(q, v, state, key_sum, conv_weight, num_prefix, grid, eps, cos, sin)
+    return out, value_sum
 
 
+@pytest.mark.parametrize("rope", [False, True])
 @pytest.mark.parametrize("grid, num_prefix, kernel_size", [((4, 5), 1, 3), ((6, 3), 5, 5), ((3, 3), 0, 1)])
-def test_ops_forward_matches_float64(grid, num_prefix, kernel_size):
+def test_ops_forward_matches_float64(grid, num_prefix, kernel_size, rope):
     q, k, v, conv_weight = random_inputs(2, num_prefix, grid, 3, 8, kernel_size)
-    out, value_sum = fused_block(q, k, v, conv_weight, num_prefix, grid, 1e-6)
-    torch.testing.assert_close(out.double(), reference_block(q, k, v, conv_weight, num_prefix, grid, 1e-6),
-                               rtol=1e-5, atol=1e-5)
+    cos, sin = rope_tables(grid[0] * grid[1], 8) if rope else (None, None)
+    out, value_sum = fused_block(q, k, v, conv_weight, num_prefix, grid, 1e-6, cos, sin)
+    expected = reference_block(q, k, v, conv_weight, num_prefix, grid, 1e-6, cos, sin)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
     expected_sum = v.double()[:, num_prefix:].sum(1)
     torch.testing.assert_close(value_sum.double(), expected_sum, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("with_conv", [True, False])
-def test_ops_backward_matches_float64_autograd(with_conv):
+@pytest.mark.parametrize("with_conv, rope", [(True, True), (True, False), (False, True)])
+def test_ops_backward_matches_float64_autograd(with_conv, rope):
     grid, num_prefix = (3, 4), 2
     q, k, v, conv_weight = random_inputs(2, num_prefix, grid, 2, 8, 3, seed=1)
+    cos, sin = rope_tables(12, 8, seed=2) if rope else (None, None)
     conv_weight = conv_weight if with_conv else None
     leaves = [t.clone().requires_grad_(True) for t in (q, k, v)] + ([conv_weight.clone().requires_grad_(True)] if with_conv else [])
     weight = leaves[3] if with_conv else None
-    out, value_sum = fused_block(*leaves[:3], weight, num_prefix, grid, 1e-6)
+    out, value_sum = fused_block(*leaves[:3], weight, num_prefix, grid, 1e-6, cos, sin)
     probe = torch.randn_like(out)
     probe_sum = torch.randn_like(value_sum)
     ((out * probe).sum() + (value_sum * probe_sum).sum()).backward()
 
     reference_leaves = [t.detach().double().requires_grad_(True) for t in leaves]
     ref_weight = reference_leaves[3] if with_conv else None
-    expected = reference_block(*reference_leaves[:3], ref_weight, num_prefix, grid, 1e-6)
+    expected = reference_block(*reference_leaves[:3], ref_weight, num_prefix, grid, 1e-6, cos, sin)
     expected_sum = reference_leaves[2][:, num_prefix:].reshape(2, -1, 16).sum(1).view(2, 2, 8)
     ((expected * probe.double()).sum() + (expected_sum * probe_sum.double()).sum()).backward()
     for leaf, reference in zip(leaves, reference_leaves):
@@ -97,16 +118,19 @@ def triton_device(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("grid, num_prefix, heads, dim", [((5, 7), 5, 2, 64), ((16, 8), 1, 3, 32), ((3, 33), 0, 1, 48)])
-def test_triton_kernels_match_the_pytorch_path(dtype, grid, num_prefix, heads, dim):
+@pytest.mark.parametrize("rope", [False, True])
+def test_triton_kernels_match_the_pytorch_path(dtype, grid, num_prefix, heads, dim, rope):
     device = triton_device(dtype)
     q, k, v, conv_weight = random_inputs(2, num_prefix, grid, heads, dim, 3, dtype=dtype, device=device, scale=3.0)
-    state, key_sum, value_sum = kernels_jetvit.state_triton(k, v, num_prefix)
-    ref_state, ref_key_sum, ref_value_sum = kernels_jetvit.state_reference(k, v, num_prefix)
+    cos, sin = (t.to(device) for t in rope_tables(grid[0] * grid[1], dim)) if rope else (None, None)
+    state, key_sum, value_sum = kernels_jetvit.state_triton(k, v, cos, sin, num_prefix)
+    ref_state, ref_key_sum, ref_value_sum = kernels_jetvit.state_reference(k, v, cos, sin, num_prefix)
+    tolerance = dict(rtol=1e-4, atol=1e-3) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-1)
     for actual, expected in ((state, ref_state), (key_sum, ref_key_sum), (value_sum, ref_value_sum)):
-        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-3)
-    out = kernels_jetvit.output_triton(q, v, state, key_sum, conv_weight, num_prefix, grid, 1e-6)
+        torch.testing.assert_close(actual, expected, **tolerance)
+    out = kernels_jetvit.output_triton(q, v, state, key_sum, conv_weight, cos, sin, num_prefix, grid, 1e-6)
     assert out.dtype == dtype and torch.isfinite(out).all()
-    expected = reference_block(q, k, v, conv_weight, num_prefix, grid, 1e-6)
+    expected = reference_block(q, k, v, conv_weight, num_prefix, grid, 1e-6, cos, sin)
     error = ((out.double() - expected).norm() / expected.norm()).item()
     assert error < (1e-5 if dtype == torch.float32 else 1e-2), error
 
@@ -115,8 +139,8 @@ def test_triton_kernels_match_the_pytorch_path(dtype, grid, num_prefix, heads, d
 def test_triton_kernels_survive_large_activations(dtype):
     device = triton_device(dtype)
     q, k, v, conv_weight = random_inputs(1, 5, (32, 32), 2, 64, 3, dtype=dtype, device=device, scale=200.0)
-    state, key_sum, _ = kernels_jetvit.state_triton(k, v, 5)
-    out = kernels_jetvit.output_triton(q, v, state, key_sum, None, 5, (32, 32), 1e-6)
+    state, key_sum, _ = kernels_jetvit.state_triton(k, v, None, None, 5)
+    out = kernels_jetvit.output_triton(q, v, state, key_sum, None, None, None, 5, (32, 32), 1e-6)
     expected = reference_block(q, k, v, None, 5, (32, 32), 1e-6)
     assert torch.isfinite(out).all()
     assert ((out.double() - expected).norm() / expected.norm()).item() < 1e-2

@@ -1,0 +1,84 @@
+"""Microbenchmark of window attention at a ViT-L shape: JetViT's module against its parts and alternatives.
+
+Times (CUDA-graph replays, CUDA-event medians), for q/k/v given as views of one fused projection output:
+- `module`: `JetViTWindowAttention`'s attention core (RoPE, partition, prefix keys, SDPA, unpartition), eager and
+  compiled;
+- `sdpa_windows_261` / `sdpa_windows_256`: SDPA alone on pre-partitioned windows with and without the 5 prefix keys,
+  per backend (cuDNN, flash, efficient), to show what the prefix keys and the backend cost;
+- `sdpa_full`: full attention on the same tokens.
+
+    python benchmarks/bench_window_attention.py --height 1024 --width 2048 --output window.json
+"""
+
+import argparse
+import json
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from benchmarks.bench_linear_attention import cuda_median_ms, graphed
+from jetvit_hf import JetViTConfig
+from jetvit_hf.modeling_jetvit import JetViTRopePositionEmbedding, JetViTWindowAttention
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--height", type=int, default=1024)
+    parser.add_argument("--width", type=int, default=2048)
+    parser.add_argument("--window-size", type=int, default=16)
+    parser.add_argument("--output", default=None)
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_window_attention: needs a CUDA GPU", file=sys.stderr)
+        return 2
+    config = JetViTConfig(
+        hidden_size=1024, num_hidden_layers=1, num_attention_heads=16, intermediate_size=4096, patch_size=16,
+        num_register_tokens=4, position_embedding_type="rope", window_size=args.window_size,
+    )
+    grid = (args.height // 16, args.width // 16)
+    tokens = 5 + grid[0] * grid[1]
+    dtype = torch.bfloat16
+    with torch.device("cuda"):
+        module = JetViTWindowAttention(config).to(dtype).eval()
+        rope = JetViTRopePositionEmbedding(config)
+        position_embeddings = rope(grid, dtype)
+        hidden = torch.randn(1, tokens, 1024, dtype=dtype)
+    ws = args.window_size
+    windows = (grid[0] // ws) * (grid[1] // ws)
+    results = {}
+    with torch.inference_mode():
+        results["module_eager"] = cuda_median_ms(graphed(lambda: module(hidden, position_embeddings, grid)))
+        compiled = torch.compile(module)
+        compiled(hidden, position_embeddings, grid)
+        results["module_compiled"] = cuda_median_ms(graphed(lambda: compiled(hidden, position_embeddings, grid)))
+        q = torch.randn(windows, 16, ws * ws, 64, device="cuda", dtype=dtype)
+        k261 = torch.randn(windows, 16, ws * ws + 5, 64, device="cuda", dtype=dtype)
+        v261 = torch.randn_like(k261)
+        k256, v256 = k261[:, :, 5:].contiguous(), v261[:, :, 5:].contiguous()
+        for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION),
+                              ("efficient", SDPBackend.EFFICIENT_ATTENTION)):
+            for keys, (k, v) in (("261", (k261, v261)), ("256", (k256, v256))):
+                try:
+                    with sdpa_kernel([backend]):
+                        results[f"sdpa_windows_{keys}_{name}"] = cuda_median_ms(
+                            graphed(lambda: F.scaled_dot_product_attention(q, k, v)))
+                except RuntimeError as error:
+                    results[f"sdpa_windows_{keys}_{name}"] = f"unsupported: {str(error)[:80]}"
+        qf = torch.randn(1, 16, tokens, 64, device="cuda", dtype=dtype)
+        results["sdpa_full"] = cuda_median_ms(graphed(lambda: F.scaled_dot_product_attention(qf, qf, qf)))
+    flops = 4 * grid[0] * grid[1] * (ws * ws + 5) * 1024
+    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "grid": grid, "window_size": ws,
+              "window_attention_gflop": flops / 1e9, "ms": results}
+    for name, value in results.items():
+        text = f"{value * 1e3:8.1f} us" if isinstance(value, float) else value
+        print(f"  {name:28s} {text}")
+    if args.output:
+        with open(args.output, "w") as handle:
+            json.dump(result, handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Where the time of a JetViT forward goes: a CUDA-kernel profile grouped into GEMMs, attention, JetViT's linear
+attention kernels and the rest, next to the GEMM floor (FLOPs of the projections and MLPs at a measured GEMM rate).
+
+    python benchmarks/profile_jetvit.py --layout paper-2full --height 1024 --width 2048 --compile
+"""
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+
+import torch
+
+from jetvit_hf import JetViTConfig, JetViTModel
+
+
+def dinov3_large(attention_types) -> JetViTConfig:
+    return JetViTConfig(
+        hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, patch_size=16,
+        num_register_tokens=4, position_embedding_type="rope", key_bias=False, layer_norm_eps=1e-5,
+        attention_types=attention_types, window_size=16,
+    )
+
+
+def paper_layout(num_layers: int = 24, full=(13, 21)) -> list[str]:
+    """2 full layers, layer 0 linear, the rest alternating linear/window."""
+    return ["full" if i in full else ("linear" if i % 2 == 0 else "window") for i in range(num_layers)]
+
+
+def category(name: str) -> str:
+    lowered = name.lower()
+    if "_state_kernel" in name or "_output_kernel" in name:
+        return "jetvit linear attention"
+    if any(key in lowered for key in ("gemm", "sm90_xmma", "cutlass", "nvjet", "matmul", "wgmma")) and "attention" not in lowered and "fmha" not in lowered and "flash" not in lowered:
+        return "gemm"
+    if any(key in lowered for key in ("flash", "fmha", "attention", "sdpa", "cudnn")):
+        return "softmax attention"
+    return "other (norms, elementwise, copies)"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--layout", default="paper-2full", choices=["paper-2full", "all-full", "all-linear", "all-window"])
+    parser.add_argument("--height", type=int, default=1024)
+    parser.add_argument("--width", type=int, default=2048)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--output", default=None)
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("profile_jetvit: needs a CUDA GPU", file=sys.stderr)
+        return 2
+    layouts = {
+        "paper-2full": paper_layout(),
+        "all-full": ["full"] * 24,
+        "all-linear": ["linear"] * 24,
+        "all-window": ["window"] * 24,
+    }
+    config = dinov3_large(layouts[args.layout])
+    with torch.device("cuda"):
+        model = JetViTModel(config).to(torch.bfloat16).eval()
+    model.fuse_qkv_projections()
+    forward = torch.compile(model) if args.compile else model
+    pixel_values = torch.randn(args.batch_size, 3, args.height, args.width, device="cuda", dtype=torch.bfloat16)
+    with torch.inference_mode():
+        for _ in range(5):
+            forward(pixel_values)
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+            for _ in range(5):
+                forward(pixel_values)
+            torch.cuda.synchronize()
+
+    per_kernel = defaultdict(float)
+    for event in profile.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            per_kernel[event.name] += event.device_time_total / 5 / 1e3  # ms per forward
+    groups = defaultdict(float)
+    for name, ms in per_kernel.items():
+        groups[category(name)] += ms
+    total = sum(groups.values())
+
+    tokens = args.batch_size * (config.num_prefix_tokens + (args.height // 16) * (args.width // 16))
+    gemm_flops = 24 * tokens * config.hidden_size**2 * config.num_hidden_layers
+    a = torch.randn(8192, 1024, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(1024, 4096, device="cuda", dtype=torch.bfloat16)
+    for _ in range(5):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(20):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    gemm_rate = 20 * 2 * 8192 * 1024 * 4096 / (start.elapsed_time(end) * 1e-3)
+
+    result = {
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "layout": args.layout,
+        "attention_types": config.attention_types,
+        "resolution": [args.height, args.width],
+        "batch_size": args.batch_size,
+        "compiled": args.compile,
+        "kernel_ms_by_category": dict(groups),
+        "kernel_ms_total": total,
+        "gemm_floor_ms": gemm_flops / gemm_rate * 1e3,
+        "measured_gemm_tflops": gemm_rate / 1e12,
+        "top_kernels_ms": dict(sorted(per_kernel.items(), key=lambda kv: -kv[1])[:15]),
+    }
+    print(f"{result['gpu']} {args.layout} {args.height}x{args.width} b{args.batch_size} compiled={args.compile}")
+    for name, ms in sorted(groups.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:34s} {ms:8.3f} ms  {100 * ms / total:5.1f}%")
+    print(f"  {'total kernel time':34s} {total:8.3f} ms; GEMM floor {result['gemm_floor_ms']:.2f} ms at {gemm_rate / 1e12:.0f} TFLOP/s")
+    for name, ms in result["top_kernels_ms"].items():
+        print(f"    {ms:7.3f} ms  {name[:110]}")
+    if args.output:
+        with open(args.output, "w") as handle:
+            json.dump(result, handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
