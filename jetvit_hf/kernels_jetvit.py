@@ -1,4 +1,8 @@
-"""Fused linear-attention kernels for JetViT, registered as torch custom ops (`torch.ops.jetvit.*`).
+"""Fused attention kernels for JetViT, registered as torch custom ops (`torch.ops.jetvit.*`).
+
+Window attention (`window_attention`) reads q/k/v straight from the projection output, applies RoPE on load, attends
+each patch query to its window plus the prefix tokens with an online softmax, and writes `[batch, tokens, channels]`:
+no partition, padding or prefix-concatenation copies.
 
 JetViT's linear-attention block (ReLU linear attention plus the squeeze dynamic depthwise convolution of V) runs as two
 ops so that `torch.compile` keeps whole graphs:
@@ -94,6 +98,84 @@ def output_reference(query, value, state, key_sum, conv_weight, cos, sin, num_pr
     return out.to(dtype)
 
 
+def window_partition(patches: torch.Tensor, grid_size, window_size: int) -> torch.Tensor:
+    """`[batch, heads, h * w, d]` -> `[batch * windows, heads, window_size**2, d]`, zero-padding the grid to whole windows."""
+    batch_size, num_heads, _, head_dim = patches.shape
+    height, width = grid_size
+    pad_h, pad_w = -height % window_size, -width % window_size
+    patches = patches.view(batch_size, num_heads, height, width, head_dim)
+    patches = F.pad(patches, (0, 0, 0, pad_w, 0, pad_h))
+    rows, cols = (height + pad_h) // window_size, (width + pad_w) // window_size
+    patches = patches.view(batch_size, num_heads, rows, window_size, cols, window_size, head_dim)
+    patches = patches.permute(0, 2, 4, 1, 3, 5, 6)
+    return patches.reshape(batch_size * rows * cols, num_heads, window_size * window_size, head_dim)
+
+
+def window_unpartition(windows: torch.Tensor, grid_size, window_size: int) -> torch.Tensor:
+    """Inverse of `window_partition`: `[batch * windows, heads, window_size**2, d]` -> `[batch, heads, h * w, d]`."""
+    height, width = grid_size
+    rows, cols = -(-height // window_size), -(-width // window_size)
+    _, num_heads, _, head_dim = windows.shape
+    windows = windows.view(-1, rows, cols, num_heads, window_size, window_size, head_dim)
+    patches = windows.permute(0, 3, 1, 4, 2, 5, 6).reshape(
+        -1, num_heads, rows * window_size, cols * window_size, head_dim
+    )
+    return patches[:, :, :height, :width].reshape(-1, num_heads, height * width, head_dim)
+
+
+def window_padding_mask(grid_size, window_size: int, num_prefix: int, device: torch.device) -> torch.Tensor | None:
+    """Boolean key mask `[windows, 1, 1, prefix + window_size**2]` (True = attend); `None` when no padding is needed."""
+    height, width = grid_size
+    if height % window_size == 0 and width % window_size == 0:
+        return None
+    valid = torch.ones(1, 1, height * width, 1, device=device)
+    valid = window_partition(valid, grid_size, window_size).squeeze(-1) > 0  # [windows, 1, ws*ws]
+    prefix = torch.ones(valid.shape[0], 1, num_prefix, dtype=torch.bool, device=device)
+    return torch.cat((prefix, valid), dim=-1).unsqueeze(1)
+
+
+def prefix_query_attention(query, key, value, num_prefix: int, scale: float, dropout_p: float = 0.0):
+    """The prefix queries (`[B, N, H, d]` inputs, keys already rotated) against every key: `[B, P, H, d]`.
+
+    Two small GEMMs and a softmax: a flash kernel would run one thread block per head over the whole sequence.
+    """
+    query, key, value = (x.transpose(1, 2) for x in (query[:, :num_prefix], key, value))
+    weights = (torch.matmul(query, key.transpose(-1, -2)) * scale).float().softmax(dim=-1)
+    if dropout_p > 0:
+        weights = F.dropout(weights, p=dropout_p)
+    return torch.matmul(weights.to(value.dtype), value).transpose(1, 2)
+
+
+def window_attention_reference(query, key, value, cos, sin, num_prefix: int, grid_size, window_size: int,
+                               scale: float, dropout_p: float = 0.0):
+    """Each patch query attends to its window's patches plus the prefix tokens; prefix queries attend to all tokens.
+
+    Inputs `[B, N, H, d]`, unrotated; returns `[B, N, H * d]`.
+    """
+    batch, num_tokens, heads, head_dim = query.shape
+    query, key = apply_rope(query, cos, sin, num_prefix), apply_rope(key, cos, sin, num_prefix)
+    prefix_output = prefix_query_attention(query, key, value, num_prefix, scale, dropout_p)
+    q, k, v = (x.transpose(1, 2) for x in (query, key, value))  # [B, H, N, d]
+    windows_q, windows_k, windows_v = (window_partition(x[:, :, num_prefix:], grid_size, window_size) for x in (q, k, v))
+    num_windows = windows_q.shape[0] // batch
+    prefix_k, prefix_v = (
+        x[:, :, :num_prefix].unsqueeze(1).expand(-1, num_windows, -1, -1, -1).flatten(0, 1) for x in (k, v)
+    )
+    mask = window_padding_mask(grid_size, window_size, num_prefix, query.device)
+    if mask is not None:
+        mask = mask.repeat(batch, 1, 1, 1)
+    windows_output = F.scaled_dot_product_attention(
+        windows_q,
+        torch.cat((prefix_k, windows_k), dim=2),
+        torch.cat((prefix_v, windows_v), dim=2),
+        attn_mask=mask,
+        dropout_p=dropout_p,
+        scale=scale,
+    )
+    patch_output = window_unpartition(windows_output, grid_size, window_size).transpose(1, 2)
+    return torch.cat((prefix_output, patch_output), dim=1).reshape(batch, num_tokens, heads * head_dim)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Triton kernels
 # ----------------------------------------------------------------------------------------------------------------------
@@ -102,8 +184,9 @@ if triton is not None:
 
     @triton.jit
     def _load_rotated(base, offs_n, stride_n, offs_d, mask, cos_ptr, sin_ptr, num_prefix,
-                      HEAD_DIM: tl.constexpr, HAS_ROPE: tl.constexpr):
-        """A [BLOCK_N, BLOCK_D] tile of q or k, RoPE applied to its patch tokens (in fp32), back in its own dtype."""
+                      HEAD_DIM: tl.constexpr, HAS_ROPE: tl.constexpr, RELU: tl.constexpr = True):
+        """A [BLOCK_N, BLOCK_D] tile of q or k (rows `offs_n`), RoPE applied to its patch tokens (in fp32), back in its
+        own dtype, then ReLU'd when `RELU`."""
         x = tl.load(base + offs_n[:, None] * stride_n + offs_d[None, :], mask=mask, other=0.0)
         if HAS_ROPE:
             partner = (offs_d + HEAD_DIM // 2) % HEAD_DIM  # rotate_half: x[j + d/2] with sign -1, x[j - d/2] with +1
@@ -116,7 +199,9 @@ if triton is not None:
             sin = tl.load(sin_ptr + table, mask=table_mask, other=0.0).to(tl.float32)
             rotated = x.to(tl.float32) * cos + sign[None, :] * x_partner.to(tl.float32) * sin
             x = rotated.to(x.dtype)
-        return tl.where(x > 0, x, tl.zeros_like(x))
+        if RELU:
+            x = tl.where(x > 0, x, tl.zeros_like(x))
+        return x
 
     @triton.jit
     def _state_kernel(
@@ -214,10 +299,86 @@ if triton is not None:
         tl.store(o_ptr + batch * stride_ob + offs_n[:, None] * stride_on + head * HEAD_DIM + offs_d[None, :],
                  out.to(o_ptr.dtype.element_ty), mask=mask)
 
+    @triton.jit
+    def _window_kernel(
+        q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, o_ptr,
+        num_heads, num_prefix, grid_h, grid_w, window_cols, windows_per_image, qk_scale,
+        stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,
+        stride_ob, stride_on,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, WINDOW: tl.constexpr, BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, HAS_ROPE: tl.constexpr,
+    ):
+        """One block of BLOCK_M patch queries of one window and head: online softmax over the prefix keys and the
+        window's keys (padding outside the grid masked), reading and writing the token-major tensors directly."""
+        query_blocks: tl.constexpr = (WINDOW * WINDOW + BLOCK_M - 1) // BLOCK_M
+        key_blocks: tl.constexpr = (WINDOW * WINDOW + BLOCK_N - 1) // BLOCK_N
+        pid = tl.program_id(0)
+        head = tl.program_id(1)
+        block = pid % query_blocks
+        window = (pid // query_blocks) % windows_per_image
+        batch = pid // (query_blocks * windows_per_image)
+        top = (window // window_cols) * WINDOW
+        left = (window % window_cols) * WINDOW
+        offs_d = tl.arange(0, BLOCK_D)
+        d_mask = offs_d < HEAD_DIM
+
+        t = block * BLOCK_M + tl.arange(0, BLOCK_M)
+        row, col = top + t // WINDOW, left + t % WINDOW
+        q_valid = (t < WINDOW * WINDOW) & (row < grid_h) & (col < grid_w)
+        q_tokens = num_prefix + row * grid_w + col
+        q_mask = q_valid[:, None] & d_mask[None, :]
+        q_base = q_ptr + batch * stride_qb + head * stride_qh
+        q = _load_rotated(q_base, q_tokens, stride_qn, offs_d, q_mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM,
+                          HAS_ROPE, RELU=False)
+
+        k_base = k_ptr + batch * stride_kb + head * stride_kh
+        v_base = v_ptr + batch * stride_vb + head * stride_vh
+        m_i = tl.full((BLOCK_M,), -1.0e30, dtype=tl.float32)  # finite, so fully masked key blocks give p = 0
+        l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+
+        # prefix keys (never rotated)
+        offs_p = tl.arange(0, BLOCK_P)
+        p_valid = offs_p < num_prefix
+        p_mask = p_valid[:, None] & d_mask[None, :]
+        k = tl.load(k_base + offs_p[:, None] * stride_kn + offs_d[None, :], mask=p_mask, other=0.0)
+        v = tl.load(v_base + offs_p[:, None] * stride_vn + offs_d[None, :], mask=p_mask, other=0.0)
+        scores = tl.dot(q, tl.trans(k)) * qk_scale
+        scores = tl.where(p_valid[None, :], scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+        p = tl.math.exp2(scores - m_new[:, None])
+        l_i = l_i * tl.math.exp2(m_i - m_new) + tl.sum(p, axis=1)
+        acc = acc * tl.math.exp2(m_i - m_new)[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+
+        for key_block in tl.static_range(key_blocks):
+            t_k = key_block * BLOCK_N + tl.arange(0, BLOCK_N)
+            row_k, col_k = top + t_k // WINDOW, left + t_k % WINDOW
+            k_valid = (t_k < WINDOW * WINDOW) & (row_k < grid_h) & (col_k < grid_w)
+            k_tokens = num_prefix + row_k * grid_w + col_k
+            kv_mask = k_valid[:, None] & d_mask[None, :]
+            k = _load_rotated(k_base, k_tokens, stride_kn, offs_d, kv_mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM,
+                              HAS_ROPE, RELU=False)
+            v = tl.load(v_base + k_tokens[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
+            scores = tl.dot(q, tl.trans(k)) * qk_scale
+            scores = tl.where(k_valid[None, :], scores, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+            p = tl.math.exp2(scores - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+
+        out = acc / l_i[:, None]
+        tl.store(o_ptr + batch * stride_ob + q_tokens[:, None] * stride_on + head * HEAD_DIM + offs_d[None, :],
+                 out.to(o_ptr.dtype.element_ty), mask=q_mask)
+
+
 
 # Launch settings, chosen by `benchmarks/bench_linear_attention.py --sweep` on an H200 (bf16, ViT-L, 8197 tokens).
 STATE_BLOCK_N, STATE_WARPS, STATE_PROGRAMS_PER_SM = 64, 4, 4
 OUTPUT_BLOCK_N, OUTPUT_WARPS = 64, 4
+WINDOW_BLOCK_M, WINDOW_BLOCK_N, WINDOW_WARPS = 64, 64, 4
 
 
 def _block_d(head_dim: int) -> int:
@@ -252,7 +413,8 @@ def state_triton(key, value, cos, sin, num_prefix: int, block_n=None, num_warps=
     )
     totals = partials.sum(1).view(batch, heads, row)  # one deterministic reduction of the split partials
     state, key_sum, value_sum = totals.split((head_dim * head_dim, head_dim, head_dim), dim=-1)
-    return state.reshape(batch, heads, head_dim, head_dim), key_sum, value_sum
+    # custom-op outputs may not alias each other: copy the (tiny) sums out of the packed row
+    return state.reshape(batch, heads, head_dim, head_dim).clone(), key_sum.clone(), value_sum.clone()
 
 
 def output_triton(query, value, state, key_sum, conv_weight, cos, sin, num_prefix: int, grid_size, eps: float,
@@ -273,6 +435,30 @@ def output_triton(query, value, state, key_sum, conv_weight, cos, sin, num_prefi
         IEEE_FP32=query.dtype == torch.float32, num_warps=num_warps or OUTPUT_WARPS,
     )
     return out
+
+def window_attention_triton(query, key, value, cos, sin, num_prefix: int, grid_size, window_size: int, scale: float,
+                            block_m=None, block_n=None, num_warps=None):
+    batch, num_tokens, heads, head_dim = query.shape
+    block_m, block_n = block_m or WINDOW_BLOCK_M, block_n or WINDOW_BLOCK_N
+    out = torch.empty(batch, num_tokens, heads * head_dim, device=query.device, dtype=query.dtype)
+    window_rows, window_cols = -(-grid_size[0] // window_size), -(-grid_size[1] // window_size)
+    query_blocks = triton.cdiv(window_size * window_size, block_m)
+    tables = _rope_tables(cos, sin, query)
+    _window_kernel[(batch * window_rows * window_cols * query_blocks, heads)](
+        query, key, value, *tables, out,
+        heads, num_prefix, grid_size[0], grid_size[1], window_cols, window_rows * window_cols, scale * 1.4426950408889634,
+        query.stride(0), query.stride(1), query.stride(2), key.stride(0), key.stride(1), key.stride(2),
+        value.stride(0), value.stride(1), value.stride(2), out.stride(0), out.stride(1),
+        HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), WINDOW=window_size, BLOCK_M=block_m, BLOCK_N=block_n,
+        BLOCK_P=max(16, triton.next_power_of_2(max(num_prefix, 1))), HAS_ROPE=tables[0] is not query,
+        num_warps=num_warps or WINDOW_WARPS,
+    )
+    if num_prefix:
+        rotated_key = apply_rope(key, cos, sin, num_prefix)
+        prefix_output = prefix_query_attention(query, rotated_key, value, num_prefix, scale)
+        out[:, :num_prefix] = prefix_output.reshape(batch, num_prefix, heads * head_dim)
+    return out
+
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -306,7 +492,7 @@ def _depthwise_conv_backward(grad_patches, value, conv_weight, num_prefix: int, 
 
 def _register_ops():
     """Define the ops once per process (a second copy of this file, e.g. a checkpoint's remote code, reuses them)."""
-    if hasattr(torch.ops.jetvit, "linear_attention_state"):
+    if hasattr(torch.ops.jetvit, "window_attention"):
         return
 
     @torch.library.custom_op("jetvit::linear_attention_state", mutates_args=())
@@ -398,6 +584,44 @@ def _register_ops():
 
     linear_attention_output.register_autograd(output_backward, setup_context=output_setup_context)
 
+    @torch.library.custom_op("jetvit::window_attention", mutates_args=())
+    def window_attention(
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        cos: torch.Tensor | None,
+        sin: torch.Tensor | None,
+        num_prefix: int,
+        grid_h: int,
+        grid_w: int,
+        window_size: int,
+        scale: float,
+    ) -> torch.Tensor:
+        args = (query, key, value, cos, sin, num_prefix, (grid_h, grid_w), window_size, scale)
+        return window_attention_triton(*args) if triton_available(query) else window_attention_reference(*args)
+
+    @window_attention.register_fake
+    def _(query, key, value, cos, sin, num_prefix, grid_h, grid_w, window_size, scale):
+        batch, num_tokens, heads, head_dim = query.shape
+        return query.new_empty(batch, num_tokens, heads * head_dim)
+
+    def window_setup_context(ctx, inputs, output):
+        query, key, value, cos, sin, *settings = inputs
+        ctx.save_for_backward(query, key, value, cos, sin)
+        ctx.settings = settings
+
+    def window_backward(ctx, grad_out):
+        """Recomputes the PyTorch path under autograd: the Triton kernel is forward-only."""
+        query, key, value, cos, sin = ctx.saved_tensors
+        num_prefix, grid_h, grid_w, window_size, scale = ctx.settings
+        with torch.enable_grad():
+            inputs = [x.detach().requires_grad_(True) for x in (query, key, value)]
+            out = window_attention_reference(*inputs, cos, sin, num_prefix, (grid_h, grid_w), window_size, scale)
+            grads = torch.autograd.grad(out, inputs, grad_out)
+        return (*grads, None, None, None, None, None, None, None)
+
+    window_attention.register_autograd(window_backward, setup_context=window_setup_context)
+
 
 _register_ops()
 
@@ -414,4 +638,11 @@ def linear_attention_output(
     """Normalised ReLU linear attention plus the depthwise conv of V on patch tokens, as `[batch, tokens, channels]`."""
     return torch.ops.jetvit.linear_attention_output(
         query, value, state, key_sum, conv_weight, cos, sin, num_prefix, grid_size[0], grid_size[1], eps
+    )
+
+
+def window_attention(query, key, value, num_prefix: int, grid_size, window_size: int, scale: float, cos=None, sin=None):
+    """Window attention with global prefix tokens over `[B, N, H, d]` inputs (RoPE applied inside), `[B, N, H * d]`."""
+    return torch.ops.jetvit.window_attention(
+        query, key, value, cos, sin, num_prefix, grid_size[0], grid_size[1], window_size, scale
     )

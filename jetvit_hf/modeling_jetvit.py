@@ -29,7 +29,13 @@ from transformers.modeling_outputs import (
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 
 from .configuration_jetvit import JetViTConfig
-from .kernels_jetvit import linear_attention_output, linear_attention_state
+from .kernels_jetvit import (
+    apply_rope,
+    linear_attention_output,
+    linear_attention_state,
+    window_attention,
+    window_attention_reference,
+)
 
 
 @dataclass
@@ -187,24 +193,6 @@ class JetViTRopePositionEmbedding(nn.Module):
         return torch.cos(angles).to(dtype), torch.sin(angles).to(dtype)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rotary_pos_emb(
-    query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate the patch tokens of `query` and `key` (`[batch, heads, tokens, head_dim]`); prefix tokens stay as they are."""
-    num_patches = cos.shape[-2]
-    num_prefix = query.shape[-2] - num_patches
-    q_prefix, q_patches = query.split((num_prefix, num_patches), dim=-2)
-    k_prefix, k_patches = key.split((num_prefix, num_patches), dim=-2)
-    q_patches = q_patches * cos + rotate_half(q_patches) * sin
-    k_patches = k_patches * cos + rotate_half(k_patches) * sin
-    return torch.cat((q_prefix, q_patches), dim=-2), torch.cat((k_prefix, k_patches), dim=-2)
-
-
 def eager_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -270,14 +258,15 @@ class JetViTAttention(nn.Module):
         hidden_shape = (*hidden_states.shape[:-1], self.num_heads, self.head_dim)
         if self.qkv_weight is not None and not self.training:
             qkv = F.linear(hidden_states, self.qkv_weight, self.qkv_bias)
-            query, key, value = (x.transpose(1, 2) for x in qkv.view(*hidden_shape[:-2], 3, *hidden_shape[-2:]).unbind(-3))
+            query, key, value = qkv.view(*hidden_shape[:-2], 3, *hidden_shape[-2:]).unbind(-3)
         else:
-            query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-            key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-            value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+            query = self.q_proj(hidden_states).view(hidden_shape)
+            key = self.k_proj(hidden_states).view(hidden_shape)
+            value = self.v_proj(hidden_states).view(hidden_shape)
         if position_embeddings is not None:
-            query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
-        return query, key, value
+            query = apply_rope(query, *position_embeddings, self.num_prefix_tokens)
+            key = apply_rope(key, *position_embeddings, self.num_prefix_tokens)
+        return query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
 
 
 class JetViTFullAttention(JetViTAttention):
@@ -311,44 +300,6 @@ class JetViTFullAttention(JetViTAttention):
         return self.o_proj(attn_output), attn_weights
 
 
-def window_partition(patches: torch.Tensor, grid_size: tuple[int, int], window_size: int) -> torch.Tensor:
-    """`[batch, heads, h * w, d]` -> `[batch * windows, heads, window_size**2, d]`, zero-padding the grid to whole windows."""
-    batch_size, num_heads, _, head_dim = patches.shape
-    height, width = grid_size
-    pad_h, pad_w = -height % window_size, -width % window_size
-    patches = patches.view(batch_size, num_heads, height, width, head_dim)
-    patches = F.pad(patches, (0, 0, 0, pad_w, 0, pad_h))
-    rows, cols = (height + pad_h) // window_size, (width + pad_w) // window_size
-    patches = patches.view(batch_size, num_heads, rows, window_size, cols, window_size, head_dim)
-    patches = patches.permute(0, 2, 4, 1, 3, 5, 6)
-    return patches.reshape(batch_size * rows * cols, num_heads, window_size * window_size, head_dim)
-
-
-def window_unpartition(windows: torch.Tensor, grid_size: tuple[int, int], window_size: int) -> torch.Tensor:
-    """Inverse of `window_partition`: `[batch * windows, heads, window_size**2, d]` -> `[batch, heads, h * w, d]`."""
-    height, width = grid_size
-    rows, cols = -(-height // window_size), -(-width // window_size)
-    _, num_heads, _, head_dim = windows.shape
-    windows = windows.view(-1, rows, cols, num_heads, window_size, window_size, head_dim)
-    patches = windows.permute(0, 3, 1, 4, 2, 5, 6).reshape(
-        -1, num_heads, rows * window_size, cols * window_size, head_dim
-    )
-    return patches[:, :, :height, :width].reshape(-1, num_heads, height * width, head_dim)
-
-
-def window_padding_mask(
-    grid_size: tuple[int, int], window_size: int, num_prefix_tokens: int, device: torch.device
-) -> torch.Tensor | None:
-    """Boolean key mask `[windows, 1, 1, prefix + window_size**2]` (True = attend); `None` when no padding is needed."""
-    height, width = grid_size
-    if height % window_size == 0 and width % window_size == 0:
-        return None
-    valid = torch.ones(1, 1, height * width, 1, device=device)
-    valid = window_partition(valid, grid_size, window_size).squeeze(-1) > 0  # [windows, 1, ws*ws]
-    prefix = torch.ones(valid.shape[0], 1, num_prefix_tokens, dtype=torch.bool, device=device)
-    return torch.cat((prefix, valid), dim=-1).unsqueeze(1)
-
-
 class JetViTWindowAttention(JetViTAttention):
     """Softmax attention in non-overlapping, unshifted `window_size` x `window_size` patch windows.
 
@@ -365,37 +316,14 @@ class JetViTWindowAttention(JetViTAttention):
         grid_size: tuple[int, int] | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, None]:
-        batch_size, num_tokens, _ = hidden_states.shape
-        window_size, num_prefix = self.config.window_size, self.num_prefix_tokens
-        dropout = self.dropout if self.training else 0.0
-        query, key, value = self.project_qkv(hidden_states, position_embeddings)
-
-        prefix_output = F.scaled_dot_product_attention(
-            query[:, :, :num_prefix], key, value, dropout_p=dropout, scale=self.scaling
-        )
-
-        windows_q, windows_k, windows_v = (
-            window_partition(x[:, :, num_prefix:], grid_size, window_size) for x in (query, key, value)
-        )
-        num_windows = windows_q.shape[0] // batch_size
-        prefix_k, prefix_v = (
-            x[:, :, :num_prefix].unsqueeze(1).expand(-1, num_windows, -1, -1, -1).flatten(0, 1) for x in (key, value)
-        )
-        mask = window_padding_mask(grid_size, window_size, num_prefix, hidden_states.device)
-        if mask is not None:
-            mask = mask.repeat(batch_size, 1, 1, 1)
-        windows_output = F.scaled_dot_product_attention(
-            windows_q,
-            torch.cat((prefix_k, windows_k), dim=2),
-            torch.cat((prefix_v, windows_v), dim=2),
-            attn_mask=mask,
-            dropout_p=dropout,
-            scale=self.scaling,
-        )
-        patch_output = window_unpartition(windows_output, grid_size, window_size)
-
-        attn_output = torch.cat((prefix_output, patch_output), dim=2).transpose(1, 2)
-        attn_output = attn_output.reshape(batch_size, num_tokens, -1)
+        # the fused op applies RoPE itself (on load), so q and k go in unrotated, as [batch, tokens, heads, dim]
+        query, key, value = (x.transpose(1, 2) for x in self.project_qkv(hidden_states, None))
+        cos, sin = position_embeddings if position_embeddings is not None else (None, None)
+        settings = (self.num_prefix_tokens, grid_size, self.config.window_size, self.scaling)
+        if self.training and self.dropout > 0:  # the fused op has no dropout
+            attn_output = window_attention_reference(query, key, value, cos, sin, *settings, self.dropout)
+        else:
+            attn_output = window_attention(query, key, value, *settings, cos=cos, sin=sin)
         return self.o_proj(attn_output), None
 
 
