@@ -1,8 +1,9 @@
 """Microbenchmark of window attention at a ViT-L shape: JetViT's module against its parts and alternatives.
 
 Times (CUDA-graph replays, CUDA-event medians), for q/k/v given as views of one fused projection output:
-- `module`: `JetViTWindowAttention`'s attention core (RoPE, partition, prefix keys, SDPA, unpartition), eager and
-  compiled;
+- `module`: `JetViTWindowAttention` (projections included), eager and compiled;
+- `triton_*`: the fused window kernel alone (patch queries, RoPE on load) per launch setting, and
+  `reference_compiled`: the PyTorch path (RoPE, partition, prefix keys, SDPA, unpartition) under torch.compile;
 - `sdpa_windows_261` / `sdpa_windows_256`: SDPA alone on pre-partitioned windows with and without the 5 prefix keys,
   per backend (cuDNN, flash, efficient), to show what the prefix keys and the backend cost;
 - `sdpa_full`: full attention on the same tokens.
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from benchmarks.bench_linear_attention import cuda_median_ms, graphed
-from jetvit_hf import JetViTConfig
+from jetvit_hf import JetViTConfig, kernels_jetvit
 from jetvit_hf.modeling_jetvit import JetViTRopePositionEmbedding, JetViTWindowAttention
 
 
@@ -53,6 +54,19 @@ def main(argv=None) -> int:
         compiled = torch.compile(module)
         compiled(hidden, position_embeddings, grid)
         results["module_compiled"] = cuda_median_ms(graphed(lambda: compiled(hidden, position_embeddings, grid)))
+        qkv = torch.randn(1, tokens, 3, 16, 64, device="cuda", dtype=dtype)
+        tq, tk, tv = qkv.unbind(2)
+        cos, sin = position_embeddings
+        args_ = (tq, tk, tv, cos, sin, 5, grid, ws, 0.125)
+        reference = torch.compile(kernels_jetvit.window_attention_reference)
+        reference(*args_)
+        results["reference_compiled"] = cuda_median_ms(graphed(lambda: reference(*args_)))
+        for block_m in (64, 128):
+            for block_n in (32, 64, 128):
+                for warps in (4, 8):
+                    results[f"triton_m{block_m}_n{block_n}_w{warps}"] = cuda_median_ms(graphed(
+                        lambda: kernels_jetvit.window_attention_triton(
+                            *args_, block_m=block_m, block_n=block_n, num_warps=warps)))
         q = torch.randn(windows, 16, ws * ws, 64, device="cuda", dtype=dtype)
         k261 = torch.randn(windows, 16, ws * ws + 5, 64, device="cuda", dtype=dtype)
         v261 = torch.randn_like(k261)

@@ -12,6 +12,7 @@ from collections import defaultdict
 import torch
 
 from jetvit_hf import JetViTConfig, JetViTModel
+from jetvit_hf.bench import paper_2full_layout
 
 
 def dinov3_large(attention_types) -> JetViTConfig:
@@ -20,11 +21,6 @@ def dinov3_large(attention_types) -> JetViTConfig:
         num_register_tokens=4, position_embedding_type="rope", key_bias=False, layer_norm_eps=1e-5,
         attention_types=attention_types, window_size=16,
     )
-
-
-def paper_layout(num_layers: int = 24, full=(13, 21)) -> list[str]:
-    """2 full layers, layer 0 linear, the rest alternating linear/window."""
-    return ["full" if i in full else ("linear" if i % 2 == 0 else "window") for i in range(num_layers)]
 
 
 def category(name: str) -> str:
@@ -51,7 +47,7 @@ def main(argv=None) -> int:
         print("profile_jetvit: needs a CUDA GPU", file=sys.stderr)
         return 2
     layouts = {
-        "paper-2full": paper_layout(),
+        "paper-2full": paper_2full_layout(24),
         "all-full": ["full"] * 24,
         "all-linear": ["linear"] * 24,
         "all-window": ["window"] * 24,
@@ -60,6 +56,7 @@ def main(argv=None) -> int:
     with torch.device("cuda"):
         model = JetViTModel(config).to(torch.bfloat16).eval()
     model.fuse_qkv_projections()
+    model.fuse_gelu_epilogue()
     forward = torch.compile(model) if args.compile else model
     pixel_values = torch.randn(args.batch_size, 3, args.height, args.width, device="cuda", dtype=torch.bfloat16)
     with torch.inference_mode():

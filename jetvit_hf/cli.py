@@ -67,6 +67,182 @@ def _num_layers(source_config) -> int:
     return (backbone or source_config).num_hidden_layers
 
 
+def run_bench(args: argparse.Namespace) -> int:
+    """`jetvit bench`: benchmark (default), `--sweep` or `--layer-table`, printing a table and writing JSON."""
+    import shlex
+    from pathlib import Path
+
+    from . import bench
+
+    if args.list_presets:
+        print(bench.list_presets())
+        return 0
+    if (args.preset is None) == (args.model is None):
+        raise ValueError("pass one of --preset NAME (random weights; see --list-presets) or --model DIR")
+    if args.sweep and args.layer_table:
+        raise ValueError("--sweep and --layer-table are separate modes; run them one at a time")
+    argv = getattr(args, "argv", None)
+    command = shlex.join(["jetvit", *argv]) if argv is not None else None
+    common = dict(
+        preset=args.preset,
+        model=args.model,
+        dtype=args.dtype,
+        device=args.device,
+        warmup=args.warmup,
+        iters=args.iters,
+        compile=args.compile,
+        compile_mode=args.compile_mode,
+        sdpa_backend=args.sdpa_backend,
+        window_size=args.window_size,
+        config_overrides=_parse_overrides(args.jetvit_config),
+        fuse_qkv=not args.no_fuse_qkv,
+        progress=not args.no_progress,
+        command=command,
+    )
+    bench.check_device(args.device)  # refuse early, before building anything
+    if args.layer_table:
+        table = bench.layer_latency_table(
+            resolution=args.resolution,
+            batch_size=args.batch_size or 1,
+            check_attention_types=None if args.no_check else (args.attention_types or True),
+            **common,
+        )
+        bench.write_json(table, args.layer_table)
+        print(bench.format_layer_table(table))
+        print(f"wrote {args.layer_table}")
+        return 0
+    if args.sweep:
+        plot = args.plot or (str(Path(args.output).with_suffix(".png")) if args.output else None)
+        result = bench.sweep(
+            resolutions=args.sweep,
+            attention_types=args.attention_types,
+            batch_size=args.batch_size or 1,
+            baselines=args.baselines,
+            skip_baselines_above=args.skip_baselines_above,
+            plot=plot,
+            **common,
+        )
+        print(bench.format_sweep(result))
+    else:
+        result = bench.benchmark(
+            attention_types=args.attention_types,
+            resolution=args.resolution,
+            batch_size=args.batch_size or 8,
+            baselines=args.baselines,
+            profile=not args.no_profile,
+            **common,
+        )
+        print(bench.format_benchmark(result))
+    if args.output:
+        bench.write_json(result, args.output)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _parse_overrides(items: list[str] | None) -> dict:
+    """`KEY=VALUE` pairs; a VALUE that parses as JSON (numbers, true/false, lists) is taken as such, else a string."""
+    import json
+
+    overrides = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--jetvit-config expects KEY=VALUE, got {item!r}")
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = value
+    return overrides
+
+
+def _add_bench_parser(commands) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="latency / throughput / memory of JetViT against transformers' source model and all-full JetViT",
+        description="Benchmark a JetViT hybrid against transformers' implementation of its source architecture (hf) "
+        "and JetViT with all-full attention, in one run: latency (batch 1), throughput (--batch-size), peak memory, "
+        "the SDPA backend that ran. --sweep times a list of resolutions and plots latency against tokens; "
+        "--layer-table writes per-layer latencies by attention type for latency-aware search. On CUDA: CUDA-event "
+        "medians after warm-up. --device cpu is a smoke test, not a performance number.",
+    )
+    source = bench.add_mutually_exclusive_group()
+    source.add_argument("--preset", help="named architecture with random weights (see --list-presets), e.g. dinov3-l")
+    source.add_argument("--model", help="converted JetViT checkpoint directory (from `jetvit convert`)")
+    bench.add_argument("--list-presets", action="store_true", help="list the presets and layouts, then exit")
+    bench.add_argument(
+        "--attention-types",
+        default=None,
+        help="the hybrid's layout: a named layout (paper-2full, alternating, all-full, all-window, all-linear) or "
+        "`jetvit convert` syntax ('linear', 'linear,window*10,full,...'); default paper-2full for a preset (two full "
+        "layers at floor(13L/24), floor(21L/24), the rest alternating linear/window from layer 0), the checkpoint's "
+        "own for --model",
+    )
+    bench.add_argument("--window-size", type=int, default=None, help="window side in patches for 'window' layers")
+    bench.add_argument(
+        "--jetvit-config",
+        action="append",
+        metavar="KEY=VALUE",
+        help="set a JetViTConfig field on every JetViT model of the run (repeatable; VALUE parsed as JSON if it can "
+        "be), e.g. to compare kernel implementations",
+    )
+    bench.add_argument("--resolution", default=None, help="HEIGHTxWIDTH in pixels (default: the model's image_size)")
+    bench.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="throughput batch (default 8; latency is always batch 1); with --sweep / --layer-table the batch "
+        "(default 1)",
+    )
+    bench.add_argument("--dtype", choices=DTYPES, default=None, help="default bfloat16 on cuda, float32 on cpu")
+    bench.add_argument("--device", default="cuda", help="cuda (default; refused without a GPU) or cpu (smoke test)")
+    bench.add_argument("--warmup", type=int, default=None, help="warm-up iterations (default 10 on cuda, 2 on cpu)")
+    bench.add_argument("--iters", type=int, default=None, help="timed iterations (default 50 on cuda, 5 on cpu)")
+    bench.add_argument("--compile", action="store_true", help="torch.compile every model (default mode)")
+    bench.add_argument(
+        "--compile-mode",
+        default=None,
+        help="torch.compile mode (e.g. max-autotune, reduce-overhead); implies --compile",
+    )
+    bench.add_argument(
+        "--sdpa-backend",
+        choices=("default", "cudnn", "flash", "efficient", "math"),
+        default="default",
+        help="prefer this SDPA backend (others stay as fallbacks); default: torch's own choice",
+    )
+    bench.add_argument(
+        "--baselines", default="hf,jetvit-full", help="comma list of hf, jetvit-full, or 'none' (default both)"
+    )
+    bench.add_argument(
+        "--no-fuse-qkv",
+        action="store_true",
+        help="keep JetViT's three q/k/v GEMMs (default: fuse_qkv_projections(), JetViT's inference set-up)",
+    )
+    bench.add_argument("--no-profile", action="store_true", help="skip the profiled forward (SDPA backend, kernels)")
+    bench.add_argument("--sweep", default=None, help="resolution sweep, e.g. 512x512,1024x1024,2048x2048,4096x4096")
+    bench.add_argument(
+        "--skip-baselines-above",
+        type=int,
+        default=None,
+        metavar="TOKENS",
+        help="in a sweep, skip hf and jetvit-full above this many tokens",
+    )
+    bench.add_argument("--plot", default=None, help="sweep plot PNG (default: --output with .png)")
+    bench.add_argument(
+        "--layer-table",
+        default=None,
+        metavar="OUT.json",
+        help="write the per-layer latency table (one full / window / linear layer, and the remainder) to this file",
+    )
+    bench.add_argument(
+        "--no-check",
+        action="store_true",
+        help="with --layer-table, skip measuring the --attention-types layout to check the table's estimate",
+    )
+    bench.add_argument("--output", default=None, help="write the results JSON here")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bars")
+    bench.set_defaults(func=run_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jetvit", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -90,12 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--dtype", choices=DTYPES, default=None, help="dtype of the saved weights (default float32)")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     convert.set_defaults(func=run_convert)
+    _add_bench_parser(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # recorded by `jetvit bench`
     try:
         return args.func(args)
     except (ValueError, FileExistsError) as error:

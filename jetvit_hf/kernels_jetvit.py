@@ -244,7 +244,7 @@ if triton is not None:
 
     @triton.jit
     def _output_kernel(
-        q_ptr, v_ptr, state_ptr, key_sum_ptr, w_ptr, cos_ptr, sin_ptr, o_ptr,
+        q_ptr, v_ptr, state_ptr, state_lo_ptr, state_scale_ptr, key_sum_ptr, w_ptr, cos_ptr, sin_ptr, o_ptr,
         num_tokens, num_heads, num_prefix, grid_h, grid_w, inv_tokens, eps,
         stride_qb, stride_qn, stride_qh, stride_vb, stride_vn, stride_vh, stride_ob, stride_on,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, KERNEL_SIZE: tl.constexpr,
@@ -262,18 +262,13 @@ if triton is not None:
         q_base = q_ptr + batch * stride_qb + head * stride_qh
         q = _load_rotated(q_base, offs_n, stride_qn, offs_d, mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM, HAS_ROPE)
         dd_mask = d_mask[:, None] & d_mask[None, :]
-        state = tl.load(state_ptr + batch_head * HEAD_DIM * HEAD_DIM + offs_d[:, None] * HEAD_DIM + offs_d[None, :],
-                        mask=dd_mask, other=0.0)
+        dd_offsets = batch_head * HEAD_DIM * HEAD_DIM + offs_d[:, None] * HEAD_DIM + offs_d[None, :]
+        state = tl.load(state_ptr + dd_offsets, mask=dd_mask, other=0.0)
         if IEEE_FP32:
             numerator = tl.dot(q, state, input_precision="ieee")
-        else:
-            # The state is a sum over tokens and can exceed fp16's range, and a bf16 copy loses its low bits: scale it
-            # to [-1, 1] and multiply by a hi and a lo half-precision part, accumulating in fp32.
-            scale = tl.maximum(tl.max(tl.abs(state)), 1e-30)
-            state = state / scale
-            state_hi = state.to(q.dtype)
-            state_lo = (state - state_hi.to(tl.float32)).to(q.dtype)
-            numerator = (tl.dot(q, state_hi) + tl.dot(q, state_lo)) * scale
+        else:  # the state arrives as scaled hi + lo half-precision parts (see `split_state`)
+            state_lo = tl.load(state_lo_ptr + dd_offsets, mask=dd_mask, other=0.0)
+            numerator = (tl.dot(q, state) + tl.dot(q, state_lo)) * tl.load(state_scale_ptr + batch_head)
         key_sum = tl.load(key_sum_ptr + batch_head * HEAD_DIM + offs_d, mask=d_mask, other=0.0)
         normalizer = tl.sum(q.to(tl.float32) * key_sum[None, :], axis=1) * inv_tokens + eps
         out = numerator * inv_tokens / normalizer[:, None]
@@ -306,7 +301,7 @@ if triton is not None:
         stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,
         stride_ob, stride_on,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, WINDOW: tl.constexpr, BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, HAS_ROPE: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, HAS_ROPE: tl.constexpr, PRECISION: tl.constexpr,
     ):
         """One block of BLOCK_M patch queries of one window and head: online softmax over the prefix keys and the
         window's keys (padding outside the grid masked), reading and writing the token-major tensors directly."""
@@ -343,12 +338,12 @@ if triton is not None:
         p_mask = p_valid[:, None] & d_mask[None, :]
         k = tl.load(k_base + offs_p[:, None] * stride_kn + offs_d[None, :], mask=p_mask, other=0.0)
         v = tl.load(v_base + offs_p[:, None] * stride_vn + offs_d[None, :], mask=p_mask, other=0.0)
-        scores = tl.dot(q, tl.trans(k)) * qk_scale
+        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
         scores = tl.where(p_valid[None, :], scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, axis=1))
         p = tl.math.exp2(scores - m_new[:, None])
         l_i = l_i * tl.math.exp2(m_i - m_new) + tl.sum(p, axis=1)
-        acc = acc * tl.math.exp2(m_i - m_new)[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * tl.math.exp2(m_i - m_new)[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
 
         for key_block in tl.static_range(key_blocks):
@@ -360,13 +355,13 @@ if triton is not None:
             k = _load_rotated(k_base, k_tokens, stride_kn, offs_d, kv_mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM,
                               HAS_ROPE, RELU=False)
             v = tl.load(v_base + k_tokens[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
-            scores = tl.dot(q, tl.trans(k)) * qk_scale
+            scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
             scores = tl.where(k_valid[None, :], scores, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(scores, axis=1))
             p = tl.math.exp2(scores - m_new[:, None])
             alpha = tl.math.exp2(m_i - m_new)
             l_i = l_i * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
             m_i = m_new
 
         out = acc / l_i[:, None]
@@ -374,11 +369,62 @@ if triton is not None:
                  out.to(o_ptr.dtype.element_ty), mask=q_mask)
 
 
+    @triton.jit
+    def _prefix_query_kernel(
+        q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, acc_ptr, stats_ptr,
+        num_tokens, num_heads, num_prefix, tokens_per_split, qk_scale,
+        stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+        HAS_ROPE: tl.constexpr, PRECISION: tl.constexpr,
+    ):
+        """The prefix queries of one (image, head) against one split of all keys (flash-decoding): the unnormalised
+        output and the running max / sum of the split, combined across splits afterwards."""
+        batch_head = tl.program_id(0)
+        split = tl.program_id(1)
+        batch = batch_head // num_heads
+        head = batch_head % num_heads
+        offs_d = tl.arange(0, BLOCK_D)
+        d_mask = offs_d < HEAD_DIM
+        offs_p = tl.arange(0, BLOCK_P)
+        p_mask = (offs_p < num_prefix)[:, None] & d_mask[None, :]
+        q = tl.load(q_ptr + batch * stride_qb + head * stride_qh + offs_p[:, None] * stride_qn + offs_d[None, :],
+                    mask=p_mask, other=0.0)
+        k_base = k_ptr + batch * stride_kb + head * stride_kh
+        v_base = v_ptr + batch * stride_vb + head * stride_vh
+        m_i = tl.full((BLOCK_P,), -1.0e30, dtype=tl.float32)
+        l_i = tl.zeros((BLOCK_P,), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
+        start = split * tokens_per_split
+        for offset in range(0, tokens_per_split, BLOCK_N):
+            offs_n = start + offset + tl.arange(0, BLOCK_N)
+            valid = offs_n < num_tokens
+            kv_mask = valid[:, None] & d_mask[None, :]
+            k = _load_rotated(k_base, offs_n, stride_kn, offs_d, kv_mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM,
+                              HAS_ROPE, RELU=False)
+            v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
+            scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+            scores = tl.where(valid[None, :], scores, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+            p = tl.math.exp2(scores - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            m_i = m_new
+        partial = batch_head * tl.num_programs(1) + split
+        tl.store(acc_ptr + (partial * BLOCK_P + offs_p[:, None]) * BLOCK_D + offs_d[None, :], acc)
+        tl.store(stats_ptr + (partial * 2) * BLOCK_P + offs_p, m_i)
+        tl.store(stats_ptr + (partial * 2 + 1) * BLOCK_P + offs_p, l_i)
+
 
 # Launch settings, chosen by `benchmarks/bench_linear_attention.py --sweep` on an H200 (bf16, ViT-L, 8197 tokens).
-STATE_BLOCK_N, STATE_WARPS, STATE_PROGRAMS_PER_SM = 64, 4, 4
-OUTPUT_BLOCK_N, OUTPUT_WARPS = 64, 4
-WINDOW_BLOCK_M, WINDOW_BLOCK_N, WINDOW_WARPS = 64, 64, 4
+STATE_BLOCK_N, STATE_WARPS, STATE_PROGRAMS_PER_SM = 32, 2, 4
+OUTPUT_BLOCK_N, OUTPUT_WARPS = 64, 2
+WINDOW_BLOCK_M, WINDOW_BLOCK_N, WINDOW_WARPS = 128, 64, 8
+
+
+def _precision(tensor: torch.Tensor) -> str:
+    """fp32 products in fp32 (Triton's default for fp32 would be tf32); half types use the tensor cores as they are."""
+    return "ieee" if tensor.dtype == torch.float32 else "tf32"
 
 
 def _block_d(head_dim: int) -> int:
@@ -417,6 +463,18 @@ def state_triton(key, value, cos, sin, num_prefix: int, block_n=None, num_warps=
     return state.reshape(batch, heads, head_dim, head_dim).clone(), key_sum.clone(), value_sum.clone()
 
 
+def split_state(state: torch.Tensor, dtype: torch.dtype):
+    """The fp32 state as `(hi, lo, scale)`: `state = scale * (hi + lo)` with hi and lo in `dtype`.
+
+    A sum over tokens can exceed fp16's range and a bf16 copy loses its low bits; scaled to [-1, 1] and split in two
+    half-precision parts, two tensor-core products recover it to about fp32 accuracy. Done once per image and head.
+    """
+    scale = state.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
+    normalized = state / scale
+    hi = normalized.to(dtype)
+    return hi, (normalized - hi.float()).to(dtype), scale.flatten()
+
+
 def output_triton(query, value, state, key_sum, conv_weight, cos, sin, num_prefix: int, grid_size, eps: float,
                   block_n=None, num_warps=None):
     batch, num_tokens, heads, head_dim = query.shape
@@ -425,8 +483,12 @@ def output_triton(query, value, state, key_sum, conv_weight, cos, sin, num_prefi
     has_conv = conv_weight is not None
     weight = conv_weight.float().contiguous() if has_conv else state  # placeholder without the conv: never read
     cos, sin = _rope_tables(cos, sin, query)
+    if query.dtype == torch.float32:
+        state_parts = (state.contiguous(), state, state)  # lo and scale are not read on the fp32 path
+    else:
+        state_parts = split_state(state, query.dtype)
     _output_kernel[(batch * heads, triton.cdiv(num_tokens, block_n))](
-        query, value, state.contiguous(), key_sum.contiguous(), weight, cos, sin, out,
+        query, value, *state_parts, key_sum.contiguous(), weight, cos, sin, out,
         num_tokens, heads, num_prefix, grid_size[0], grid_size[1], 1.0 / num_tokens, eps,
         query.stride(0), query.stride(1), query.stride(2), value.stride(0), value.stride(1), value.stride(2),
         out.stride(0), out.stride(1),
@@ -451,13 +513,36 @@ def window_attention_triton(query, key, value, cos, sin, num_prefix: int, grid_s
         value.stride(0), value.stride(1), value.stride(2), out.stride(0), out.stride(1),
         HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), WINDOW=window_size, BLOCK_M=block_m, BLOCK_N=block_n,
         BLOCK_P=max(16, triton.next_power_of_2(max(num_prefix, 1))), HAS_ROPE=tables[0] is not query,
-        num_warps=num_warps or WINDOW_WARPS,
+        PRECISION=_precision(query), num_warps=num_warps or WINDOW_WARPS,
     )
     if num_prefix:
-        rotated_key = apply_rope(key, cos, sin, num_prefix)
-        prefix_output = prefix_query_attention(query, rotated_key, value, num_prefix, scale)
-        out[:, :num_prefix] = prefix_output.reshape(batch, num_prefix, heads * head_dim)
+        out[:, :num_prefix] = prefix_query_triton(query, key, value, tables, num_prefix, scale).flatten(2)
     return out
+
+
+def prefix_query_triton(query, key, value, tables, num_prefix: int, scale: float):
+    """The prefix queries against every key (RoPE on load), split over the sequence and merged: `[B, P, H, d]`."""
+    batch, num_tokens, heads, head_dim = query.shape
+    block_p, block_n, block_d = max(16, triton.next_power_of_2(num_prefix)), 64, _block_d(head_dim)
+    sms = torch.cuda.get_device_properties(query.device).multi_processor_count if query.is_cuda else 4
+    splits = max(1, min(triton.cdiv(2 * sms, batch * heads), triton.cdiv(num_tokens, block_n)))
+    tokens_per_split = triton.cdiv(triton.cdiv(num_tokens, splits), block_n) * block_n
+    splits = triton.cdiv(num_tokens, tokens_per_split)
+    acc = torch.empty(batch * heads, splits, block_p, block_d, device=query.device, dtype=torch.float32)
+    stats = torch.empty(batch * heads, splits, 2, block_p, device=query.device, dtype=torch.float32)
+    _prefix_query_kernel[(batch * heads, splits)](
+        query, key, value, *tables, acc, stats,
+        num_tokens, heads, num_prefix, tokens_per_split, scale * 1.4426950408889634,
+        query.stride(0), query.stride(1), query.stride(2), key.stride(0), key.stride(1), key.stride(2),
+        value.stride(0), value.stride(1), value.stride(2),
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_P=block_p, BLOCK_N=block_n, HAS_ROPE=tables[0] is not query,
+        PRECISION=_precision(query), num_warps=4,
+    )
+    running_max, running_sum = stats.unbind(2)  # [BH, splits, P]
+    weights = torch.exp2(running_max - running_max.amax(1, keepdim=True))
+    out = (acc * weights[..., None]).sum(1) / (running_sum * weights).sum(1)[..., None]
+    out = out[:, :num_prefix, :head_dim].view(batch, heads, num_prefix, head_dim).transpose(1, 2)
+    return out.to(query.dtype)
 
 
 

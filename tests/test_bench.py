@@ -1,0 +1,339 @@
+"""`jetvit bench` on the CPU (smoke mode): presets, layouts, JSON structure, refusal without a GPU, sweeps, OOM
+records, the per-layer latency table and benchmarking a converted checkpoint. No number here is a performance claim."""
+
+import json
+import shutil
+
+import pytest
+import torch
+import transformers
+
+from jetvit_hf import bench
+from jetvit_hf.cli import main as cli_main
+from jetvit_hf.convert import convert_to_jetvit, jetvit_config_from_source, save_converted
+from sources import SOURCES
+
+FAST = dict(device="cpu", warmup=1, iters=2, progress=False)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Timings of tiny models on a shared CPU are far steadier on one thread (no OpenMP barriers)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# Published shapes (notes/hf-transformers.md §1-§3), written out independently of bench.PRESETS:
+# name -> (source class, hidden, layers, heads, MLP width, gated, patch, prefix tokens, out_indices, params in M)
+PUBLISHED = {
+    "dinov3-s": ("DINOv3ViTModel", 384, 12, 6, 1536, False, 16, 5, None, 21.6),
+    "dinov3-s+": ("DINOv3ViTModel", 384, 12, 6, 1536, True, 16, 5, None, 28.7),
+    "dinov3-b": ("DINOv3ViTModel", 768, 12, 12, 3072, False, 16, 5, None, 85.7),
+    "dinov3-l": ("DINOv3ViTModel", 1024, 24, 16, 4096, False, 16, 5, None, 303.1),
+    "dinov3-h+": ("DINOv3ViTModel", 1280, 32, 20, 5120, True, 16, 5, None, 840.6),
+    "dinov3-7b": ("DINOv3ViTModel", 4096, 40, 32, 8192, True, 16, 5, None, 6716.0),
+    "dinov2-s": ("Dinov2Model", 384, 12, 6, 1536, False, 14, 1, None, 22.1),
+    "dinov2-b": ("Dinov2Model", 768, 12, 12, 3072, False, 14, 1, None, 86.6),
+    "dinov2-l": ("Dinov2Model", 1024, 24, 16, 4096, False, 14, 1, None, 304.4),
+    "dinov2-g": ("Dinov2Model", 1536, 40, 24, 4096, True, 14, 1, None, 1136.5),
+    "depth-anything-v2-s": ("DepthAnythingForDepthEstimation", 384, 12, 6, 1536, False, 14, 1, [3, 6, 9, 12], 24.8),
+    "depth-anything-v2-b": ("DepthAnythingForDepthEstimation", 768, 12, 12, 3072, False, 14, 1, [3, 6, 9, 12], 97.5),
+    "depth-anything-v2-l": (
+        "DepthAnythingForDepthEstimation", 1024, 24, 16, 4096, False, 14, 1, [5, 12, 18, 24], 335.3,
+    ),
+    "depth-anything-v2-g": (
+        "DepthAnythingForDepthEstimation", 1536, 40, 24, 4096, True, 14, 1, [10, 20, 30, 40], 1258.1,
+    ),
+}
+DEPTH_HEADS = {  # fusion, neck
+    "depth-anything-v2-s": (64, [48, 96, 192, 384]),
+    "depth-anything-v2-b": (128, [96, 192, 384, 768]),
+    "depth-anything-v2-l": (256, [256, 512, 1024, 1024]),
+    "depth-anything-v2-g": (384, [1536] * 4),
+}
+
+
+def test_every_real_preset_is_listed():
+    assert set(PUBLISHED) == {name for name in bench.PRESETS if not name.startswith("tiny")}
+    assert bench.get_preset("dinov3-vitl16").name == "dinov3-l"
+    assert bench.get_preset("DINOv2-G").name == "dinov2-g"
+    with pytest.raises(ValueError, match="Unknown preset"):
+        bench.get_preset("vit-huge")
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_preset_converts_to_its_published_shape(name):
+    architecture, hidden, layers, heads, mlp, gated, patch, prefix, out_indices, params_m = PUBLISHED[name]
+    spec = bench.resolve_model_spec(name)
+    assert spec.source_architecture == architecture
+    config = spec.jetvit_config
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (hidden, layers, heads)
+    assert (config.intermediate_size, config.use_gated_mlp, config.patch_size) == (mlp, gated, patch)
+    assert config.num_prefix_tokens == prefix
+    if out_indices is not None:
+        assert config.out_indices == out_indices
+        assert (config.fusion_hidden_size, config.neck_hidden_sizes) == DEPTH_HEADS[name]
+    if name == "dinov3-7b":
+        assert (config.query_bias, config.key_bias, config.value_bias) == (False, False, False)
+    # both models on the meta device (nothing allocated): same parameter count, the published one
+    with torch.device("meta"):
+        source = getattr(transformers, architecture)._from_config(spec.source_config)
+        jetvit = spec.jetvit_class._from_config(bench._config_with(config, attention_types=["full"] * layers))
+    source_params = sum(p.numel() for p in source.parameters())
+    assert source_params == sum(p.numel() for p in jetvit.parameters())
+    assert source_params / 1e6 == pytest.approx(params_m, abs=0.1)
+
+
+def test_paper_layout():
+    types = bench.paper_2full_layout(24)
+    assert [i for i, t in enumerate(types) if t == "full"] == [13, 21]
+    assert types[0] == "linear" and types.count("linear") == 11 and types.count("window") == 11
+    others = [t for t in types if t != "full"]
+    assert others == ["linear", "window"] * 11
+    assert bench.paper_full_positions(12) == [6, 10]
+    assert bench.paper_full_positions(40) == [21, 35]
+    for depth in (1, 2, 3, 4, 12, 32):
+        layout = bench.paper_2full_layout(depth)
+        assert len(layout) == depth and layout.count("full") == min(2, depth)
+
+
+def test_resolve_attention_types():
+    assert bench.resolve_attention_types("all-window", 3) == ["window"] * 3
+    assert bench.resolve_attention_types("linear", 2) == ["linear", "linear"]
+    assert bench.resolve_attention_types("linear,window*2,full", 4) == ["linear", "window", "window", "full"]
+    assert bench.resolve_attention_types(None, 24) == bench.paper_2full_layout(24)
+    with pytest.raises(ValueError, match="4 layers"):
+        bench.resolve_attention_types("linear,full", 4)
+    with pytest.raises(ValueError, match="unknown attention type"):
+        bench.resolve_attention_types("sparse", 4)
+    assert bench.parse_resolution("1024x2048") == (1024, 2048)
+    assert bench.parse_resolution("518") == (518, 518)
+    with pytest.raises(ValueError, match="HEIGHTxWIDTH"):
+        bench.parse_resolution("big")
+
+
+def _check_measurement(record, batch_size):
+    assert record["status"] == "ok" and record["batch_size"] == batch_size
+    assert record["iters"] == len(record["times_ms"]) == 2
+    assert record["min_ms"] <= record["median_ms"] <= record["max_ms"]
+    assert record["images_per_s"] == pytest.approx(batch_size / (record["median_ms"] / 1e3))
+    assert record["peak_memory_mib"] is None  # CPU: not measured
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-depth"])
+def test_cli_cpu_benchmark_writes_consistent_json(preset, tmp_path, capsys):
+    output = tmp_path / "results.json"
+    argv = ["bench", "--preset", preset, "--device", "cpu", "--batch-size", "2", "--warmup", "1", "--iters", "2",
+            "--output", str(output), "--no-progress"]
+    assert cli_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert bench.CPU_SMOKE_NOTE.upper() in printed and "| hf/jetvit (time ratio) |" in printed
+
+    result = json.loads(output.read_text())
+    assert result["command"] == "jetvit " + " ".join(argv)
+    assert result["note"] == bench.CPU_SMOKE_NOTE and result["device"] == "cpu" and result["gpu"] is None
+    assert result["dtype"] == "float32" and result["sdpa_backend"] == "n/a"
+    assert result["timing"]["method"] == "time.perf_counter" and result["timing"]["statistic"] == "median"
+    assert result["batch_sizes"] == {"latency": 1, "throughput": 2}
+    assert set(result["versions"]) >= {"torch", "transformers", "triton"}
+    assert result["versions"]["transformers"] == transformers.__version__
+    assert result["attention_layout"] == "paper-2full"
+    assert result["attention_types"] == bench.paper_2full_layout(4)
+    spec = bench.resolve_model_spec(preset)
+    assert result["resolution"] == [spec.jetvit_config.image_size] * 2
+    assert result["num_tokens"] == bench.num_tokens(spec.jetvit_config, result["resolution"])
+    assert list(result["results"]) == ["hf", "jetvit-full", "jetvit"]
+    for entry in result["results"].values():
+        assert entry["status"] == "ok" and entry["profile"] == "n/a" and entry["params"] > 0
+        _check_measurement(entry["latency"], 1)
+        _check_measurement(entry["throughput"], 2)
+    assert result["results"]["hf"]["params"] == result["results"]["jetvit-full"]["params"]
+    assert result["fuse_qkv"] is True and result["results"]["hf"]["fused_qkv"] is False
+    assert result["results"]["jetvit"]["fused_qkv"] is True and result["results"]["jetvit-full"]["fused_qkv"] is True
+    impl = result["results"]["hf"]["attn_implementation"]
+    assert "sdpa" in impl.values()
+    hybrid = result["results"]["jetvit"]
+    for other in ("hf", "jetvit-full"):
+        for kind in ("latency", "throughput"):
+            expected = result["results"][other][kind]["median_ms"] / hybrid[kind]["median_ms"]
+            assert result["ratios"][f"{other}/jetvit"][kind] == pytest.approx(expected)
+
+
+def test_cuda_refused_without_gpu(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli_main(["bench", "--preset", "tiny", "--device", "cuda", "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert "no CUDA GPU is available" in captured.err and "--device cpu" in captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
+    assert cli_main(["bench", "--preset", "tiny", "--no-progress"]) == 2  # cuda is the default
+    with pytest.raises(bench.DeviceUnavailableError):
+        bench.benchmark("tiny", device="cuda")
+
+
+def test_cli_usage_errors(capsys):
+    assert cli_main(["bench", "--device", "cpu"]) == 2
+    assert "--preset" in capsys.readouterr().err
+    assert cli_main(["bench", "--preset", "tiny", "--device", "cpu", "--attention-types", "linear,full"]) == 2
+    assert "4 layers" in capsys.readouterr().err
+    assert cli_main(["bench", "--list-presets"]) == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in PUBLISHED) and "paper-2full" in listing
+
+
+def test_sweep_writes_json_and_png(tmp_path, capsys):
+    output = tmp_path / "sweep.json"
+    argv = ["bench", "--preset", "tiny", "--device", "cpu", "--sweep", "64x64,96x128", "--warmup", "1", "--iters", "2",
+            "--skip-baselines-above", "30", "--output", str(output), "--no-progress"]
+    assert cli_main(argv) == 0
+    assert "| 96x128 | 53 |" in capsys.readouterr().out
+    result = json.loads(output.read_text())
+    plot = tmp_path / "sweep.png"
+    assert result["plot"] == str(plot) and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p["resolution"] for p in result["points"]] == [[64, 64], [96, 128]]
+    assert [p["num_tokens"] for p in result["points"]] == [5 + 16, 5 + 48]
+    small, large = result["points"]
+    assert all(small["results"][name]["status"] == "ok" for name in bench.MODEL_NAMES)
+    assert small["ratios"]["hf/jetvit"] == pytest.approx(
+        small["results"]["hf"]["median_ms"] / small["results"]["jetvit"]["median_ms"]
+    )
+    assert large["results"]["jetvit"]["status"] == "ok"
+    assert large["results"]["hf"]["status"] == large["results"]["jetvit-full"]["status"] == "skipped"
+    assert large["ratios"]["hf/jetvit"] is None
+
+
+def test_sweep_records_out_of_memory(monkeypatch, tmp_path):
+    """A point that runs out of memory is recorded as "oom" and the sweep goes on."""
+    real_pixels = bench._random_pixels
+
+    def pixels(config, batch_size, resolution, settings):
+        if resolution[0] * resolution[1] > 64 * 64:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB")
+        return real_pixels(config, batch_size, resolution, settings)
+
+    monkeypatch.setattr(bench, "_random_pixels", pixels)
+    result = bench.sweep("tiny", resolutions=["64x64", "128x128"], baselines=["jetvit-full"],
+                         plot=tmp_path / "oom.png", **FAST)
+    small, big = result["points"]
+    assert small["results"]["jetvit"]["status"] == small["results"]["jetvit-full"]["status"] == "ok"
+    assert big["results"]["jetvit"]["status"] == "oom" and "out of memory" in big["results"]["jetvit"]["error"]
+    assert "hf" not in big["results"] and big["ratios"]["jetvit-full/jetvit"] is None
+    assert (tmp_path / "oom.png").is_file()
+
+
+def test_layer_table_and_estimate(tmp_path, capsys):
+    path = tmp_path / "layers.json"
+    argv = ["bench", "--preset", "tiny", "--device", "cpu", "--resolution", "128x128", "--warmup", "2",
+            "--iters", "5", "--layer-table", str(path), "--attention-types", "linear,window,full,linear",
+            "--no-progress"]
+    assert cli_main(argv) == 0
+    assert "one window layer" in capsys.readouterr().out
+    table = json.loads(path.read_text())
+    assert table["note"] == bench.CPU_SMOKE_NOTE and table["gpu"] is None
+    assert (table["model"], table["resolution"], table["batch_size"], table["num_layers"]) == ("tiny", [128, 128], 1, 4)
+    assert set(table["per_layer_ms"]) == {"full", "window", "linear"}
+    assert all(ms > 0 for ms in table["per_layer_ms"].values())
+    assert {"torch", "transformers", "triton"} <= set(table["versions"]) and table["dtype"] == "float32"
+    remainder = table["whole_model_full_ms"] - 4 * table["per_layer_ms"]["full"]
+    assert table["remainder_ms"] == pytest.approx(max(0.0, remainder))
+
+    # the estimate's arithmetic, from the dict and from the file
+    types = ["linear", "window", "full", "linear"]
+    expected = table["remainder_ms"] + 2 * table["per_layer_ms"]["linear"] + table["per_layer_ms"]["window"] + (
+        table["per_layer_ms"]["full"]
+    )
+    assert bench.estimate_latency(table, types) == pytest.approx(expected)
+    assert bench.estimate_latency(path, "linear,window,full,linear") == pytest.approx(expected)
+    assert bench.estimate_latency(table, "all-full") == pytest.approx(
+        table["remainder_ms"] + 4 * table["per_layer_ms"]["full"]
+    )
+    with pytest.raises(ValueError, match="4 layers"):
+        bench.estimate_latency(table, ["full"] * 3)
+
+    # structure check only (CPU timings are noisy): the estimate is within a loose factor of the measured hybrid
+    check = table["check"]
+    assert check["attention_types"] == types and check["estimated_ms"] == pytest.approx(expected)
+    assert 1 / 4 < check["estimated_ms"] / check["measured_ms"] < 4
+
+
+def test_benchmark_converted_checkpoint(source_checkpoint, tmp_path):
+    source_dir, _ = source_checkpoint("dinov3")
+    source_copy = tmp_path / "source"
+    shutil.copytree(source_dir, source_copy)
+    types = ["linear", "window", "full", "linear"]
+    model, info = convert_to_jetvit(source_copy, types, window_size=2, output_loading_info=True)
+    converted = tmp_path / "converted"
+    save_converted(model, converted, source_copy, info)
+
+    result = bench.benchmark(model=converted, resolution=64, batch_size=1, **FAST)
+    assert result["attention_layout"] == "checkpoint" and result["attention_types"] == types
+    assert result["model"]["checkpoint"] == str(converted) and result["model"]["window_size"] == 2
+    assert result["model"]["source_config_origin"].startswith("source directory")
+    assert all(result["results"][name]["status"] == "ok" for name in bench.MODEL_NAMES)
+    assert "from" in result["results"]["jetvit"]["description"]  # the checkpoint's own weights
+    assert result["results"]["jetvit"]["throughput"]["median_ms"] == result["results"]["jetvit"]["latency"]["median_ms"]
+
+    shutil.rmtree(source_copy)  # source unreachable: the hf config is rebuilt from the JetViT config
+    result = bench.benchmark(model=converted, resolution=64, batch_size=1, attention_types="all-window", **FAST)
+    assert result["model"]["source_config_origin"].startswith("rebuilt")
+    assert result["results"]["hf"]["status"] == "ok" and result["attention_types"] == ["window"] * 4
+
+    (converted / "jetvit_conversion.json").unlink()
+    result = bench.benchmark(model=converted, resolution=64, batch_size=1, fuse_qkv=False, **FAST)
+    assert result["fuse_qkv"] is False and result["results"]["jetvit"]["fused_qkv"] is False
+    assert result["results"]["hf"]["status"] == "skipped"
+    assert any("jetvit_conversion.json" in note for note in result["notes"])
+    assert "hf/jetvit" in result["ratios"] and result["ratios"]["hf/jetvit"]["latency"] is None
+
+
+@pytest.mark.parametrize("name", sorted(SOURCES))
+def test_source_config_rebuilt_from_jetvit_config(name):
+    """`--model DIR` offline: the source config rebuilt from a JetViT config converts back to the same JetViT config."""
+    model_class, make_config, _ = SOURCES[name]
+    source = make_config()
+    source.architectures = [model_class.__name__]
+    config, family, architecture, _ = jetvit_config_from_source(source)
+    rebuilt = bench.source_config_from_jetvit(config, family, architecture)
+    again, family_again, architecture_again, _ = jetvit_config_from_source(rebuilt)
+    assert (family_again, architecture_again) == (family, architecture)
+    assert again.to_dict() == config.to_dict()
+
+
+def test_attention_kernel_names_and_cpu_profile():
+    classify = bench.classify_attention_kernel
+    assert classify("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x64") == "cudnn"
+    assert classify("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128, 128, 4>>") == "flash"
+    assert bench.classify_attention_kernel("fmha_cutlassF_bf16_aligned_64x64_rf_sm80(PyTorchMemEffAttention)") == (
+        "efficient"
+    )
+    assert bench.classify_attention_kernel("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64") is None
+    settings = bench._settings("cpu", None, 0, 1, False, None, None, True)
+    q = torch.randn(1, 2, 8, 4)
+    profile = bench.profile_forward(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q), settings)
+    assert profile["backends"] == ["cpu-flash"]
+    assert profile["sdpa_ops"] == {"aten::_scaled_dot_product_flash_attention_for_cpu": 1}
+
+
+def test_backbone_flops_matches_published_count():
+    """notes/performance.md §4: DINOv2-L at 518 px is 506.8 GMACs (timm 507.15)."""
+    spec = bench.resolve_model_spec("dinov2-l")
+    flops = bench.backbone_flops(spec.jetvit_config, ["full"] * 24, (518, 518))
+    assert flops / 2 / 1e9 == pytest.approx(506.8, rel=2e-3)
+
+
+def test_config_overrides_reach_every_jetvit_model(tmp_path):
+    from jetvit_hf.cli import _parse_overrides
+
+    overrides = _parse_overrides(["window_size=1", "linear_attention_eps=1e-5", "kernel_impl=torch"])
+    assert overrides == {"window_size": 1, "linear_attention_eps": 1e-5, "kernel_impl": "torch"}
+    spec = bench.resolve_model_spec("tiny", config_overrides=overrides)
+    assert spec.jetvit_config.window_size == 1 and spec.jetvit_config.kernel_impl == "torch"
+    assert any("kernel_impl" in note for note in spec.notes)
+    factories = bench._model_factories(spec, ["window"] * 4, ["jetvit-full"])
+    models = {name: factory(torch.device("cpu"), torch.float32) for name, (_, factory) in factories.items()}
+    assert all(m.config.window_size == 1 and m.config.kernel_impl == "torch" for m in models.values())
+    with pytest.raises(ValueError, match="cannot change"):
+        bench.resolve_model_spec("tiny", config_overrides={"num_hidden_layers": 2})
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        _parse_overrides(["window_size"])
