@@ -117,10 +117,16 @@ def main(argv=None) -> int:
             conv_weight = torch.randn(batch, channels, 3, 3, device="cuda")
             for block_n in (32, 64, 128):
                 for warps in (2, 4, 8):
-                    for per_sm in (1, 2, 4, 8):
-                        ms = cuda_median_ms(graphed(lambda: kernels_jetvit.state_triton(
-                            k, v, cos, sin, args.num_prefix, block_n=block_n, num_warps=warps, programs_per_sm=per_sm)))
-                        sweep.append({"kernel": "state", "block_n": block_n, "warps": warps, "per_sm": per_sm, "ms": ms})
+                    for per_sm in (2, 4, 8):
+                        for stages in (1, 2, 3, 4):
+                            try:
+                                ms = cuda_median_ms(graphed(lambda: kernels_jetvit.state_triton(
+                                    k, v, cos, sin, args.num_prefix, block_n=block_n, num_warps=warps,
+                                    programs_per_sm=per_sm, num_stages=stages)))
+                            except Exception:  # e.g. out of shared memory for this setting
+                                continue
+                            sweep.append({"kernel": "state", "block_n": block_n, "warps": warps, "per_sm": per_sm,
+                                          "stages": stages, "ms": ms})
                     ms = cuda_median_ms(graphed(lambda: kernels_jetvit.output_triton(
                         q, v, state, key_sum, conv_weight, cos, sin, args.num_prefix, grid, 1e-6,
                         block_n=block_n, num_warps=warps)))

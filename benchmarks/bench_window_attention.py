@@ -61,12 +61,18 @@ def main(argv=None) -> int:
         reference = torch.compile(kernels_jetvit.window_attention_reference)
         reference(*args_)
         results["reference_compiled"] = cuda_median_ms(graphed(lambda: reference(*args_)))
-        for block_m in (64, 128):
-            for block_n in (32, 64, 128):
-                for warps in (4, 8):
-                    results[f"triton_m{block_m}_n{block_n}_w{warps}"] = cuda_median_ms(graphed(
+        results["triton_prefix_queries_only"] = cuda_median_ms(graphed(lambda: kernels_jetvit.prefix_query_triton(
+            tq, tk, tv, (cos, sin), 5, 0.125)))
+        results["triton_default_without_rope"] = cuda_median_ms(graphed(
+            lambda: kernels_jetvit.window_attention_triton(tq, tk, tv, None, None, 5, grid, ws, 0.125)))
+        for block_m, block_n, warps in ((128, 64, 8), (64, 64, 4), (128, 128, 8)):
+            for stages in (1, 2, 3):
+                try:
+                    results[f"triton_m{block_m}_n{block_n}_w{warps}_s{stages}"] = cuda_median_ms(graphed(
                         lambda: kernels_jetvit.window_attention_triton(
-                            *args_, block_m=block_m, block_n=block_n, num_warps=warps)))
+                            *args_, block_m=block_m, block_n=block_n, num_warps=warps, key_stages=stages)))
+                except Exception as error:  # e.g. out of shared memory for this setting
+                    print(f"window setting m{block_m} n{block_n} w{warps} s{stages} failed: {str(error)[:100]}")
         q = torch.randn(windows, 16, ws * ws, 64, device="cuda", dtype=dtype)
         k261 = torch.randn(windows, 16, ws * ws + 5, 64, device="cuda", dtype=dtype)
         v261 = torch.randn_like(k261)
@@ -85,7 +91,11 @@ def main(argv=None) -> int:
     flops = 4 * grid[0] * grid[1] * (ws * ws + 5) * 1024
     result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "grid": grid, "window_size": ws,
               "window_attention_gflop": flops / 1e9, "ms": results}
+    timed = {k: v for k, v in results.items() if k.startswith("triton_m")}
+    print("fastest window kernel settings:", sorted(timed.items(), key=lambda kv: kv[1])[:4])
     for name, value in results.items():
+        if name.startswith("triton_m"):
+            continue
         text = f"{value * 1e3:8.1f} us" if isinstance(value, float) else value
         print(f"  {name:28s} {text}")
     if args.output:

@@ -302,6 +302,7 @@ if triton is not None:
         stride_ob, stride_on,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, WINDOW: tl.constexpr, BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, HAS_ROPE: tl.constexpr, PRECISION: tl.constexpr,
+        KEY_STAGES: tl.constexpr,
     ):
         """One block of BLOCK_M patch queries of one window and head: online softmax over the prefix keys and the
         window's keys (padding outside the grid masked), reading and writing the token-major tensors directly."""
@@ -328,25 +329,22 @@ if triton is not None:
 
         k_base = k_ptr + batch * stride_kb + head * stride_kh
         v_base = v_ptr + batch * stride_vb + head * stride_vh
-        m_i = tl.full((BLOCK_M,), -1.0e30, dtype=tl.float32)  # finite, so fully masked key blocks give p = 0
-        l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-
-        # prefix keys (never rotated)
+        # prefix keys (never rotated) start the online softmax; the running max stays finite, so fully masked key
+        # blocks give p = 0
         offs_p = tl.arange(0, BLOCK_P)
         p_valid = offs_p < num_prefix
         p_mask = p_valid[:, None] & d_mask[None, :]
-        k = tl.load(k_base + offs_p[:, None] * stride_kn + offs_d[None, :], mask=p_mask, other=0.0)
-        v = tl.load(v_base + offs_p[:, None] * stride_vn + offs_d[None, :], mask=p_mask, other=0.0)
-        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-        scores = tl.where(p_valid[None, :], scores, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-        p = tl.math.exp2(scores - m_new[:, None])
-        l_i = l_i * tl.math.exp2(m_i - m_new) + tl.sum(p, axis=1)
-        acc = acc * tl.math.exp2(m_i - m_new)[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+        prefix_k = tl.load(k_base + offs_p[:, None] * stride_kn + offs_d[None, :], mask=p_mask, other=0.0)
+        prefix_v = tl.load(v_base + offs_p[:, None] * stride_vn + offs_d[None, :], mask=p_mask, other=0.0)
+        prefix_scores = tl.dot(q, tl.trans(prefix_k), input_precision=PRECISION) * qk_scale
+        prefix_scores = tl.where(p_valid[None, :], prefix_scores, float("-inf"))
+        m_i = tl.max(prefix_scores, axis=1)
+        m_i = tl.where(m_i > -1.0e30, m_i, -1.0e30)  # no prefix tokens: keep the running max finite
+        prefix_p = tl.math.exp2(prefix_scores - m_i[:, None])
+        l_i = tl.sum(prefix_p, axis=1)
+        acc = tl.dot(prefix_p.to(prefix_v.dtype), prefix_v, input_precision=PRECISION)
 
-        for key_block in tl.static_range(key_blocks):
+        for key_block in tl.range(0, key_blocks, num_stages=KEY_STAGES):  # software-pipelined key/value loads
             t_k = key_block * BLOCK_N + tl.arange(0, BLOCK_N)
             row_k, col_k = top + t_k // WINDOW, left + t_k % WINDOW
             k_valid = (t_k < WINDOW * WINDOW) & (row_k < grid_h) & (col_k < grid_w)
@@ -417,9 +415,9 @@ if triton is not None:
 
 
 # Launch settings, chosen by `benchmarks/bench_linear_attention.py --sweep` on an H200 (bf16, ViT-L, 8197 tokens).
-STATE_BLOCK_N, STATE_WARPS, STATE_PROGRAMS_PER_SM = 32, 2, 4
+STATE_BLOCK_N, STATE_WARPS, STATE_PROGRAMS_PER_SM, STATE_STAGES = 32, 2, 4, 3
 OUTPUT_BLOCK_N, OUTPUT_WARPS = 64, 2
-WINDOW_BLOCK_M, WINDOW_BLOCK_N, WINDOW_WARPS = 128, 64, 8
+WINDOW_BLOCK_M, WINDOW_BLOCK_N, WINDOW_WARPS, WINDOW_KEY_STAGES = 128, 64, 8, 2
 
 
 def _precision(tensor: torch.Tensor) -> str:
@@ -438,7 +436,8 @@ def _rope_tables(cos, sin, reference: torch.Tensor):
     return cos.contiguous(), sin.contiguous()
 
 
-def state_triton(key, value, cos, sin, num_prefix: int, block_n=None, num_warps=None, programs_per_sm=None):
+def state_triton(key, value, cos, sin, num_prefix: int, block_n=None, num_warps=None, programs_per_sm=None,
+                 num_stages=None):
     batch, num_tokens, heads, head_dim = key.shape
     block_n = block_n or STATE_BLOCK_N
     sms = torch.cuda.get_device_properties(key.device).multi_processor_count if key.is_cuda else 4
@@ -456,6 +455,7 @@ def state_triton(key, value, cos, sin, num_prefix: int, block_n=None, num_warps=
         key.stride(0), key.stride(1), key.stride(2), value.stride(0), value.stride(1), value.stride(2),
         HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), BLOCK_N=block_n, HAS_ROPE=cos is not key,
         IEEE_FP32=key.dtype == torch.float32, num_warps=num_warps or STATE_WARPS,
+        num_stages=num_stages or STATE_STAGES,
     )
     totals = partials.sum(1).view(batch, heads, row)  # one deterministic reduction of the split partials
     state, key_sum, value_sum = totals.split((head_dim * head_dim, head_dim, head_dim), dim=-1)
@@ -499,7 +499,7 @@ def output_triton(query, value, state, key_sum, conv_weight, cos, sin, num_prefi
     return out
 
 def window_attention_triton(query, key, value, cos, sin, num_prefix: int, grid_size, window_size: int, scale: float,
-                            block_m=None, block_n=None, num_warps=None):
+                            block_m=None, block_n=None, num_warps=None, key_stages=None):
     batch, num_tokens, heads, head_dim = query.shape
     block_m, block_n = block_m or WINDOW_BLOCK_M, block_n or WINDOW_BLOCK_N
     out = torch.empty(batch, num_tokens, heads * head_dim, device=query.device, dtype=query.dtype)
@@ -513,7 +513,7 @@ def window_attention_triton(query, key, value, cos, sin, num_prefix: int, grid_s
         value.stride(0), value.stride(1), value.stride(2), out.stride(0), out.stride(1),
         HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), WINDOW=window_size, BLOCK_M=block_m, BLOCK_N=block_n,
         BLOCK_P=max(16, triton.next_power_of_2(max(num_prefix, 1))), HAS_ROPE=tables[0] is not query,
-        PRECISION=_precision(query), num_warps=num_warps or WINDOW_WARPS,
+        PRECISION=_precision(query), KEY_STAGES=key_stages or WINDOW_KEY_STAGES, num_warps=num_warps or WINDOW_WARPS,
     )
     if num_prefix:
         out[:, :num_prefix] = prefix_query_triton(query, key, value, tables, num_prefix, scale).flatten(2)
