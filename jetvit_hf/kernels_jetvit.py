@@ -417,7 +417,7 @@ if triton is not None:
 # Launch settings, chosen by `benchmarks/bench_linear_attention.py --sweep` on an H200 (bf16, ViT-L, 8197 tokens).
 STATE_BLOCK_N, STATE_WARPS, STATE_PROGRAMS_PER_SM, STATE_STAGES = 32, 2, 4, 3
 OUTPUT_BLOCK_N, OUTPUT_WARPS = 64, 2
-WINDOW_BLOCK_M, WINDOW_BLOCK_N, WINDOW_WARPS, WINDOW_KEY_STAGES = 128, 64, 8, 2
+WINDOW_BLOCK_M, WINDOW_BLOCK_N, WINDOW_WARPS, WINDOW_KEY_STAGES = 128, 128, 8, 1
 
 
 def _precision(tensor: torch.Tensor) -> str:
