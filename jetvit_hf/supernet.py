@@ -89,6 +89,8 @@ class JetViTSupernet(nn.Module):
             for attention_type in self.candidates[index]:
                 inherited = full_sources[index].attention if attention_type == "full" and full_sources else layer.attention
                 module = JETVIT_ATTENTION_CLASSES[attention_type](config, index)
+                for submodule in module.modules():  # the checkpoint's own init: a new kernel generator starts at zero
+                    model._init_weights(submodule)
                 module.to(device=inherited.o_proj.weight.device, dtype=inherited.o_proj.weight.dtype)
                 own_state = module.state_dict()
                 shared = {k: v for k, v in inherited.state_dict().items() if k in own_state}

@@ -223,3 +223,4 @@ def test_fused_qkv_projections_give_the_same_outputs():
     torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)
     model.unfuse_qkv_projections()
     assert model.encoder.layer[0].attention.qkv_weight is None
+
