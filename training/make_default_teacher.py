@@ -1,0 +1,121 @@
+"""Train the small teacher that ships with the repo (`training/default_teacher/`), the embedded default of the main job.
+
+A real, supported source checkpoint is needed offline, and no pretrained DINOv2 / Depth Anything weights can be
+downloaded here. So this trains a small transformers `DepthAnythingForDepthEstimation` (a DINOv2-style ViT backbone
+with Depth Anything's DPT neck and head: 6 layers, width 128, 8x8-pixel patches) from scratch on procedural scenes with exact
+depth (`jetvit_hf.scenes`), with Depth Anything's scale-shift-invariant + gradient-matching loss on disparity. Its
+attention is learned, not random, so the search has something real to preserve. 64x64 images keep it trainable on
+a laptop CPU in well under an hour. Deterministic given `--seed`.
+
+    python training/make_default_teacher.py --output training/default_teacher
+"""
+
+import argparse
+import json
+import math
+import sys
+import time
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, DPTImageProcessorPil
+
+from jetvit_hf.atomic import atomic_directory, atomic_write_json
+from jetvit_hf.data import IMAGENET_MEAN, IMAGENET_STD, to_normalized_tensor
+from jetvit_hf.losses import depth_anything_loss
+from jetvit_hf.metrics import depth_metrics
+from jetvit_hf.scenes import scene_dataset
+
+IMAGE_SIZE = 64
+PATCH_SIZE = 8
+
+
+def teacher_config() -> DepthAnythingConfig:
+    backbone = dict(
+        model_type="dinov2", hidden_size=128, num_hidden_layers=6, num_attention_heads=4, mlp_ratio=4,
+        image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, out_indices=[2, 3, 5, 6], reshape_hidden_states=False,
+    )
+    return DepthAnythingConfig(
+        backbone_config=backbone, patch_size=PATCH_SIZE, reassemble_hidden_size=128,
+        neck_hidden_sizes=[32, 64, 128, 128], fusion_hidden_size=32, head_hidden_size=16,
+    )
+
+
+def scene_tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised images [N, 3, H, W] and disparity targets [N, H, W] (1 / planar depth; 0 for the sky)."""
+    images = torch.stack([to_normalized_tensor(row["image"], IMAGENET_MEAN, IMAGENET_STD) for row in dataset])
+    depth = torch.from_numpy(np.stack([np.asarray(row["depth"], dtype=np.float32) for row in dataset]))
+    disparity = torch.where(depth > 0, 1.0 / depth.clamp_min(1e-6), torch.zeros_like(depth))
+    return images, disparity
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", default="training/default_teacher")
+    parser.add_argument("--train-scenes", type=int, default=1200)
+    parser.add_argument("--eval-scenes", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-proc", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (small models thrash with more)")
+    args = parser.parse_args(argv)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+
+    start = time.time()
+    train = scene_dataset(args.train_scenes, IMAGE_SIZE, IMAGE_SIZE, seed=args.seed, num_proc=args.num_proc)
+    held_out = scene_dataset(args.eval_scenes, IMAGE_SIZE, IMAGE_SIZE, seed=args.seed + 1, num_proc=args.num_proc)
+    images, disparity = scene_tensors(train)
+    eval_images, eval_disparity = scene_tensors(held_out)
+    print(f"rendered {len(train)} + {len(held_out)} scenes in {time.time() - start:.0f} s")
+
+    model = DepthAnythingForDepthEstimation(teacher_config()).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
+    warmup = args.steps // 20
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
+    )
+    generator = torch.Generator().manual_seed(args.seed)
+    progress = tqdm(range(args.steps), desc="teacher", mininterval=5)
+    for step in progress:
+        index = torch.randint(0, len(images), (args.batch_size,), generator=generator)
+        batch, target = images[index], disparity[index]
+        flip = torch.rand(args.batch_size, generator=generator) < 0.5
+        batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
+        target = torch.where(flip[:, None, None], target.flip(-1), target)
+        loss, _ = depth_anything_loss(model(batch).predicted_depth, target)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 100 == 0:
+            progress.set_postfix(loss=f"{loss.item():.4f}")
+
+    model.eval()
+    with torch.no_grad():
+        prediction = torch.cat([model(chunk).predicted_depth for chunk in eval_images.split(32)])
+    metrics = depth_metrics(prediction, eval_disparity, eval_disparity > 0, mode="disparity", target_is_depth=False)
+    print(f"held-out scenes (DA mode, disparity aligned by least squares): {metrics}")
+
+    with atomic_directory(args.output, overwrite=True) as staging:
+        model.save_pretrained(staging)
+        DPTImageProcessorPil(
+            size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, keep_aspect_ratio=True, ensure_multiple_of=PATCH_SIZE,
+            image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
+        ).save_pretrained(staging)
+        atomic_write_json(staging / "training_report.json", {
+            "command": " ".join(["python"] + sys.argv),
+            "train_scenes": args.train_scenes, "eval_scenes": args.eval_scenes, "steps": args.steps,
+            "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "image_size": IMAGE_SIZE,
+            "held_out_metrics": metrics, "torch": torch.__version__, "seconds": round(time.time() - start),
+        })
+    print(f"saved the teacher to {args.output} ({time.time() - start:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
