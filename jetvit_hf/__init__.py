@@ -12,6 +12,7 @@ from transformers import (
 )
 
 from .configuration_jetvit import ATTENTION_TYPES, JetViTConfig
+from .convert import convert_to_jetvit
 from .modeling_jetvit import (
     JetViTBackbone,
     JetViTForDepthEstimation,
@@ -30,6 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ATTENTION_TYPES",
+    "convert_to_jetvit",
     "JetViTBackbone",
     "JetViTConfig",
     "JetViTForDepthEstimation",

@@ -243,6 +243,141 @@ def _add_bench_parser(commands) -> None:
     bench.set_defaults(func=run_bench)
 
 
+def parse_image_size(text: str) -> int | tuple[int, int]:
+    """`"518"` (short side, aspect ratio kept) or `"HEIGHTxWIDTH"` (exact) in pixels."""
+    try:
+        sides = [int(side) for side in text.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size like 518 or 518x700, got {text!r}") from None
+    if len(sides) not in (1, 2) or min(sides) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a size like 518 or 518x700, got {text!r}")
+    return sides[0] if len(sides) == 1 else (sides[0], sides[1])
+
+
+def run_search(args: argparse.Namespace) -> int:
+    """`jetvit search`: one stage of the beam search, writing the log, plots and the extracted model."""
+    from .search import run_search as search
+
+    result = search(
+        args.supernet, args.teacher, args.data, output=args.output, objective=args.objective, stage=args.stage,
+        beam_width=args.beam_width, start=args.start, max_changes=args.max_changes, max_full=args.max_full,
+        tolerance=args.tolerance, latency_table=args.latency_table, latency_budget_ms=args.latency_budget_ms,
+        metric=args.metric, depth_mode=args.depth_mode, da2k=args.da2k, probe=args.probe, num_labels=args.num_labels,
+        probe_steps=args.probe_steps, num_images=args.num_images, image_size=args.image_size,
+        batch_size=args.batch_size, overwrite=args.overwrite, progress=not args.no_progress,
+    )
+    direction = "higher" if result.objective["higher_is_better"] else "lower"
+    print(f"jetvit search stage {result.stage}: {len(result.evaluations)} assignments evaluated in "
+          f"{len(result.rounds) - 1} rounds; stopped: {result.stop_reason}")
+    print(f"  objective {result.objective['name']} ({direction} is better): chosen {result.best_score:.6g}, start "
+          f"{result.evaluations[0]['score']:.6g}" + (f", teacher {result.teacher_score:.6g}"
+                                                    if result.teacher_score is not None else ""))
+    if result.best_latency_ms is not None:
+        print(f"  estimated latency {result.best_latency_ms:.3f} ms")
+    print(f"  attention types (0-based layers): {','.join(result.best)}")
+    print(f"wrote {args.output} (search_log.json, attention_types.json, plots, model/)")
+    return 0
+
+
+def _add_search_parser(commands) -> None:
+    search = commands.add_parser(
+        "search",
+        help="post-training attention search: beam search over a supernet's attention types (one stage)",
+        description="Greedy, stage-wise beam search (paper 3.2.4). Stage 1 starts all-linear and switches linear "
+        "layers to window attention until the objective plateaus; stage 2 starts from stage 1's choice (--start) and "
+        "switches layers to full attention until the objective reaches the teacher's or --max-full layers are full. "
+        "Writes search_log.json (every evaluated assignment), attention_types.json, a per-layer gain heatmap "
+        "(full_attention_gain.png in stage 2, like the paper's Fig. 7), pareto.png and model/ (the extracted subnet).",
+    )
+    search.add_argument("--supernet", required=True, help="saved supernet, converted JetViT or source checkpoint dir")
+    search.add_argument("--teacher", required=True, help="the full-attention teacher: source checkpoint or JetViT dir")
+    search.add_argument("--data", default=None, help="held-out images: folder, saved/local dataset (depth/labels "
+                        "columns are ground truth); not needed for --objective ordinal with --da2k")
+    search.add_argument("--objective", choices=("feature", "depth", "segmentation", "ordinal"), default="feature",
+                        help="feature: negated feature-distillation loss (fast proxy); depth: --metric of the DPT "
+                        "head vs ground truth (data with depth) or the teacher; segmentation: mIoU of a linear probe "
+                        "(data with labels); ordinal: DA-2K pair accuracy (--da2k, or pairs from the teacher)")
+    search.add_argument("--stage", type=int, choices=(1, 2), required=True, help="1: linear -> window; 2: -> full")
+    search.add_argument("--beam-width", type=int, default=3, help="assignments kept per round (default 3)")
+    search.add_argument("--start", default=None, help="start assignment: attention types ('linear,window*10,...') or "
+                        "a JSON file (stage 1's attention_types.json); needed for stage 2 on a stage-1 supernet")
+    search.add_argument("--max-full", type=int, default=None, help="stage 2: at most this many full layers")
+    search.add_argument("--max-changes", type=int, default=None, help="at most this many rounds")
+    search.add_argument("--tolerance", type=float, default=0.0, help="stage 1: minimum gain per round; stage 2: "
+                        "stop within this of the teacher's score (default 0)")
+    search.add_argument("--metric", choices=("delta1", "delta2", "delta3", "abs_rel"), default="delta1",
+                        help="depth objective's metric (default delta1)")
+    search.add_argument("--depth-mode", choices=("disparity", "depth"), default="disparity",
+                        help="depth objective's evaluation mode (default disparity, Depth Anything's)")
+    search.add_argument("--da2k", default=None, help="ordinal objective: DA-2K annotations.json (images beside it)")
+    search.add_argument("--probe", default=None, help="segmentation objective: a saved linear probe (default: train "
+                        "one on the teacher's features of --data)")
+    search.add_argument("--num-labels", type=int, default=None, help="probe classes (default: largest label + 1)")
+    search.add_argument("--probe-steps", type=int, default=1000, help="probe training steps (default 1000)")
+    search.add_argument("--latency-table", default=None, help="per-layer latency table JSON (jetvit bench "
+                        "--layer-table): estimated latency of every assignment and the Pareto front against it")
+    search.add_argument("--latency-budget-ms", type=float, default=None, help="skip assignments estimated slower")
+    search.add_argument("--num-images", type=int, default=None, help="use the first N images of --data")
+    search.add_argument("--image-size", type=parse_image_size, default=None,
+                        help="model input size: 518 (short side, aspect kept) or HxW (default: the config's)")
+    search.add_argument("--batch-size", type=int, default=8, help="evaluation batch size (default 8)")
+    search.add_argument("--output", required=True, help="output directory")
+    search.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    search.add_argument("--no-progress", action="store_true", help="no progress bars")
+    search.set_defaults(func=run_search)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """`jetvit eval`: depth, ordinal, segmentation and per-layer feature metrics of a model against its teacher."""
+    from .evaluation import format_report, run_evaluation
+
+    if args.data is None and args.da2k is None:
+        raise ValueError("pass --data (evaluation images) and/or --da2k (DA-2K annotations)")
+    modes = ("disparity", "depth") if args.depth_mode == "both" else (args.depth_mode,)
+    report = run_evaluation(
+        args.model, args.teacher, args.data, output=args.output, tasks=args.task, depth_modes=modes, da2k=args.da2k,
+        probe=args.probe, num_labels=args.num_labels, probe_steps=args.probe_steps, num_images=args.num_images,
+        image_size=args.image_size, batch_size=args.batch_size, pairs_per_image=args.pairs_per_image,
+        progress=not args.no_progress,
+    )
+    print(f"jetvit eval: {args.model} vs {args.teacher} ({report.get('num_images', 0)} images)")
+    print(format_report(report))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _add_eval_parser(commands) -> None:
+    evaluate = commands.add_parser(
+        "eval",
+        help="evaluate a JetViT against its teacher: depth, ordinal, segmentation, per-layer feature cosine",
+        description="Depth: AbsRel and delta1..3 after least-squares scale-shift alignment in disparity space, in "
+        "both evaluation modes (disparity = Depth Anything's, depth = MiDaS/Marigold's), against the teacher and "
+        "against ground truth (data with a depth column). Ordinal pair accuracy (DA-2K annotations, or pairs where "
+        "the teacher's disparity ratio > 1.1). Segmentation mIoU / pixel accuracy of a linear probe (ignore 255). "
+        "Per-layer cosine of the normed hidden states against the teacher.",
+    )
+    evaluate.add_argument("--model", required=True, help="the JetViT to evaluate (directory)")
+    evaluate.add_argument("--teacher", required=True, help="its full-attention teacher: source checkpoint or JetViT")
+    evaluate.add_argument("--data", default=None, help="evaluation images: folder, saved/local dataset")
+    evaluate.add_argument("--task", action="append", choices=("features", "depth", "segmentation"), default=None,
+                          help="repeatable; default: features, depth for depth models, segmentation with labels or "
+                          "--probe")
+    evaluate.add_argument("--depth-mode", choices=("disparity", "depth", "both"), default="both",
+                          help="depth evaluation mode(s) (default both)")
+    evaluate.add_argument("--da2k", default=None, help="DA-2K annotations.json (images beside it)")
+    evaluate.add_argument("--probe", default=None, help="saved linear probe (default: train one on the teacher)")
+    evaluate.add_argument("--num-labels", type=int, default=None, help="probe classes (default: largest label + 1)")
+    evaluate.add_argument("--probe-steps", type=int, default=1000, help="probe training steps (default 1000)")
+    evaluate.add_argument("--pairs-per-image", type=int, default=64, help="teacher-sampled ordinal pairs per image")
+    evaluate.add_argument("--num-images", type=int, default=None, help="use the first N images of --data")
+    evaluate.add_argument("--image-size", type=parse_image_size, default=None,
+                          help="model input size: 518 (short side, aspect kept) or HxW (default: the config's)")
+    evaluate.add_argument("--batch-size", type=int, default=8, help="batch size (default 8)")
+    evaluate.add_argument("--output", required=True, help="write the report JSON here")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
+    evaluate.set_defaults(func=run_eval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jetvit", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -267,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     convert.set_defaults(func=run_convert)
     _add_bench_parser(commands)
+    _add_search_parser(commands)
+    _add_eval_parser(commands)
     return parser
 
 

@@ -22,6 +22,8 @@ both ops have analytic backwards (in PyTorch, fp32) for training.
 This file travels with saved checkpoints for `trust_remote_code`; Triton is optional.
 """
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -64,6 +66,19 @@ def unrotate_grad(grad: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tenso
     return torch.cat((grad[:, :num_prefix], patches * cos - rotate_half(patches * sin)), dim=1)
 
 
+def fp32_math(function):
+    """Run `function` with autocast off: its fp32 state and normalizer must not be recast to bf16/fp16."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        tensor = next(arg for arg in args if isinstance(arg, torch.Tensor))
+        with torch.autocast(device_type=tensor.device.type, enabled=False):
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
+@fp32_math
 def state_reference(key, value, cos, sin, num_prefix: int):
     key = F.relu(apply_rope(key.float(), cos, sin, num_prefix))  # [B, N, H, d]
     value = value.float()
@@ -85,6 +100,7 @@ def depthwise_conv_reference(value: torch.Tensor, conv_weight: torch.Tensor, num
     return out.view(batch, channels, -1).transpose(1, 2)  # [B, patches, C]
 
 
+@fp32_math
 def output_reference(query, value, state, key_sum, conv_weight, cos, sin, num_prefix: int, grid_size, eps: float):
     batch, num_tokens, heads, head_dim = query.shape
     dtype = query.dtype
@@ -602,6 +618,7 @@ def _register_ops():
         ctx.save_for_backward(key, value, cos, sin)
         ctx.num_prefix = num_prefix
 
+    @fp32_math
     def state_backward(ctx, grad_state, grad_key_sum, grad_value_sum):
         key, value, cos, sin = ctx.saved_tensors
         rotated = apply_rope(key.float(), cos, sin, ctx.num_prefix)
@@ -640,6 +657,7 @@ def _register_ops():
         ctx.save_for_backward(query, value, state, key_sum, conv_weight, cos, sin)
         ctx.num_prefix, ctx.grid_size, ctx.eps = num_prefix, (grid_h, grid_w), eps
 
+    @fp32_math
     def output_backward(ctx, grad_out):
         query, value, state, key_sum, conv_weight, cos, sin = ctx.saved_tensors
         batch, num_tokens, heads, head_dim = query.shape
