@@ -378,6 +378,40 @@ def _add_eval_parser(commands) -> None:
     evaluate.set_defaults(func=run_eval)
 
 
+def run_pipeline(args: argparse.Namespace) -> int:
+    from .pipeline import config_from_cli, run_pipeline as pipeline
+
+    pipeline(config_from_cli(args))
+    return 0
+
+
+def _add_pipeline_parser(commands) -> None:
+    from .pipeline import PipelineConfig
+
+    defaults = PipelineConfig()
+    pipeline = commands.add_parser(
+        "pipeline",
+        help="the whole post-training attention search (the main job)",
+        description="Distill a stage-1 supernet, search, distill stage 2, search, fine-tune, evaluate against the "
+        "teacher, benchmark and write the model card. Defaults: the small teacher in training/default_teacher on "
+        "procedural scenes, offline, CPU or GPU. Finished stages are skipped and training resumes, so rerunning an "
+        "interrupted command continues it.",
+    )
+    help_texts = {
+        "teacher": "source checkpoint (directory or Hub id)",
+        "output_dir": "where every stage writes",
+        "train_data": "training images: image folder, dataset dir or scenes:<count>",
+        "eval_scenes": "held-out procedural scenes (exact depth) for search and evaluation",
+        "max_full": "full-attention layers stage 2 may add",
+    }
+    for name, value in vars(defaults).items():
+        flag = "--output" if name == "output_dir" else "--" + name.replace("_", "-")
+        kind = type(value) if value is not None else str
+        pipeline.add_argument(flag, dest=name, type=kind, default=None,
+                              help=f"{help_texts.get(name, name.replace('_', ' '))} (default {value})")
+    pipeline.set_defaults(func=run_pipeline)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jetvit", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -404,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_parser(commands)
     _add_search_parser(commands)
     _add_eval_parser(commands)
+    _add_pipeline_parser(commands)
     return parser
 
 
