@@ -445,6 +445,15 @@ def _block_d(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
+def _sequence_splits(batch_heads: int, num_tokens: int, block_n: int, device: torch.device, programs_per_sm: int):
+    """`(splits, tokens_per_split)`: split each (image, head)'s sequence so that about `programs_per_sm` programs run
+    per multiprocessor even at batch 1; splits are whole blocks of `block_n` tokens."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    splits = max(1, min(triton.cdiv(programs_per_sm * sms, batch_heads), triton.cdiv(num_tokens, block_n)))
+    tokens_per_split = triton.cdiv(triton.cdiv(num_tokens, splits), block_n) * block_n
+    return triton.cdiv(num_tokens, tokens_per_split), tokens_per_split
+
+
 def _rope_tables(cos, sin, reference: torch.Tensor):
     """Contiguous tables (any tensor as a placeholder without RoPE: the kernels do not read it then)."""
     if cos is None:
@@ -456,12 +465,8 @@ def state_triton(key, value, cos, sin, num_prefix: int, block_n=None, num_warps=
                  num_stages=None):
     batch, num_tokens, heads, head_dim = key.shape
     block_n = block_n or STATE_BLOCK_N
-    sms = torch.cuda.get_device_properties(key.device).multi_processor_count if key.is_cuda else 4
-    # split the sequence so that about `programs_per_sm` programs run per multiprocessor even at batch 1
-    splits = max(1, min(triton.cdiv((programs_per_sm or STATE_PROGRAMS_PER_SM) * sms, batch * heads),
-                        triton.cdiv(num_tokens, block_n)))
-    tokens_per_split = triton.cdiv(triton.cdiv(num_tokens, splits), block_n) * block_n
-    splits = triton.cdiv(num_tokens, tokens_per_split)
+    splits, tokens_per_split = _sequence_splits(batch * heads, num_tokens, block_n, key.device,
+                                                programs_per_sm or STATE_PROGRAMS_PER_SM)
     row = head_dim * head_dim + 2 * head_dim
     partials = torch.empty(batch * heads, splits, row, device=key.device, dtype=torch.float32)
     cos, sin = _rope_tables(cos, sin, key)
@@ -540,10 +545,7 @@ def prefix_query_triton(query, key, value, tables, num_prefix: int, scale: float
     """The prefix queries against every key (RoPE on load), split over the sequence and merged: `[B, P, H, d]`."""
     batch, num_tokens, heads, head_dim = query.shape
     block_p, block_n, block_d = max(16, triton.next_power_of_2(num_prefix)), 64, _block_d(head_dim)
-    sms = torch.cuda.get_device_properties(query.device).multi_processor_count if query.is_cuda else 4
-    splits = max(1, min(triton.cdiv(2 * sms, batch * heads), triton.cdiv(num_tokens, block_n)))
-    tokens_per_split = triton.cdiv(triton.cdiv(num_tokens, splits), block_n) * block_n
-    splits = triton.cdiv(num_tokens, tokens_per_split)
+    splits, tokens_per_split = _sequence_splits(batch * heads, num_tokens, block_n, query.device, 2)
     acc = torch.empty(batch * heads, splits, block_p, block_d, device=query.device, dtype=torch.float32)
     stats = torch.empty(batch * heads, splits, 2, block_p, device=query.device, dtype=torch.float32)
     _prefix_query_kernel[(batch * heads, splits)](

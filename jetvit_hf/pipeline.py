@@ -42,20 +42,12 @@ class PipelineConfig:
     bench_resolution: str | None = None  # default: 1024x1024 on a GPU, the training size on a CPU
 
 
-def _fresh_accelerate_state() -> None:
-    """Each training stage builds its own `Accelerator`; forget the previous one's process-wide state."""
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    for state in (PartialState, AcceleratorState, GradientState):
-        state._shared_state.clear()
-
-
 def _train(stage_dir: Path, result: str, **fields) -> Path:
-    from .training import TrainConfig, train
+    from .training import TrainConfig, reset_accelerate_state, train
 
     if (stage_dir / result).is_dir():
         return stage_dir / result
-    _fresh_accelerate_state()
+    reset_accelerate_state()
     train(TrainConfig(output_dir=str(stage_dir), resume=True, num_workers=0, **fields))
     return stage_dir / result
 

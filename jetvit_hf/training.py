@@ -629,6 +629,15 @@ def _tracker_config(config: TrainConfig) -> dict:
     }
 
 
+def reset_accelerate_state() -> None:
+    """Forget Accelerate's process-wide state, as a new process would: each `train` builds its own `Accelerator`
+    (a resumed run, or the next stage of `jetvit pipeline`, in the same process)."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    for state in (PartialState, AcceleratorState, GradientState):
+        state._shared_state.clear()
+
+
 def train(config: TrainConfig) -> Path:
     """Run the training `config` describes; returns `output_dir`.
 

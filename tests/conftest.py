@@ -23,6 +23,22 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
+def _offline(monkeypatch, tmp_path):
+    """No test may reach the Hub, and `datasets` caches go to the test's own directory."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))
+    try:
+        import datasets
+    except ImportError:  # a kernels-only environment (e.g. the GPU machine) has no `datasets`
+        return
+    # datasets reads these when it is imported, which happened already
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf" / "datasets")
+
+
+@pytest.fixture(autouse=True)
 def _quiet_transformers():
     from transformers.utils import logging
 

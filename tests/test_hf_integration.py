@@ -167,7 +167,7 @@ print(estimator(Image.new("RGB", (90, 60), "gray"))["depth"].size)
         torch.testing.assert_close(torch.load(tmp_path / "depth.pt"), model(pixel_values).predicted_depth, rtol=0, atol=0)
 
     # the converter resolves Hub ids through the same cache
-    code = f"""
+    code = """
 import torch
 from jetvit_hf.convert import convert_to_jetvit
 from transformers import DINOv3ViTModel

@@ -5,18 +5,8 @@ import json
 
 import pytest
 import torch
-from datasets import config as datasets_config
-
 from jetvit_hf import JetViTForDepthEstimation
 from jetvit_hf.pipeline import PipelineConfig, run_pipeline
-
-
-@pytest.fixture(autouse=True)
-def _offline_datasets(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setattr(datasets_config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets_config, "HF_DATASETS_CACHE", tmp_path / "hf" / "datasets")
 
 
 def test_pipeline_end_to_end_and_rerun_skips_finished_stages(source_checkpoint, tmp_path, capsys):

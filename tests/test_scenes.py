@@ -2,7 +2,6 @@
 
 import time
 
-import datasets
 import numpy as np
 import pytest
 
@@ -26,16 +25,6 @@ from jetvit_hf.scenes import (
     scene_dataset,
 )
 
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))
-    # datasets reads these when it is imported, which happened already.
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf" / "datasets")
 
 
 def reference_rays(camera: Camera, height: int, width: int):

@@ -34,16 +34,6 @@ LATENCY_TABLE = {"num_layers": NUM_LAYERS, "per_layer_ms": {"linear": 1.0, "wind
                  "remainder_ms": 0.5}
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))
-    # datasets reads these when it is imported, which happened already.
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf" / "datasets")
-
 
 @pytest.fixture(autouse=True)
 def _one_thread():

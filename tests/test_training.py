@@ -14,7 +14,6 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState, PartialState
 from PIL import Image
 from safetensors.torch import load_file
 from sources import dinov2_config, perturb_
@@ -23,26 +22,22 @@ from transformers import Dinov2Model
 from jetvit_hf.convert import convert_to_jetvit
 from jetvit_hf.modeling_jetvit import JetViTForDepthEstimation, JetViTModel
 from jetvit_hf.supernet import JetViTSupernet, SupernetAttention
-from jetvit_hf.training import TrainConfig, build_supernet, config_from_args, list_checkpoints, main, train
+from jetvit_hf.training import (
+    TrainConfig,
+    build_supernet,
+    config_from_args,
+    list_checkpoints,
+    main,
+    reset_accelerate_state,
+    train,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CANDIDATE = re.compile(r"\.attention\.candidates\.(\w+)\.")
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf" / "datasets")
 
-
-def new_process():
-    """Forget Accelerate's process-wide state, as a new process would (a resumed run is a new process)."""
-    for state in (PartialState, AcceleratorState, GradientState):
-        state._shared_state.clear()
+new_process = reset_accelerate_state  # a resumed run is a new process
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,6 @@ a laptop CPU in well under an hour. Deterministic given `--seed`.
 """
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -73,6 +72,8 @@ def main(argv=None) -> int:
     print(f"rendered {len(train)} + {len(held_out)} scenes in {time.time() - start:.0f} s")
 
     model = DepthAnythingForDepthEstimation(teacher_config()).train()
+    with torch.no_grad():  # start the head's final ReLU open: a head that outputs 0 everywhere never recovers
+        model.head.conv3.bias.fill_(1.0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     warmup = args.steps // 20
     schedule = torch.optim.lr_scheduler.LambdaLR(
