@@ -9,6 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory beside `path`; when the block ends without error it becomes `path`.
@@ -23,6 +29,7 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
         raise FileExistsError(f"{path} already exists and is not empty; pass overwrite=True (--overwrite) to replace it.")
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    os.chmod(staging, 0o777 & ~_umask())  # an ordinary directory, not mkdtemp's private 0700
     try:
         yield staging
     except BaseException:
@@ -48,6 +55,7 @@ def atomic_write_json(path: str | os.PathLike, data, **json_kwargs) -> None:
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # an ordinary file, not mkstemp's private 0600
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

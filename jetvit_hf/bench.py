@@ -1609,16 +1609,6 @@ def estimate_latency(table: dict | str | os.PathLike, attention_types) -> float:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def write_json(result: dict, path: str | os.PathLike) -> Path:
-    from .atomic import atomic_write_json
-
-    atomic_write_json(path, result)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)  # an ordinary file, not mkstemp's 0600
-    return Path(path)
-
-
 def _fmt(value, spec: str = ".2f", suffix: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{suffix}"
 
@@ -1765,5 +1755,4 @@ __all__ = [
     "resolve_model_spec",
     "source_config_from_jetvit",
     "sweep",
-    "write_json",
 ]

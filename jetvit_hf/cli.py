@@ -4,6 +4,7 @@ import argparse
 import re
 import sys
 
+from .atomic import atomic_write_json
 from .configuration_jetvit import ATTENTION_TYPES
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -107,7 +108,7 @@ def run_bench(args: argparse.Namespace) -> int:
             check_attention_types=None if args.no_check else (args.attention_types or True),
             **common,
         )
-        bench.write_json(table, args.layer_table)
+        atomic_write_json(args.layer_table, table)
         print(bench.format_layer_table(table))
         print(f"wrote {args.layer_table}")
         return 0
@@ -134,7 +135,7 @@ def run_bench(args: argparse.Namespace) -> int:
         )
         print(bench.format_benchmark(result))
     if args.output:
-        bench.write_json(result, args.output)
+        atomic_write_json(args.output, result)
         print(f"wrote {args.output}")
     return 0
 

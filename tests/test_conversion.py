@@ -168,3 +168,28 @@ def test_missing_source_is_a_clear_error(tmp_path, monkeypatch):
         convert_to_jetvit("org/does-not-exist")
     with pytest.raises(ValueError, match="no config.json"):
         convert_to_jetvit(tmp_path)
+
+
+def test_atomic_writes_leave_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    from jetvit_hf.atomic import atomic_directory, atomic_write_json
+
+    umask = os.umask(0o022)
+    try:
+        with atomic_directory(tmp_path / "model") as staging:
+            atomic_write_json(staging / "config.json", {"a": 1})
+        assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o755
+        assert stat.S_IMODE((tmp_path / "model" / "config.json").stat().st_mode) == 0o644
+        with pytest.raises(FileExistsError, match="overwrite"):
+            with atomic_directory(tmp_path / "model"):
+                pass
+        with pytest.raises(RuntimeError):  # a failure inside leaves the old directory as it was
+            with atomic_directory(tmp_path / "model", overwrite=True) as staging:
+                (staging / "half-written").write_text("x")
+                raise RuntimeError("crash")
+        assert [p.name for p in (tmp_path / "model").iterdir()] == ["config.json"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    finally:
+        os.umask(umask)
