@@ -8,12 +8,21 @@ attention is learned, not random, so the search has something real to preserve. 
 a laptop CPU in well under an hour. Deterministic given `--seed`.
 
     python training/make_default_teacher.py --output training/default_teacher
+
+The scale-and-shift-invariant loss leaves the output's scale free (the head's final ReLU starts open with a bias of 1,
+so raw predictions sit near 1 with small variations). A last step folds the least-squares scale and shift that map
+the predictions to the true disparity of the training scenes into the head's last convolution, so the teacher
+predicts disparity in 1/m: affine-invariant metrics do not change, while ratios between pixels (ordinal pairs,
+AbsRel against the teacher) become meaningful. `--calibrate DIR` applies only that step to a saved teacher.
 """
 
 import argparse
+import json
 import math
+import shutil
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -49,6 +58,20 @@ def scene_tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return images, disparity
 
 
+@torch.no_grad()
+def calibrate_output_scale(model, images: torch.Tensor, disparity: torch.Tensor) -> tuple[float, float]:
+    """Fold the least-squares (scale, shift) from the predictions to `disparity` into the head's last convolution."""
+    model.eval()
+    prediction = torch.cat([model(chunk).predicted_depth for chunk in images.split(64)]).double().flatten()
+    target = disparity.double().flatten()
+    design = torch.stack((prediction, torch.ones_like(prediction)), dim=1)
+    scale, shift = torch.linalg.lstsq(design, target[:, None]).solution.flatten().tolist()
+    head = model.head.conv3
+    head.weight.mul_(scale)
+    head.bias.mul_(scale).add_(shift)
+    return scale, shift
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default="training/default_teacher")
@@ -60,9 +83,12 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-proc", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (small models thrash with more)")
+    parser.add_argument("--calibrate", default=None, help="only calibrate the output scale of this saved teacher")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
+    if args.calibrate:
+        return calibrate_saved(args)
 
     start = time.time()
     train = scene_dataset(args.train_scenes, IMAGE_SIZE, IMAGE_SIZE, seed=args.seed, num_proc=args.num_proc)
@@ -96,7 +122,8 @@ def main(argv=None) -> int:
         if step % 100 == 0:
             progress.set_postfix(loss=f"{loss.item():.4f}")
 
-    model.eval()
+    scale, shift = calibrate_output_scale(model, images, disparity)
+    print(f"output calibrated to disparity in 1/m: scale {scale:.4g}, shift {shift:.4g}")
     with torch.no_grad():
         prediction = torch.cat([model(chunk).predicted_depth for chunk in eval_images.split(32)])
     metrics = depth_metrics(prediction, eval_disparity, eval_disparity > 0, mode="disparity", target_is_depth=False)
@@ -112,9 +139,34 @@ def main(argv=None) -> int:
             "command": " ".join(["python"] + sys.argv),
             "train_scenes": args.train_scenes, "eval_scenes": args.eval_scenes, "steps": args.steps,
             "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "image_size": IMAGE_SIZE,
-            "held_out_metrics": metrics, "torch": torch.__version__, "seconds": round(time.time() - start),
+            "held_out_metrics": metrics, "output_calibration": {"scale": scale, "shift": shift},
+            "torch": torch.__version__, "seconds": round(time.time() - start),
         })
     print(f"saved the teacher to {args.output} ({time.time() - start:.0f} s)")
+    return 0
+
+
+def calibrate_saved(args) -> int:
+    """The calibration step alone, on a teacher saved by an earlier run (its report gains the calibration)."""
+    directory = Path(args.calibrate)
+    model = DepthAnythingForDepthEstimation.from_pretrained(directory)
+    train = scene_dataset(args.train_scenes, IMAGE_SIZE, IMAGE_SIZE, seed=args.seed, num_proc=args.num_proc)
+    held_out = scene_dataset(args.eval_scenes, IMAGE_SIZE, IMAGE_SIZE, seed=args.seed + 1, num_proc=args.num_proc)
+    scale, shift = calibrate_output_scale(model, *scene_tensors(train))
+    eval_images, eval_disparity = scene_tensors(held_out)
+    with torch.no_grad():
+        prediction = torch.cat([model(chunk).predicted_depth for chunk in eval_images.split(32)])
+    metrics = depth_metrics(prediction, eval_disparity, eval_disparity > 0, mode="disparity", target_is_depth=False)
+    report = json.loads((directory / "training_report.json").read_text())
+    report.update(held_out_metrics=metrics, output_calibration={"scale": scale, "shift": shift},
+                  calibration_command=" ".join(["python"] + sys.argv))
+    with atomic_directory(directory, overwrite=True) as staging:
+        model.save_pretrained(staging)
+        for name in ("preprocessor_config.json", "README.md"):
+            if (directory / name).is_file():
+                shutil.copy(directory / name, staging / name)
+        atomic_write_json(staging / "training_report.json", report)
+    print(f"calibrated {directory}: scale {scale:.4g}, shift {shift:.4g}; held-out {metrics}")
     return 0
 
 
