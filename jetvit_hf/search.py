@@ -567,7 +567,7 @@ def plot_layer_gain(result: SearchResult, path: str | os.PathLike) -> Path:
 
     gains = np.array(result.layer_gain["gains"], dtype=float)
     num_layers = len(gains)
-    figure, axes = plt.subplots(figsize=(max(4.0, 0.42 * num_layers + 1.5), 1.6))
+    figure, axes = plt.subplots(figsize=(max(6.0, 0.42 * num_layers + 2.5), 2.0))
     image = axes.imshow(np.ma.masked_invalid(gains)[None], cmap="viridis", aspect="equal")
     axes.set_xticks(range(num_layers), [str(i) for i in range(num_layers)], fontsize=8)
     axes.set_yticks([])
@@ -582,7 +582,7 @@ def plot_layer_gain(result: SearchResult, path: str | os.PathLike) -> Path:
             if np.isfinite(gain):
                 color = "black" if gain > middle else "white"
                 axes.text(index, 0, f"{gain:.2g}", ha="center", va="center", fontsize=6, color=color)
-    figure.colorbar(image, ax=axes, pad=0.01, label="gain")
+    figure.colorbar(image, ax=axes, pad=0.02, fraction=0.04, label="gain")
     try:
         return _save_figure(figure, path)
     finally:
