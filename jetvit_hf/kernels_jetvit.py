@@ -311,6 +311,20 @@ if triton is not None:
                  out.to(o_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
+    def _online_softmax_step(q, k, v, valid, m_i, l_i, acc, qk_scale, PRECISION: tl.constexpr):
+        """One block of keys `k` / values `v` (masked by `valid`) into a flash-attention running max `m_i`, sum `l_i`
+        and unnormalised output `acc`; `qk_scale` includes log2(e). A finite initial `m_i` keeps fully masked blocks
+        at p = 0."""
+        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        scores = tl.where(valid[None, :], scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+        p = tl.math.exp2(scores - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        return m_new, l_i, acc
+
+    @triton.jit
     def _window_kernel(
         q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, o_ptr,
         num_heads, num_prefix, grid_h, grid_w, window_cols, windows_per_image, qk_scale,
@@ -345,20 +359,16 @@ if triton is not None:
 
         k_base = k_ptr + batch * stride_kb + head * stride_kh
         v_base = v_ptr + batch * stride_vb + head * stride_vh
-        # prefix keys (never rotated) start the online softmax; the running max stays finite, so fully masked key
-        # blocks give p = 0
+        # the prefix keys (never rotated) first, then the window's keys
         offs_p = tl.arange(0, BLOCK_P)
         p_valid = offs_p < num_prefix
         p_mask = p_valid[:, None] & d_mask[None, :]
         prefix_k = tl.load(k_base + offs_p[:, None] * stride_kn + offs_d[None, :], mask=p_mask, other=0.0)
         prefix_v = tl.load(v_base + offs_p[:, None] * stride_vn + offs_d[None, :], mask=p_mask, other=0.0)
-        prefix_scores = tl.dot(q, tl.trans(prefix_k), input_precision=PRECISION) * qk_scale
-        prefix_scores = tl.where(p_valid[None, :], prefix_scores, float("-inf"))
-        m_i = tl.max(prefix_scores, axis=1)
-        m_i = tl.where(m_i > -1.0e30, m_i, -1.0e30)  # no prefix tokens: keep the running max finite
-        prefix_p = tl.math.exp2(prefix_scores - m_i[:, None])
-        l_i = tl.sum(prefix_p, axis=1)
-        acc = tl.dot(prefix_p.to(prefix_v.dtype), prefix_v, input_precision=PRECISION)
+        m_i = tl.full((BLOCK_M,), -1.0e30, dtype=tl.float32)
+        l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+        m_i, l_i, acc = _online_softmax_step(q, prefix_k, prefix_v, p_valid, m_i, l_i, acc, qk_scale, PRECISION)
 
         for key_block in tl.range(0, key_blocks, num_stages=KEY_STAGES):  # software-pipelined key/value loads
             t_k = key_block * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -369,14 +379,7 @@ if triton is not None:
             k = _load_rotated(k_base, k_tokens, stride_kn, offs_d, kv_mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM,
                               HAS_ROPE, RELU=False)
             v = tl.load(v_base + k_tokens[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
-            scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-            scores = tl.where(k_valid[None, :], scores, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-            p = tl.math.exp2(scores - m_new[:, None])
-            alpha = tl.math.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-            m_i = m_new
+            m_i, l_i, acc = _online_softmax_step(q, k, v, k_valid, m_i, l_i, acc, qk_scale, PRECISION)
 
         out = acc / l_i[:, None]
         tl.store(o_ptr + batch * stride_ob + q_tokens[:, None] * stride_on + head * HEAD_DIM + offs_d[None, :],
@@ -416,14 +419,7 @@ if triton is not None:
             k = _load_rotated(k_base, offs_n, stride_kn, offs_d, kv_mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM,
                               HAS_ROPE, RELU=False)
             v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
-            scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-            scores = tl.where(valid[None, :], scores, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-            p = tl.math.exp2(scores - m_new[:, None])
-            alpha = tl.math.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-            m_i = m_new
+            m_i, l_i, acc = _online_softmax_step(q, k, v, valid, m_i, l_i, acc, qk_scale, PRECISION)
         partial = batch_head * tl.num_programs(1) + split
         tl.store(acc_ptr + (partial * BLOCK_P + offs_p[:, None]) * BLOCK_D + offs_d[None, :], acc)
         tl.store(stats_ptr + (partial * 2) * BLOCK_P + offs_p, m_i)

@@ -1,3 +1,4 @@
+import copy
 import os
 import sys
 from pathlib import Path
@@ -20,6 +21,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
         if "slow" in item.keywords and os.environ.get("JETVIT_RUN_SLOW") != "1":
             item.add_marker(skip_slow)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """The tests' models are tiny: a second intra-op thread only adds OpenMP barriers and scheduling jitter (tens of
+    times slower on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)
@@ -66,3 +77,30 @@ def coffee_image():
     from PIL import Image
 
     return Image.open(FIXTURES / "coffee.jpg").convert("RGB")
+
+
+@pytest.fixture(scope="module")
+def depth_source(source_checkpoint, tmp_path_factory):
+    """The tiny Depth Anything V2 source with a steeper head, so its disparity varies by more than 10% across pixels
+    (ordinal pairs need that)."""
+    _, source = source_checkpoint("depth_anything_v2")
+    source = copy.deepcopy(source)
+    with torch.no_grad():
+        source.head.conv3.weight.mul_(40)
+    directory = tmp_path_factory.mktemp("depth-source")
+    source.save_pretrained(directory)
+    return directory, source
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    """Six procedural scenes (42 x 56, exact depth and labels), saved to disk."""
+    import datasets
+
+    from jetvit_hf.scenes import scene_dataset
+
+    directory = tmp_path_factory.mktemp("scenes")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(datasets.config, "HF_DATASETS_CACHE", directory / "cache")
+        scene_dataset(6, 42, 56, seed=1).save_to_disk(str(directory / "data"))
+    return directory / "data"

@@ -16,14 +16,6 @@ from sources import SOURCES
 FAST = dict(device="cpu", warmup=1, iters=2, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Timings of tiny models on a shared CPU are far steadier on one thread (no OpenMP barriers)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # Published shapes (notes/hf-transformers.md §1-§3), written out independently of bench.PRESETS:
 # name -> (source class, hidden, layers, heads, MLP width, gated, patch, prefix tokens, out_indices, params in M)

@@ -1,7 +1,6 @@
 """`jetvit eval` and the linear probe: a converted model against its own source scores perfectly, a hybrid scores worse
 by exactly what transformers' source model and plain numpy give, and the DINOv3 probe learns a known segmentation."""
 
-import copy
 import json
 import sys
 from pathlib import Path
@@ -28,7 +27,6 @@ from jetvit_hf.evaluation import (
     save_linear_probe,
     train_linear_probe,
 )
-from jetvit_hf.scenes import scene_dataset
 from jetvit_hf.supernet import JetViTSupernet
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
@@ -38,34 +36,6 @@ HYBRID = ["linear", "window", "full", "linear", "window", "linear"]
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core CPU run far faster on one thread (no OpenMP barriers)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def depth_source(source_checkpoint, tmp_path_factory):
-    """The tiny Depth Anything V2 source (transformers) with a steeper head, so its disparity varies by > 10%."""
-    _, source = source_checkpoint("depth_anything_v2")
-    source = copy.deepcopy(source)
-    with torch.no_grad():
-        source.head.conv3.weight.mul_(40)
-    directory = tmp_path_factory.mktemp("depth-source")
-    source.save_pretrained(directory)
-    return directory, source
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("scenes")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(datasets.config, "HF_DATASETS_CACHE", directory / "cache")
-        scene_dataset(6, 42, 56, seed=1).save_to_disk(str(directory / "data"))
-    return directory / "data"
 
 
 @pytest.fixture(scope="module")

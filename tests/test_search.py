@@ -17,7 +17,6 @@ from jetvit_hf import JetViTForDepthEstimation
 from jetvit_hf.cli import main as cli_main
 from jetvit_hf.convert import convert_to_jetvit, save_converted
 from jetvit_hf.evaluation import load_eval_images, load_jetvit
-from jetvit_hf.scenes import scene_dataset
 from jetvit_hf.search import (
     Objective,
     beam_search,
@@ -34,14 +33,6 @@ LATENCY_TABLE = {"num_layers": NUM_LAYERS, "per_layer_ms": {"linear": 1.0, "wind
                  "remainder_ms": 0.5}
 
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core CPU run far faster on one thread (no OpenMP barriers)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class TableObjective(Objective):
@@ -216,27 +207,6 @@ def test_bad_search_settings_are_clear_errors(tiny_jetvit, kwargs, message):
 # ----------------------------------------------------------------------------------------------------------------------
 # Real objectives on a tiny depth supernet
 
-
-@pytest.fixture(scope="module")
-def depth_source(source_checkpoint, tmp_path_factory):
-    """The tiny Depth Anything V2 source with a steeper head, so its disparity varies by more than 10% across pixels."""
-    _, source = source_checkpoint("depth_anything_v2")
-    source = copy.deepcopy(source)
-    with torch.no_grad():
-        source.head.conv3.weight.mul_(40)
-    directory = tmp_path_factory.mktemp("depth-source")
-    source.save_pretrained(directory)
-    return directory, source
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    """Six procedural scenes (42 x 56, exact depth and labels), saved to disk."""
-    directory = tmp_path_factory.mktemp("scenes")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(datasets.config, "HF_DATASETS_CACHE", directory / "cache")
-        scene_dataset(6, 42, 56, seed=1).save_to_disk(str(directory / "data"))
-    return directory / "data"
 
 
 @pytest.fixture(scope="module")

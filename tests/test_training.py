@@ -47,14 +47,6 @@ def _fresh_accelerate():
     new_process()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: a second intra-op thread only adds scheduling jitter (seconds per test on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def images_dir(tmp_path_factory):
