@@ -59,9 +59,9 @@ def converted_depth(source_checkpoint, tmp_path_factory):
 
 
 def run_python(code: str, env: dict | None = None, cwd=None) -> str:
-    result = subprocess.run(
+    result = subprocess.run(  # one thread, as the tests run (conftest): bitwise comparisons need the same reductions
         [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=cwd, timeout=300,
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, cwd=cwd, timeout=300,
     )
     assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     return result.stdout
