@@ -12,26 +12,16 @@ from collections import defaultdict
 import torch
 
 from jetvit_hf import JetViTConfig, JetViTModel
-from jetvit_hf.bench import paper_2full_layout
+from jetvit_hf.bench import get_preset, kernel_category, paper_2full_layout
+from jetvit_hf.convert import jetvit_config_from_source
 
 
 def dinov3_large(attention_types) -> JetViTConfig:
-    return JetViTConfig(
-        hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, patch_size=16,
-        num_register_tokens=4, position_embedding_type="rope", key_bias=False, layer_norm_eps=1e-5,
-        attention_types=attention_types, window_size=16,
+    """The `dinov3-l` preset of `jetvit bench` as a JetViT config with these attention types."""
+    config, *_ = jetvit_config_from_source(
+        get_preset("dinov3-l").source_config(), attention_types, window_size=16, pos_embed_rescale=None
     )
-
-
-def category(name: str) -> str:
-    lowered = name.lower()
-    if "_state_kernel" in name or "_output_kernel" in name:
-        return "jetvit linear attention"
-    if any(key in lowered for key in ("gemm", "sm90_xmma", "cutlass", "nvjet", "matmul", "wgmma")) and "attention" not in lowered and "fmha" not in lowered and "flash" not in lowered:
-        return "gemm"
-    if any(key in lowered for key in ("flash", "fmha", "attention", "sdpa", "cudnn")):
-        return "softmax attention"
-    return "other (norms, elementwise, copies)"
+    return config
 
 
 def main(argv=None) -> int:
@@ -74,7 +64,7 @@ def main(argv=None) -> int:
             per_kernel[event.name] += event.device_time_total / 5 / 1e3  # ms per forward
     groups = defaultdict(float)
     for name, ms in per_kernel.items():
-        groups[category(name)] += ms
+        groups[kernel_category(name)] += ms
     total = sum(groups.values())
 
     tokens = args.batch_size * (config.num_prefix_tokens + (args.height // 16) * (args.width // 16))
