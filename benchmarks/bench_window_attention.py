@@ -24,6 +24,15 @@ from jetvit_hf import JetViTConfig, kernels_jetvit
 from jetvit_hf.modeling_jetvit import JetViTRopePositionEmbedding, JetViTWindowAttention
 
 
+# (block_m, block_n, warps, key stages, register cap): the kernel is latency-bound at 1-2 programs per multiprocessor,
+# so the sweep includes register caps that fit more programs per multiprocessor
+WINDOW_SETTINGS = [
+    (128, 128, 8, 1, None), (128, 128, 4, 1, None), (128, 64, 8, 1, None), (128, 64, 8, 2, None),
+    (128, 128, 8, 1, 128), (128, 64, 8, 1, 128), (64, 64, 4, 1, None), (64, 64, 4, 1, 128), (64, 64, 4, 1, 96),
+    (64, 128, 4, 1, None), (64, 128, 4, 1, 168), (256, 64, 16, 1, None), (256, 64, 8, 1, None),
+]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--height", type=int, default=1024)
@@ -61,18 +70,16 @@ def main(argv=None) -> int:
         reference = torch.compile(kernels_jetvit.window_attention_reference)
         reference(*args_)
         results["reference_compiled"] = cuda_median_ms(graphed(lambda: reference(*args_)))
-        results["triton_prefix_queries_only"] = cuda_median_ms(graphed(lambda: kernels_jetvit.prefix_query_triton(
-            tq, tk, tv, (cos, sin), 5, 0.125)))
         results["triton_default_without_rope"] = cuda_median_ms(graphed(
             lambda: kernels_jetvit.window_attention_triton(tq, tk, tv, None, None, 5, grid, ws, 0.125)))
-        for block_m, block_n, warps in ((128, 64, 8), (64, 64, 4), (128, 128, 8)):
-            for stages in (1, 2, 3):
-                try:
-                    results[f"triton_m{block_m}_n{block_n}_w{warps}_s{stages}"] = cuda_median_ms(graphed(
-                        lambda: kernels_jetvit.window_attention_triton(
-                            *args_, block_m=block_m, block_n=block_n, num_warps=warps, key_stages=stages)))
-                except Exception as error:  # e.g. out of shared memory for this setting
-                    print(f"window setting m{block_m} n{block_n} w{warps} s{stages} failed: {str(error)[:100]}")
+        for block_m, block_n, warps, stages, registers in WINDOW_SETTINGS:
+            name = f"triton_m{block_m}_n{block_n}_w{warps}_s{stages}" + (f"_r{registers}" if registers else "")
+            try:
+                results[name] = cuda_median_ms(graphed(lambda: kernels_jetvit.window_attention_triton(
+                    *args_, block_m=block_m, block_n=block_n, num_warps=warps, key_stages=stages,
+                    max_registers=registers)))
+            except Exception as error:  # e.g. out of shared memory for this setting
+                print(f"window setting {name} failed: {str(error)[:100]}")
         q = torch.randn(windows, 16, ws * ws, 64, device="cuda", dtype=dtype)
         k261 = torch.randn(windows, 16, ws * ws + 5, 64, device="cuda", dtype=dtype)
         v261 = torch.randn_like(k261)

@@ -42,8 +42,10 @@ from .configuration_jetvit import ATTENTION_TYPES, JetViTConfig
 
 SCHEMA_VERSION = 1
 CPU_SMOKE_NOTE = "CPU smoke test, not a performance number"
-MODEL_NAMES = ("hf", "jetvit-full", "jetvit")
-BASELINES = ("hf", "jetvit-full")
+MODEL_NAMES = ("hf", "hf-eager", "jetvit-full", "jetvit")
+# hf-eager: transformers' model left uncompiled when the run compiles (how it is usually run), for same-run ratios
+BASELINES = ("hf", "hf-eager", "jetvit-full")
+DEFAULT_BASELINES = ("hf", "jetvit-full")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SDPA_BACKENDS = ("default", "cudnn", "flash", "efficient", "math")
 DEFAULT_ITERS = {"cuda": 50, "cpu": 5}
@@ -639,15 +641,17 @@ def _model_factories(spec: ModelSpec, attention_types: list[str], baselines: Seq
     import transformers
 
     factories = {}
-    if "hf" in baselines:
+    for name, how in (("hf", ""), ("hf-eager", ", never compiled")):
+        if name not in baselines:
+            continue
         if spec.source_config is not None:
             source_class = getattr(transformers, spec.source_architecture)
-            factories["hf"] = (
-                f"{spec.source_architecture} (transformers, sdpa)",
+            factories[name] = (
+                f"{spec.source_architecture} (transformers, sdpa{how})",
                 lambda device, dtype: build_model(source_class, spec.source_config, device, dtype),
             )
         else:
-            factories["hf"] = ("transformers source model (unavailable)", None)
+            factories[name] = ("transformers source model (unavailable)", None)
     full_config = _config_with(spec.jetvit_config, attention_types=["full"] * spec.num_layers)
     if "jetvit-full" in baselines:
         factories["jetvit-full"] = (
@@ -747,8 +751,8 @@ def _run_context(settings: RunSettings):
         torch.backends.cudnn.benchmark = saved
 
 
-def _maybe_compile(module: torch.nn.Module, settings: RunSettings):
-    if not settings.compile:
+def _maybe_compile(module: torch.nn.Module, settings: RunSettings, name: str = ""):
+    if not settings.compile or name == "hf-eager":
         return module
     import torch._dynamo
 
@@ -1116,7 +1120,7 @@ def benchmark(
     compile: bool = False,
     compile_mode: str | None = None,
     sdpa_backend: str | None = None,
-    baselines: Sequence[str] = BASELINES,
+    baselines: Sequence[str] = DEFAULT_BASELINES,
     window_size: int | None = None,
     config_overrides: dict | None = None,
     fuse_qkv: bool = True,
@@ -1134,7 +1138,7 @@ def benchmark(
         resolution: `(H, W)` or `"HxW"`; default the model's `image_size`.
         dtype: Default bfloat16 on CUDA, float32 on CPU.
         device: `"cuda"` (raises `DeviceUnavailableError` without a GPU) or `"cpu"` (smoke test).
-        baselines: Any of `"hf"`, `"jetvit-full"`.
+        baselines: Any of `"hf"`, `"hf-eager"` (transformers uncompiled even when the run compiles), `"jetvit-full"`.
         sdpa_backend: Prefer one SDPA backend (`cudnn`, `flash`, `efficient`, `math`); default: torch's choice.
 
     Returns:
@@ -1163,7 +1167,7 @@ def benchmark(
         "jetvit-full": backbone_flops(spec.jetvit_config, ["full"] * spec.num_layers, resolution),
         "jetvit": backbone_flops(spec.jetvit_config, types, resolution),
     }
-    flops["hf"] = flops["jetvit-full"]
+    flops["hf"] = flops["hf-eager"] = flops["jetvit-full"]
     bar = _progress(len(factories) * 2, "jetvit bench", progress)
     with _run_context(settings):
         for name, (description, factory) in factories.items():
@@ -1183,7 +1187,7 @@ def benchmark(
             entry["weights_mib"] = weight_bytes / 2**20
             entry["attn_implementation"] = _attn_implementations(built)
             entry["fused_qkv"] = _has_fused_qkv(built)
-            runner = _maybe_compile(built, settings)
+            runner = _maybe_compile(built, settings, name)
             bar.set_postfix_str(f"{name}: batch 1")
             entry["latency"] = _measure_model(runner, built.config, 1, resolution, settings)
             bar.update(1)
@@ -1265,7 +1269,7 @@ def sweep(
     compile: bool = False,
     compile_mode: str | None = None,
     sdpa_backend: str | None = None,
-    baselines: Sequence[str] = BASELINES,
+    baselines: Sequence[str] = DEFAULT_BASELINES,
     skip_baselines_above: int | None = None,
     window_size: int | None = None,
     config_overrides: dict | None = None,
@@ -1325,7 +1329,7 @@ def sweep(
                     p["results"][name] = dict(failed)
                 bar.update(len(points))
                 continue
-            runner = _maybe_compile(built, settings)
+            runner = _maybe_compile(built, settings, name)
             bar.update(len(points) - len(todo))
             for p in todo:
                 bar.set_postfix_str(f"{name}: {p['resolution'][0]}x{p['resolution'][1]}")
@@ -1358,7 +1362,7 @@ def plot_sweep(result: dict, path: str | os.PathLike) -> str | None:
     except ImportError:
         result.setdefault("notes", []).append("plot skipped: matplotlib is not installed")
         return None
-    styles = {"hf": ("tab:gray", "s", "--"), "jetvit-full": ("tab:blue", "o", "-"), "jetvit": ("tab:red", "D", "-")}
+    styles = {"hf": ("tab:gray", "s", "--"), "hf-eager": ("tab:olive", "v", ":"), "jetvit-full": ("tab:blue", "o", "-"), "jetvit": ("tab:red", "D", "-")}
     fig, (ax, ax_ratio) = plt.subplots(1, 2, figsize=(13, 5.2))
     models = result.get("models", {})
     for name in MODEL_NAMES:

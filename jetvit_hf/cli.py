@@ -211,7 +211,10 @@ def _add_bench_parser(commands) -> None:
         help="prefer this SDPA backend (others stay as fallbacks); default: torch's own choice",
     )
     bench.add_argument(
-        "--baselines", default="hf,jetvit-full", help="comma list of hf, jetvit-full, or 'none' (default both)"
+        "--baselines",
+        default="hf,jetvit-full",
+        help="comma list of hf, hf-eager (transformers left uncompiled under --compile), jetvit-full, or 'none' "
+        "(default hf,jetvit-full)",
     )
     bench.add_argument(
         "--no-fuse-qkv",

@@ -259,32 +259,59 @@ if triton is not None:
         tl.store(row + HEAD_DIM * HEAD_DIM + HEAD_DIM + offs_d, value_sum, mask=d_mask)
 
     @triton.jit
+    def _state_finalize_kernel(partial_ptr, state_ptr, key_sum_ptr, value_sum_ptr, splits,
+                               HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
+        """Sums one chunk of one (image, head)'s packed partial rows over the splits, in a fixed order (deterministic),
+        and scatters it into the three outputs."""
+        row_size: tl.constexpr = HEAD_DIM * HEAD_DIM + 2 * HEAD_DIM
+        batch_head = tl.program_id(0)
+        offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        in_row = offs < row_size
+        total = tl.zeros((BLOCK,), dtype=tl.float32)
+        for split in range(splits):
+            total += tl.load(partial_ptr + (batch_head * splits + split) * row_size + offs, mask=in_row, other=0.0)
+        is_state = offs < HEAD_DIM * HEAD_DIM
+        is_key_sum = in_row & ~is_state & (offs < HEAD_DIM * HEAD_DIM + HEAD_DIM)
+        is_value_sum = in_row & (offs >= HEAD_DIM * HEAD_DIM + HEAD_DIM)
+        tl.store(state_ptr + batch_head * HEAD_DIM * HEAD_DIM + offs, total, mask=is_state)
+        tl.store(key_sum_ptr + batch_head * HEAD_DIM + offs - HEAD_DIM * HEAD_DIM, total, mask=is_key_sum)
+        tl.store(value_sum_ptr + batch_head * HEAD_DIM + offs - HEAD_DIM * HEAD_DIM - HEAD_DIM, total,
+                 mask=is_value_sum)
+
+    @triton.jit
     def _output_kernel(
-        q_ptr, v_ptr, state_ptr, state_lo_ptr, state_scale_ptr, key_sum_ptr, w_ptr, cos_ptr, sin_ptr, o_ptr,
+        q_ptr, v_ptr, state_ptr, key_sum_ptr, w_ptr, cos_ptr, sin_ptr, o_ptr,
         num_tokens, num_heads, num_prefix, grid_h, grid_w, inv_tokens, eps,
         stride_qb, stride_qn, stride_qh, stride_vb, stride_vn, stride_vh, stride_ob, stride_on,
-        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, KERNEL_SIZE: tl.constexpr,
-        HAS_CONV: tl.constexpr, HAS_ROPE: tl.constexpr, IEEE_FP32: tl.constexpr,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr,
+        KERNEL_SIZE: tl.constexpr, HAS_CONV: tl.constexpr, HAS_ROPE: tl.constexpr, IEEE_FP32: tl.constexpr,
     ):
+        """BLOCK_N tokens x BLOCK_E output channels of one (image, head) (a column block keeps registers low)."""
         batch_head = tl.program_id(0)
         batch = batch_head // num_heads
         head = batch_head % num_heads
         offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, BLOCK_D)
+        offs_e = tl.program_id(2) * BLOCK_E + tl.arange(0, BLOCK_E)
         n_mask = offs_n < num_tokens
         d_mask = offs_d < HEAD_DIM
-        mask = n_mask[:, None] & d_mask[None, :]
+        e_mask = offs_e < HEAD_DIM
 
         q_base = q_ptr + batch * stride_qb + head * stride_qh
-        q = _load_rotated(q_base, offs_n, stride_qn, offs_d, mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM, HAS_ROPE)
-        dd_mask = d_mask[:, None] & d_mask[None, :]
-        dd_offsets = batch_head * HEAD_DIM * HEAD_DIM + offs_d[:, None] * HEAD_DIM + offs_d[None, :]
-        state = tl.load(state_ptr + dd_offsets, mask=dd_mask, other=0.0)
+        q = _load_rotated(q_base, offs_n, stride_qn, offs_d, n_mask[:, None] & d_mask[None, :], cos_ptr, sin_ptr,
+                          num_prefix, HEAD_DIM, HAS_ROPE)
+        state = tl.load(state_ptr + batch_head * HEAD_DIM * HEAD_DIM + offs_d[:, None] * HEAD_DIM + offs_e[None, :],
+                        mask=d_mask[:, None] & e_mask[None, :], other=0.0)
         if IEEE_FP32:
             numerator = tl.dot(q, state, input_precision="ieee")
-        else:  # the state arrives as scaled hi + lo half-precision parts (see `split_state`)
-            state_lo = tl.load(state_lo_ptr + dd_offsets, mask=dd_mask, other=0.0)
-            numerator = (tl.dot(q, state) + tl.dot(q, state_lo)) * tl.load(state_scale_ptr + batch_head)
+        else:
+            # A sum over tokens can exceed fp16's range and a bf16 copy loses its low bits: scaled to [-1, 1] and split
+            # into hi + lo half-precision parts, two tensor-core products recover about fp32 accuracy.
+            scale = tl.maximum(tl.max(tl.max(tl.abs(state), axis=1), axis=0), 1e-30)
+            normalized = state / scale
+            state_hi = normalized.to(q.dtype)
+            state_lo = (normalized - state_hi.to(tl.float32)).to(q.dtype)
+            numerator = (tl.dot(q, state_hi) + tl.dot(q, state_lo)) * scale
         key_sum = tl.load(key_sum_ptr + batch_head * HEAD_DIM + offs_d, mask=d_mask, other=0.0)
         normalizer = tl.sum(q.to(tl.float32) * key_sum[None, :], axis=1) * inv_tokens + eps
         out = numerator * inv_tokens / normalizer[:, None]
@@ -295,20 +322,20 @@ if triton is not None:
             row = patch // grid_w
             col = patch % grid_w
             v_base = v_ptr + batch * stride_vb + head * stride_vh
-            w_base = w_ptr + (batch * num_heads * HEAD_DIM + head * HEAD_DIM + offs_d) * (KERNEL_SIZE * KERNEL_SIZE)
+            w_base = w_ptr + (batch * num_heads * HEAD_DIM + head * HEAD_DIM + offs_e) * (KERNEL_SIZE * KERNEL_SIZE)
             for dy in tl.static_range(KERNEL_SIZE):
                 for dx in tl.static_range(KERNEL_SIZE):
                     r = row + dy - KERNEL_SIZE // 2
                     c = col + dx - KERNEL_SIZE // 2
                     inside = is_patch & (r >= 0) & (r < grid_h) & (c >= 0) & (c < grid_w)
                     neighbour = num_prefix + r * grid_w + c
-                    v = tl.load(v_base + neighbour[:, None] * stride_vn + offs_d[None, :],
-                                mask=inside[:, None] & d_mask[None, :], other=0.0)
-                    w = tl.load(w_base + dy * KERNEL_SIZE + dx, mask=d_mask, other=0.0)
+                    v = tl.load(v_base + neighbour[:, None] * stride_vn + offs_e[None, :],
+                                mask=inside[:, None] & e_mask[None, :], other=0.0)
+                    w = tl.load(w_base + dy * KERNEL_SIZE + dx, mask=e_mask, other=0.0).to(tl.float32)
                     out += v.to(tl.float32) * w[None, :]
 
-        tl.store(o_ptr + batch * stride_ob + offs_n[:, None] * stride_on + head * HEAD_DIM + offs_d[None, :],
-                 out.to(o_ptr.dtype.element_ty), mask=mask)
+        tl.store(o_ptr + batch * stride_ob + offs_n[:, None] * stride_on + head * HEAD_DIM + offs_e[None, :],
+                 out.to(o_ptr.dtype.element_ty), mask=n_mask[:, None] & e_mask[None, :])
 
     @triton.jit
     def _online_softmax_step(q, k, v, valid, m_i, l_i, acc, qk_scale, PRECISION: tl.constexpr):
@@ -326,16 +353,21 @@ if triton is not None:
 
     @triton.jit
     def _window_kernel(
-        q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, o_ptr,
+        q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, o_ptr, prefix_acc_ptr, prefix_stats_ptr,
         num_heads, num_prefix, grid_h, grid_w, window_cols, windows_per_image, qk_scale,
         stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,
         stride_ob, stride_on,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, WINDOW: tl.constexpr, BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, HAS_ROPE: tl.constexpr, PRECISION: tl.constexpr,
-        KEY_STAGES: tl.constexpr,
+        KEY_STAGES: tl.constexpr, HAS_PREFIX: tl.constexpr,
     ):
         """One block of BLOCK_M patch queries of one window and head: online softmax over the prefix keys and the
-        window's keys (padding outside the grid masked), reading and writing the token-major tensors directly."""
+        window's keys (padding outside the grid masked), reading and writing the token-major tensors directly.
+
+        The prefix queries attend to every key. Each program also runs them over its share of the window's key blocks
+        (key block b goes to query block b % query_blocks; the prefix keys to window 0's first block), reusing the
+        rotated keys it has loaded, and stores that partial softmax for `_prefix_merge_kernel`: no second pass over K/V.
+        """
         query_blocks: tl.constexpr = (WINDOW * WINDOW + BLOCK_M - 1) // BLOCK_M
         key_blocks: tl.constexpr = (WINDOW * WINDOW + BLOCK_N - 1) // BLOCK_N
         pid = tl.program_id(0)
@@ -369,6 +401,15 @@ if triton is not None:
         l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
         acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
         m_i, l_i, acc = _online_softmax_step(q, prefix_k, prefix_v, p_valid, m_i, l_i, acc, qk_scale, PRECISION)
+        # the prefix queries' partial softmax over this program's keys (none yet)
+        prefix_q = tl.load(q_base + offs_p[:, None] * stride_qn + offs_d[None, :], mask=p_mask, other=0.0)
+        prefix_m = tl.full((BLOCK_P,), -1.0e30, dtype=tl.float32)
+        prefix_l = tl.zeros((BLOCK_P,), dtype=tl.float32)
+        prefix_acc = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
+        if HAS_PREFIX:
+            if (window == 0) & (block == 0):
+                prefix_m, prefix_l, prefix_acc = _online_softmax_step(
+                    prefix_q, prefix_k, prefix_v, p_valid, prefix_m, prefix_l, prefix_acc, qk_scale, PRECISION)
 
         for key_block in tl.range(0, key_blocks, num_stages=KEY_STAGES):  # software-pipelined key/value loads
             t_k = key_block * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -380,61 +421,62 @@ if triton is not None:
                               HAS_ROPE, RELU=False)
             v = tl.load(v_base + k_tokens[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
             m_i, l_i, acc = _online_softmax_step(q, k, v, k_valid, m_i, l_i, acc, qk_scale, PRECISION)
+            if HAS_PREFIX:
+                if key_block % query_blocks == block:
+                    prefix_m, prefix_l, prefix_acc = _online_softmax_step(
+                        prefix_q, k, v, k_valid, prefix_m, prefix_l, prefix_acc, qk_scale, PRECISION)
 
         out = acc / l_i[:, None]
         tl.store(o_ptr + batch * stride_ob + q_tokens[:, None] * stride_on + head * HEAD_DIM + offs_d[None, :],
                  out.to(o_ptr.dtype.element_ty), mask=q_mask)
-
+        if HAS_PREFIX:
+            splits = windows_per_image * query_blocks
+            partial = (batch * num_heads + head) * splits + pid % splits
+            tl.store(prefix_acc_ptr + (partial * BLOCK_P + offs_p[:, None]) * BLOCK_D + offs_d[None, :], prefix_acc)
+            tl.store(prefix_stats_ptr + (partial * 2) * BLOCK_P + offs_p, prefix_m)
+            tl.store(prefix_stats_ptr + (partial * 2 + 1) * BLOCK_P + offs_p, prefix_l)
 
     @triton.jit
-    def _prefix_query_kernel(
-        q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, acc_ptr, stats_ptr,
-        num_tokens, num_heads, num_prefix, tokens_per_split, qk_scale,
-        stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,
-        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-        HAS_ROPE: tl.constexpr, PRECISION: tl.constexpr,
-    ):
-        """The prefix queries of one (image, head) against one split of all keys (flash-decoding): the unnormalised
-        output and the running max / sum of the split, combined across splits afterwards."""
+    def _prefix_merge_kernel(acc_ptr, stats_ptr, o_ptr, num_heads, num_prefix, splits, stride_ob, stride_on,
+                             HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr):
+        """Combines one (image, head)'s partial softmaxes of the prefix queries (from `_window_kernel`) and writes the
+        prefix rows of `o`."""
         batch_head = tl.program_id(0)
-        split = tl.program_id(1)
         batch = batch_head // num_heads
         head = batch_head % num_heads
-        offs_d = tl.arange(0, BLOCK_D)
-        d_mask = offs_d < HEAD_DIM
         offs_p = tl.arange(0, BLOCK_P)
-        p_mask = (offs_p < num_prefix)[:, None] & d_mask[None, :]
-        q = tl.load(q_ptr + batch * stride_qb + head * stride_qh + offs_p[:, None] * stride_qn + offs_d[None, :],
-                    mask=p_mask, other=0.0)
-        k_base = k_ptr + batch * stride_kb + head * stride_kh
-        v_base = v_ptr + batch * stride_vb + head * stride_vh
-        m_i = tl.full((BLOCK_P,), -1.0e30, dtype=tl.float32)
-        l_i = tl.zeros((BLOCK_P,), dtype=tl.float32)
+        offs_d = tl.arange(0, BLOCK_D)
+        m = tl.full((BLOCK_P,), -1.0e30, dtype=tl.float32)
+        for split in range(splits):
+            m = tl.maximum(m, tl.load(stats_ptr + ((batch_head * splits + split) * 2) * BLOCK_P + offs_p))
+        l_sum = tl.zeros((BLOCK_P,), dtype=tl.float32)
         acc = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
-        start = split * tokens_per_split
-        for offset in range(0, tokens_per_split, BLOCK_N):
-            offs_n = start + offset + tl.arange(0, BLOCK_N)
-            valid = offs_n < num_tokens
-            kv_mask = valid[:, None] & d_mask[None, :]
-            k = _load_rotated(k_base, offs_n, stride_kn, offs_d, kv_mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM,
-                              HAS_ROPE, RELU=False)
-            v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
-            m_i, l_i, acc = _online_softmax_step(q, k, v, valid, m_i, l_i, acc, qk_scale, PRECISION)
-        partial = batch_head * tl.num_programs(1) + split
-        tl.store(acc_ptr + (partial * BLOCK_P + offs_p[:, None]) * BLOCK_D + offs_d[None, :], acc)
-        tl.store(stats_ptr + (partial * 2) * BLOCK_P + offs_p, m_i)
-        tl.store(stats_ptr + (partial * 2 + 1) * BLOCK_P + offs_p, l_i)
+        for split in range(splits):
+            partial = batch_head * splits + split
+            weight = tl.math.exp2(tl.load(stats_ptr + (partial * 2) * BLOCK_P + offs_p) - m)
+            l_sum += tl.load(stats_ptr + (partial * 2 + 1) * BLOCK_P + offs_p) * weight
+            acc += tl.load(acc_ptr + (partial * BLOCK_P + offs_p[:, None]) * BLOCK_D + offs_d[None, :]) * weight[:, None]
+        mask = (offs_p < num_prefix)[:, None] & (offs_d < HEAD_DIM)[None, :]
+        tl.store(o_ptr + batch * stride_ob + offs_p[:, None] * stride_on + head * HEAD_DIM + offs_d[None, :],
+                 (acc / l_sum[:, None]).to(o_ptr.dtype.element_ty), mask=mask)
 
 
-# Launch settings, chosen by `benchmarks/bench_linear_attention.py --sweep` on an H200 (bf16, ViT-L, 8197 tokens).
-STATE_BLOCK_N, STATE_WARPS, STATE_PROGRAMS_PER_SM, STATE_STAGES = 32, 2, 4, 3
-OUTPUT_BLOCK_N, OUTPUT_WARPS = 64, 2
-WINDOW_BLOCK_M, WINDOW_BLOCK_N, WINDOW_WARPS, WINDOW_KEY_STAGES = 128, 128, 8, 1
+# Launch settings, chosen by `benchmarks/bench_linear_attention.py --sweep` and `benchmarks/bench_window_attention.py`
+# on an H200 (bf16, ViT-L, 8197 tokens; results in benchmarks/results/).
+STATE_BLOCK_N, STATE_WARPS, STATE_PROGRAMS_PER_SM, STATE_STAGES = 64, 4, 4, 2
+OUTPUT_BLOCK_N, OUTPUT_BLOCK_E, OUTPUT_WARPS = 32, 64, 2  # BLOCK_E splits head dims above 64 into column blocks
+WINDOW_BLOCK_M, WINDOW_BLOCK_N, WINDOW_WARPS, WINDOW_KEY_STAGES, WINDOW_MAX_REGISTERS = 256, 64, 8, 1, None
+FINALIZE_BLOCK = 1024
 
 
 def _precision(tensor: torch.Tensor) -> str:
     """fp32 products in fp32 (Triton's default for fp32 would be tf32); half types use the tensor cores as they are."""
     return "ieee" if tensor.dtype == torch.float32 else "tf32"
+
+
+def _register_cap(max_registers):
+    """Launch option capping registers per thread (more programs per multiprocessor, at the price of some spills)."""
+    return {"maxnreg": max_registers} if max_registers else {}
 
 
 def _block_d(head_dim: int) -> int:
@@ -474,90 +516,64 @@ def state_triton(key, value, cos, sin, num_prefix: int, block_n=None, num_warps=
         IEEE_FP32=key.dtype == torch.float32, num_warps=num_warps or STATE_WARPS,
         num_stages=num_stages or STATE_STAGES,
     )
-    totals = partials.sum(1).view(batch, heads, row)  # one deterministic reduction of the split partials
-    state, key_sum, value_sum = totals.split((head_dim * head_dim, head_dim, head_dim), dim=-1)
-    # custom-op outputs may not alias each other: copy the (tiny) sums out of the packed row
-    return state.reshape(batch, heads, head_dim, head_dim).clone(), key_sum.clone(), value_sum.clone()
-
-
-def split_state(state: torch.Tensor, dtype: torch.dtype):
-    """The fp32 state as `(hi, lo, scale)`: `state = scale * (hi + lo)` with hi and lo in `dtype`.
-
-    A sum over tokens can exceed fp16's range and a bf16 copy loses its low bits; scaled to [-1, 1] and split in two
-    half-precision parts, two tensor-core products recover it to about fp32 accuracy. Done once per image and head.
-    """
-    scale = state.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
-    normalized = state / scale
-    hi = normalized.to(dtype)
-    return hi, (normalized - hi.float()).to(dtype), scale.flatten()
+    state = torch.empty(batch, heads, head_dim, head_dim, device=key.device, dtype=torch.float32)
+    key_sum = torch.empty(batch, heads, head_dim, device=key.device, dtype=torch.float32)
+    value_sum = torch.empty_like(key_sum)
+    _state_finalize_kernel[(batch * heads, triton.cdiv(row, FINALIZE_BLOCK))](
+        partials, state, key_sum, value_sum, splits, HEAD_DIM=head_dim, BLOCK=FINALIZE_BLOCK, num_warps=4,
+    )
+    return state, key_sum, value_sum
 
 
 def output_triton(query, value, state, key_sum, conv_weight, cos, sin, num_prefix: int, grid_size, eps: float,
-                  block_n=None, num_warps=None):
+                  block_n=None, block_e=None, num_warps=None):
     batch, num_tokens, heads, head_dim = query.shape
-    block_n = block_n or OUTPUT_BLOCK_N
+    block_n, block_d = block_n or OUTPUT_BLOCK_N, _block_d(head_dim)
+    block_e = min(block_e or OUTPUT_BLOCK_E, block_d)
     out = torch.empty(batch, num_tokens, heads * head_dim, device=query.device, dtype=query.dtype)
     has_conv = conv_weight is not None
-    weight = conv_weight.float().contiguous() if has_conv else state  # placeholder without the conv: never read
+    weight = conv_weight.contiguous() if has_conv else state  # placeholder without the conv: never read
     cos, sin = _rope_tables(cos, sin, query)
-    if query.dtype == torch.float32:
-        state_parts = (state.contiguous(), state, state)  # lo and scale are not read on the fp32 path
-    else:
-        state_parts = split_state(state, query.dtype)
-    _output_kernel[(batch * heads, triton.cdiv(num_tokens, block_n))](
-        query, value, *state_parts, key_sum.contiguous(), weight, cos, sin, out,
+    _output_kernel[(batch * heads, triton.cdiv(num_tokens, block_n), triton.cdiv(head_dim, block_e))](
+        query, value, state.contiguous(), key_sum.contiguous(), weight, cos, sin, out,
         num_tokens, heads, num_prefix, grid_size[0], grid_size[1], 1.0 / num_tokens, eps,
         query.stride(0), query.stride(1), query.stride(2), value.stride(0), value.stride(1), value.stride(2),
         out.stride(0), out.stride(1),
-        HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), BLOCK_N=block_n,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_E=block_e,
         KERNEL_SIZE=conv_weight.shape[-1] if has_conv else 1, HAS_CONV=has_conv, HAS_ROPE=cos is not query,
         IEEE_FP32=query.dtype == torch.float32, num_warps=num_warps or OUTPUT_WARPS,
     )
     return out
 
 def window_attention_triton(query, key, value, cos, sin, num_prefix: int, grid_size, window_size: int, scale: float,
-                            block_m=None, block_n=None, num_warps=None, key_stages=None):
+                            block_m=None, block_n=None, num_warps=None, key_stages=None, max_registers=None):
     batch, num_tokens, heads, head_dim = query.shape
-    block_m, block_n = block_m or WINDOW_BLOCK_M, block_n or WINDOW_BLOCK_N
+    window_tokens = max(16, triton.next_power_of_2(window_size * window_size))  # no query rows past a small window
+    block_m, block_n = block_m or min(WINDOW_BLOCK_M, window_tokens), block_n or min(WINDOW_BLOCK_N, window_tokens)
+    block_d, block_p = _block_d(head_dim), max(16, triton.next_power_of_2(max(num_prefix, 1)))
     out = torch.empty(batch, num_tokens, heads * head_dim, device=query.device, dtype=query.dtype)
     window_rows, window_cols = -(-grid_size[0] // window_size), -(-grid_size[1] // window_size)
-    query_blocks = triton.cdiv(window_size * window_size, block_m)
+    splits = window_rows * window_cols * triton.cdiv(window_size * window_size, block_m)  # programs per image and head
+    # the prefix queries' partial softmaxes: unnormalised outputs and (running max, sum) per program
+    prefix_acc = torch.empty(batch * heads, splits, block_p, block_d, device=query.device, dtype=torch.float32)
+    prefix_stats = torch.empty(batch * heads, splits, 2, block_p, device=query.device, dtype=torch.float32)
     tables = _rope_tables(cos, sin, query)
-    _window_kernel[(batch * window_rows * window_cols * query_blocks, heads)](
-        query, key, value, *tables, out,
+    _window_kernel[(batch * splits, heads)](
+        query, key, value, *tables, out, prefix_acc, prefix_stats,
         heads, num_prefix, grid_size[0], grid_size[1], window_cols, window_rows * window_cols, scale * 1.4426950408889634,
         query.stride(0), query.stride(1), query.stride(2), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), out.stride(0), out.stride(1),
-        HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), WINDOW=window_size, BLOCK_M=block_m, BLOCK_N=block_n,
-        BLOCK_P=max(16, triton.next_power_of_2(max(num_prefix, 1))), HAS_ROPE=tables[0] is not query,
-        PRECISION=_precision(query), KEY_STAGES=key_stages or WINDOW_KEY_STAGES, num_warps=num_warps or WINDOW_WARPS,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, WINDOW=window_size, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_P=block_p,
+        HAS_ROPE=tables[0] is not query, PRECISION=_precision(query), KEY_STAGES=key_stages or WINDOW_KEY_STAGES,
+        HAS_PREFIX=num_prefix > 0, num_warps=num_warps or WINDOW_WARPS,
+        **_register_cap(max_registers or WINDOW_MAX_REGISTERS),
     )
     if num_prefix:
-        out[:, :num_prefix] = prefix_query_triton(query, key, value, tables, num_prefix, scale).flatten(2)
+        _prefix_merge_kernel[(batch * heads,)](
+            prefix_acc, prefix_stats, out, heads, num_prefix, splits, out.stride(0), out.stride(1),
+            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_P=block_p, num_warps=4,
+        )
     return out
-
-
-def prefix_query_triton(query, key, value, tables, num_prefix: int, scale: float):
-    """The prefix queries against every key (RoPE on load), split over the sequence and merged: `[B, P, H, d]`."""
-    batch, num_tokens, heads, head_dim = query.shape
-    block_p, block_n, block_d = max(16, triton.next_power_of_2(num_prefix)), 64, _block_d(head_dim)
-    splits, tokens_per_split = _sequence_splits(batch * heads, num_tokens, block_n, query.device, 2)
-    acc = torch.empty(batch * heads, splits, block_p, block_d, device=query.device, dtype=torch.float32)
-    stats = torch.empty(batch * heads, splits, 2, block_p, device=query.device, dtype=torch.float32)
-    _prefix_query_kernel[(batch * heads, splits)](
-        query, key, value, *tables, acc, stats,
-        num_tokens, heads, num_prefix, tokens_per_split, scale * 1.4426950408889634,
-        query.stride(0), query.stride(1), query.stride(2), key.stride(0), key.stride(1), key.stride(2),
-        value.stride(0), value.stride(1), value.stride(2),
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_P=block_p, BLOCK_N=block_n, HAS_ROPE=tables[0] is not query,
-        PRECISION=_precision(query), num_warps=4,
-    )
-    running_max, running_sum = stats.unbind(2)  # [BH, splits, P]
-    weights = torch.exp2(running_max - running_max.amax(1, keepdim=True))
-    out = (acc * weights[..., None]).sum(1) / (running_sum * weights).sum(1)[..., None]
-    out = out[:, :num_prefix, :head_dim].view(batch, heads, num_prefix, head_dim).transpose(1, 2)
-    return out.to(query.dtype)
-
 
 
 # ----------------------------------------------------------------------------------------------------------------------

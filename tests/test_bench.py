@@ -153,6 +153,21 @@ def test_cli_cpu_benchmark_writes_consistent_json(preset, tmp_path, capsys):
             assert result["ratios"][f"{other}/jetvit"][kind] == pytest.approx(expected)
 
 
+def test_hf_eager_baseline_stays_uncompiled(monkeypatch):
+    """`hf-eager` is transformers' model exactly as built, also when the run compiles everything else."""
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: compiled.append(module) or ("compiled", module))
+    settings = bench._settings("cpu", None, 1, 1, True, None, None, False)
+    module = torch.nn.Linear(2, 2)
+    assert bench._maybe_compile(module, settings, "hf-eager") is module
+    assert bench._maybe_compile(module, settings, "hf") == ("compiled", module) and compiled == [module]
+    result = bench.benchmark("tiny", device="cpu", resolution=32, batch_size=1, warmup=1, iters=1, progress=False,
+                             baselines=["hf-eager", "hf"], profile=False)
+    assert list(result["results"]) == ["hf", "hf-eager", "jetvit"]
+    assert "never compiled" in result["results"]["hf-eager"]["description"]
+    assert set(result["ratios"]) == {"hf/jetvit", "hf-eager/jetvit"}
+
+
 def test_cuda_refused_without_gpu(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert cli_main(["bench", "--preset", "tiny", "--device", "cuda", "--no-progress"]) == 2
@@ -186,7 +201,8 @@ def test_sweep_writes_json_and_png(tmp_path, capsys):
     assert [p["resolution"] for p in result["points"]] == [[64, 64], [96, 128]]
     assert [p["num_tokens"] for p in result["points"]] == [5 + 16, 5 + 48]
     small, large = result["points"]
-    assert all(small["results"][name]["status"] == "ok" for name in bench.MODEL_NAMES)
+    assert list(small["results"]) == ["hf", "jetvit-full", "jetvit"]
+    assert all(entry["status"] == "ok" for entry in small["results"].values())
     assert small["ratios"]["hf/jetvit"] == pytest.approx(
         small["results"]["hf"]["median_ms"] / small["results"]["jetvit"]["median_ms"]
     )
@@ -262,7 +278,7 @@ def test_benchmark_converted_checkpoint(source_checkpoint, tmp_path):
     assert result["attention_layout"] == "checkpoint" and result["attention_types"] == types
     assert result["model"]["checkpoint"] == str(converted) and result["model"]["window_size"] == 2
     assert result["model"]["source_config_origin"].startswith("source directory")
-    assert all(result["results"][name]["status"] == "ok" for name in bench.MODEL_NAMES)
+    assert all(result["results"][name]["status"] == "ok" for name in ("hf", "jetvit-full", "jetvit"))
     assert "from" in result["results"]["jetvit"]["description"]  # the checkpoint's own weights
     assert result["results"]["jetvit"]["throughput"]["median_ms"] == result["results"]["jetvit"]["latency"]["median_ms"]
 

@@ -200,3 +200,31 @@ def test_triton_window_kernel_matches_the_pytorch_path(dtype, grid, window, num_
     assert out.dtype == dtype and torch.isfinite(out).all()
     error = ((out.float() - expected).norm() / expected.norm()).item()
     assert error < (1e-5 if dtype == torch.float32 else 1e-2), error
+
+
+@pytest.mark.parametrize("block_m, block_n", [(128, 64), (64, 128), (256, 64)])
+def test_triton_window_kernel_launch_settings_share_the_prefix_queries(block_m, block_n):
+    """Each window program runs the prefix queries over its share of the key blocks: more key blocks than query
+    blocks, more query blocks than key blocks, and one program per window must all cover every key exactly once."""
+    device = triton_device(torch.float32)
+    grid, num_prefix = (16, 32), 5
+    q, k, v, _ = random_inputs(1, num_prefix, grid, 2, 32, 3, device=device, scale=2.0, seed=6)
+    cos, sin = (t.to(device) for t in rope_tables(grid[0] * grid[1], 32))
+    out = kernels_jetvit.window_attention_triton(q, k, v, cos, sin, num_prefix, grid, 16, 0.2,
+                                                 block_m=block_m, block_n=block_n, num_warps=8)
+    expected = window_reference(q.cpu(), k.cpu(), v.cpu(), cos.cpu(), sin.cpu(), num_prefix, grid, 16, 0.2)
+    torch.testing.assert_close(out.cpu().double(), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("block_n, block_e", [(32, 16), (16, 32)])
+def test_triton_output_kernel_column_blocks(block_n, block_e):
+    """The output kernel split over output-channel blocks (each with its own hi/lo scale) equals the PyTorch path."""
+    device = triton_device(torch.float16)
+    grid, num_prefix, dim = (6, 9), 2, 48  # 48 channels: the last column block is partly masked
+    q, k, v, conv_weight = random_inputs(2, num_prefix, grid, 2, dim, 3, dtype=torch.float16, device=device, scale=3.0)
+    cos, sin = (t.to(device) for t in rope_tables(grid[0] * grid[1], dim))
+    state, key_sum, _ = kernels_jetvit.state_triton(k, v, cos, sin, num_prefix)
+    out = kernels_jetvit.output_triton(q, v, state, key_sum, conv_weight, cos, sin, num_prefix, grid, 1e-6,
+                                       block_n=block_n, block_e=block_e)
+    expected = reference_block(q, k, v, conv_weight, num_prefix, grid, 1e-6, cos, sin)
+    assert ((out.double() - expected).norm() / expected.norm()).item() < 1e-2
