@@ -437,29 +437,35 @@ if triton is not None:
             tl.store(prefix_stats_ptr + (partial * 2 + 1) * BLOCK_P + offs_p, prefix_l)
 
     @triton.jit
-    def _prefix_merge_kernel(acc_ptr, stats_ptr, o_ptr, num_heads, num_prefix, splits, stride_ob, stride_on,
-                             HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr):
-        """Combines one (image, head)'s partial softmaxes of the prefix queries (from `_window_kernel`) and writes the
-        prefix rows of `o`."""
+    def _prefix_merge_kernel(acc_ptr, stats_ptr, o_ptr, num_heads, splits, stride_ob, stride_on,
+                             HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr,
+                             BLOCK_S: tl.constexpr):
+        """One prefix query of one (image, head): combines its partial softmaxes from all of `_window_kernel`'s
+        programs, BLOCK_S at a time (few dependent loads), and writes its row of `o`."""
         batch_head = tl.program_id(0)
+        row = tl.program_id(1)
         batch = batch_head // num_heads
         head = batch_head % num_heads
-        offs_p = tl.arange(0, BLOCK_P)
         offs_d = tl.arange(0, BLOCK_D)
-        m = tl.full((BLOCK_P,), -1.0e30, dtype=tl.float32)
-        for split in range(splits):
-            m = tl.maximum(m, tl.load(stats_ptr + ((batch_head * splits + split) * 2) * BLOCK_P + offs_p))
-        l_sum = tl.zeros((BLOCK_P,), dtype=tl.float32)
-        acc = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
-        for split in range(splits):
-            partial = batch_head * splits + split
-            weight = tl.math.exp2(tl.load(stats_ptr + (partial * 2) * BLOCK_P + offs_p) - m)
-            l_sum += tl.load(stats_ptr + (partial * 2 + 1) * BLOCK_P + offs_p) * weight
-            acc += tl.load(acc_ptr + (partial * BLOCK_P + offs_p[:, None]) * BLOCK_D + offs_d[None, :]) * weight[:, None]
-        mask = (offs_p < num_prefix)[:, None] & (offs_d < HEAD_DIM)[None, :]
-        tl.store(o_ptr + batch * stride_ob + offs_p[:, None] * stride_on + head * HEAD_DIM + offs_d[None, :],
-                 (acc / l_sum[:, None]).to(o_ptr.dtype.element_ty), mask=mask)
-
+        offs_s = tl.arange(0, BLOCK_S)
+        m = tl.max(tl.full((BLOCK_S,), -1.0e30, dtype=tl.float32), axis=0)
+        l_sum = tl.sum(tl.zeros((BLOCK_S,), dtype=tl.float32), axis=0)
+        acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        for start in range(0, splits, BLOCK_S):
+            valid = start + offs_s < splits
+            partial = batch_head * splits + start + offs_s
+            m_split = tl.load(stats_ptr + (partial * 2) * BLOCK_P + row, mask=valid, other=-1.0e30)
+            l_split = tl.load(stats_ptr + (partial * 2 + 1) * BLOCK_P + row, mask=valid, other=0.0)
+            acc_split = tl.load(acc_ptr + (partial[:, None] * BLOCK_P + row) * BLOCK_D + offs_d[None, :],
+                                mask=valid[:, None], other=0.0)
+            m_new = tl.maximum(m, tl.max(m_split, axis=0))
+            alpha = tl.math.exp2(m - m_new)
+            weight = tl.math.exp2(m_split - m_new)
+            l_sum = l_sum * alpha + tl.sum(l_split * weight, axis=0)
+            acc = acc * alpha + tl.sum(acc_split * weight[:, None], axis=0)
+            m = m_new
+        tl.store(o_ptr + batch * stride_ob + row * stride_on + head * HEAD_DIM + offs_d,
+                 (acc / l_sum).to(o_ptr.dtype.element_ty), mask=offs_d < HEAD_DIM)
 
 # Launch settings, chosen by `benchmarks/bench_linear_attention.py --sweep` and `benchmarks/bench_window_attention.py`
 # on an H200 (bf16, ViT-L, 8197 tokens; results in benchmarks/results/).
@@ -569,9 +575,9 @@ def window_attention_triton(query, key, value, cos, sin, num_prefix: int, grid_s
         **_register_cap(max_registers or WINDOW_MAX_REGISTERS),
     )
     if num_prefix:
-        _prefix_merge_kernel[(batch * heads,)](
-            prefix_acc, prefix_stats, out, heads, num_prefix, splits, out.stride(0), out.stride(1),
-            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_P=block_p, num_warps=4,
+        _prefix_merge_kernel[(batch * heads, num_prefix)](
+            prefix_acc, prefix_stats, out, heads, splits, out.stride(0), out.stride(1),
+            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_P=block_p, BLOCK_S=32, num_warps=4,
         )
     return out
 
