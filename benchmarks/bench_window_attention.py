@@ -96,7 +96,8 @@ def main(argv=None) -> int:
         qf = torch.randn(1, 16, tokens, 64, device="cuda", dtype=dtype)
         results["sdpa_full"] = cuda_median_ms(graphed(lambda: F.scaled_dot_product_attention(qf, qf, qf)))
     flops = 4 * grid[0] * grid[1] * (ws * ws + 5) * 1024
-    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "grid": grid, "window_size": ws,
+    result = {"command": " ".join(sys.argv), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+              "grid": grid, "window_size": ws,
               "window_attention_gflop": flops / 1e9, "ms": results}
     timed = {k: v for k, v in results.items() if k.startswith("triton_m")}
     print("fastest window kernel settings:", sorted(timed.items(), key=lambda kv: kv[1])[:4])

@@ -891,11 +891,11 @@ def classify_attention_kernel(name: str) -> str | None:
 
 def kernel_category(name: str) -> str:
     """Coarse class of a GPU kernel for a time breakdown: gemm, softmax attention, JetViT's own attention kernels
-    (Triton `_state_kernel` / `_output_kernel` / `_window_kernel` in kernels_jetvit.py), other."""
+    (the Triton kernels of kernels_jetvit.py), other."""
     lowered = name.lower()
-    if "linear_attention" in lowered or "_state_kernel" in name or "_output_kernel" in name:
+    if "linear_attention" in lowered or any(k in name for k in ("_state_kernel", "_state_finalize", "_output_kernel")):
         return "jetvit linear attention"
-    if "_window_kernel" in name:
+    if "_window_kernel" in name or "_prefix_merge" in name:
         return "jetvit window attention"
     if classify_attention_kernel(name) or "attention" in lowered or "sdpa" in lowered:
         return "softmax attention"

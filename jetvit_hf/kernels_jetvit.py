@@ -2,14 +2,16 @@
 
 Window attention (`window_attention`) reads q/k/v straight from the projection output, applies RoPE on load, attends
 each patch query to its window plus the prefix tokens with an online softmax, and writes `[batch, tokens, channels]`:
-no partition, padding or prefix-concatenation copies.
+no partition, padding or prefix-concatenation copies. The prefix queries, which attend to every token, ride along:
+each program also accumulates them over the keys it has loaded, and one small kernel merges those partial softmaxes.
 
 JetViT's linear-attention block (ReLU linear attention plus the squeeze dynamic depthwise convolution of V) runs as two
 ops so that `torch.compile` keeps whole graphs:
 
 1. `linear_attention_state(key, value, num_prefix)` reads K and V once and returns, per image and head, the fp32 state
    `sum_j relu(k_j)^T v_j` (d x d), the normalizer `sum_j relu(k_j)` and the sum of V over the patch tokens (the
-   squeeze convolution's pooled input). On CUDA a Triton kernel splits the sequence so batch 1 fills the GPU.
+   squeeze convolution's pooled input). On CUDA a Triton kernel splits the sequence so batch 1 fills the GPU, and a
+   second one sums the splits in a fixed order (deterministic, no atomics).
 2. `linear_attention_output(query, value, state, key_sum, conv_weight, ...)` computes
    `relu(q_i) state / (relu(q_i) . key_sum + N eps)` (the state divided in fp32; bf16/fp16 products use a hi/lo split
    of the fp32 state), adds the depthwise k x k convolution of V on the patch grid for patch tokens, and writes

@@ -316,6 +316,8 @@ def test_attention_kernel_names_and_cpu_profile():
         "efficient"
     )
     assert bench.classify_attention_kernel("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64") is None
+    assert bench.kernel_category("nvjet_sm90_tst_256x144_64x4_2x1_v_bz_coopA_gelubias_TNT") == "gemm"
+    assert bench.kernel_category("triton_per_fused_add_mul_native_layer_norm_view_7").startswith("other")
     settings = bench._settings("cpu", None, 0, 1, False, None, None, True)
     q = torch.randn(1, 2, 8, 4)
     profile = bench.profile_forward(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q), settings)
@@ -345,3 +347,19 @@ def test_config_overrides_reach_every_jetvit_model(tmp_path):
         bench.resolve_model_spec("tiny", config_overrides={"num_hidden_layers": 2})
     with pytest.raises(ValueError, match="KEY=VALUE"):
         _parse_overrides(["window_size"])
+
+
+def test_every_jetvit_kernel_has_its_profile_category():
+    """Each Triton kernel launched by kernels_jetvit.py is counted under JetViT's linear or window attention."""
+    import re
+
+    from jetvit_hf import kernels_jetvit
+
+    source = open(kernels_jetvit.__file__).read()  # read, not imported: the kernels exist only where triton does
+    defined = set(re.findall(r"@triton\.jit\n    def (\w+)\(", source))
+    launched = set(re.findall(r"(\w+_kernel)\[", source))
+    assert launched <= defined
+    assert launched == {"_state_kernel", "_state_finalize_kernel", "_output_kernel", "_window_kernel",
+                        "_prefix_merge_kernel"}
+    for name in launched:
+        assert bench.kernel_category(name).startswith("jetvit "), name
