@@ -11,7 +11,6 @@ reference path and to full attention (SDPA) on the same shape. `--sweep` times t
 
 import argparse
 import itertools
-import json
 import statistics
 import sys
 
@@ -19,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from jetvit_hf import kernels_jetvit
+from jetvit_hf.atomic import atomic_write_json
 from jetvit_hf.kernels_jetvit import linear_attention_output, linear_attention_state
 
 
@@ -168,8 +168,7 @@ def main(argv=None) -> int:
         f"({bandwidth:.0f} GB/s); rel. error vs PyTorch path {error:.1e}"
     )
     if args.output:
-        with open(args.output, "w") as handle:
-            json.dump(result, handle, indent=2)
+        atomic_write_json(args.output, result)
     return 0
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.bench_linear_attention import cuda_median_ms, graphed
+from jetvit_hf.atomic import atomic_write_json
 
 
 def main(argv=None) -> int:
@@ -50,8 +51,7 @@ def main(argv=None) -> int:
               "epilogue_relative_error_vs_erf_gelu": error}
     print(json.dumps(result, indent=1))
     if args.output:
-        with open(args.output, "w") as handle:
-            json.dump(result, handle, indent=2)
+        atomic_write_json(args.output, result)
     return 0
 
 

@@ -5,14 +5,14 @@ time and peak memory, bf16 autocast over fp32 weights, as the supernet trains.
 """
 
 import argparse
-import json
-import statistics
 import sys
 
 import torch
 
+from benchmarks.bench_linear_attention import cuda_median_ms
 from benchmarks.profile_jetvit import dinov3_large
 from jetvit_hf import JetViTModel
+from jetvit_hf.atomic import atomic_write_json
 from jetvit_hf.bench import paper_2full_layout
 
 
@@ -29,16 +29,9 @@ def step_ms(model, pixel_values, iters: int, warmup: int) -> tuple[float, float]
     for _ in range(warmup):
         step()
     torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        step()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times), torch.cuda.max_memory_allocated() / 2**20
+    torch.cuda.reset_peak_memory_stats()  # the steady state's peak, not the first steps' (optimizer state, autotuning)
+    ms = cuda_median_ms(step, warmup=0, iters=iters)
+    return ms, torch.cuda.max_memory_allocated() / 2**20
 
 
 def main(argv=None) -> int:
@@ -79,8 +72,7 @@ def main(argv=None) -> int:
     }
     print(f"all-full / hybrid step time: {result['speedup_all_full_over_hybrid']:.2f}x")
     if args.output:
-        with open(args.output, "w") as handle:
-            json.dump(result, handle, indent=2)
+        atomic_write_json(args.output, result)
     return 0
 
 

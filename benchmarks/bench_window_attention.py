@@ -12,7 +12,6 @@ Times (CUDA-graph replays, CUDA-event medians), for q/k/v given as views of one 
 """
 
 import argparse
-import json
 import sys
 
 import torch
@@ -21,8 +20,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from benchmarks.bench_linear_attention import cuda_median_ms, graphed
 from jetvit_hf import JetViTConfig, kernels_jetvit
+from jetvit_hf.atomic import atomic_write_json
 from jetvit_hf.modeling_jetvit import JetViTRopePositionEmbedding, JetViTWindowAttention
-
 
 # (block_m, block_n, warps, key stages, register cap): the kernel is latency-bound at 1-2 programs per multiprocessor,
 # so the sweep includes register caps that fit more programs per multiprocessor
@@ -107,8 +106,7 @@ def main(argv=None) -> int:
         text = f"{value * 1e3:8.1f} us" if isinstance(value, float) else value
         print(f"  {name:28s} {text}")
     if args.output:
-        with open(args.output, "w") as handle:
-            json.dump(result, handle, indent=2)
+        atomic_write_json(args.output, result)
     return 0
 
 

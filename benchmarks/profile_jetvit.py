@@ -5,13 +5,13 @@ attention kernels and the rest, next to the GEMM floor (FLOPs of the projections
 """
 
 import argparse
-import json
 import sys
 from collections import defaultdict
 
 import torch
 
 from jetvit_hf import JetViTConfig, JetViTModel
+from jetvit_hf.atomic import atomic_write_json
 from jetvit_hf.bench import get_preset, kernel_category, paper_2full_layout
 from jetvit_hf.convert import jetvit_config_from_source
 
@@ -102,8 +102,7 @@ def main(argv=None) -> int:
     for name, ms in result["top_kernels_ms"].items():
         print(f"    {ms:7.3f} ms  {name[:110]}")
     if args.output:
-        with open(args.output, "w") as handle:
-            json.dump(result, handle, indent=2)
+        atomic_write_json(args.output, result)
     return 0
 
 

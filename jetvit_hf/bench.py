@@ -1684,16 +1684,17 @@ def format_sweep(result: dict) -> str:
         f"jetvit bench sweep: {result['model']['name']}, batch {result['batch_size']}, {result['dtype']}{compiled}, "
         f"on {_where(result)}; hybrid {result['attention_summary']}",
         "",
-        "| resolution | tokens | hf (ms) | jetvit-full (ms) | jetvit (ms) | hf/jetvit | jetvit-full/jetvit |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    names = list(result["models"])  # the run's models, baselines first
+    ratios = [f"{name}/jetvit" for name in names if name != "jetvit"]
+    lines += [
+        "| resolution | tokens | " + " | ".join([f"{name} (ms)" for name in names] + ratios) + " |",
+        "|---|---:|" + "---:|" * (len(names) + len(ratios)),
     ]
     for p in result["points"]:
         r, q = p["results"], p["ratios"]
-        lines.append(
-            f"| {p['resolution'][0]}x{p['resolution'][1]} | {p['num_tokens']} | {_cell(r.get('hf'), 'median_ms')} "
-            f"| {_cell(r.get('jetvit-full'), 'median_ms')} | {_cell(r.get('jetvit'), 'median_ms')} "
-            f"| {_fmt(q.get('hf/jetvit'), '.2f', 'x')} | {_fmt(q.get('jetvit-full/jetvit'), '.2f', 'x')} |"
-        )
+        cells = [_cell(r.get(name), "median_ms") for name in names] + [_fmt(q.get(k), ".2f", "x") for k in ratios]
+        lines.append(f"| {p['resolution'][0]}x{p['resolution'][1]} | {p['num_tokens']} | " + " | ".join(cells) + " |")
     if result.get("plot"):
         lines.append(f"  plot: {result['plot']}")
     for note in result.get("notes", []):

@@ -283,6 +283,15 @@ def run_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_evaluation_data_arguments(parser) -> None:
+    """The arguments `jetvit search` and `jetvit eval` share: which images, at what size, and the probe's training."""
+    parser.add_argument("--num-images", type=int, default=None, help="use the first N images of --data")
+    parser.add_argument("--image-size", type=parse_image_size, default=None,
+                        help="model input size: 518 (short side, aspect kept) or HxW (default: the config's)")
+    parser.add_argument("--num-labels", type=int, default=None, help="probe classes (default: largest label + 1)")
+    parser.add_argument("--probe-steps", type=int, default=1000, help="probe training steps (default 1000)")
+
+
 def _add_search_parser(commands) -> None:
     search = commands.add_parser(
         "search",
@@ -316,14 +325,10 @@ def _add_search_parser(commands) -> None:
     search.add_argument("--da2k", default=None, help="ordinal objective: DA-2K annotations.json (images beside it)")
     search.add_argument("--probe", default=None, help="segmentation objective: a saved linear probe (default: train "
                         "one on the teacher's features of --data)")
-    search.add_argument("--num-labels", type=int, default=None, help="probe classes (default: largest label + 1)")
-    search.add_argument("--probe-steps", type=int, default=1000, help="probe training steps (default 1000)")
     search.add_argument("--latency-table", default=None, help="per-layer latency table JSON (jetvit bench "
                         "--layer-table): estimated latency of every assignment and the Pareto front against it")
     search.add_argument("--latency-budget-ms", type=float, default=None, help="skip assignments estimated slower")
-    search.add_argument("--num-images", type=int, default=None, help="use the first N images of --data")
-    search.add_argument("--image-size", type=parse_image_size, default=None,
-                        help="model input size: 518 (short side, aspect kept) or HxW (default: the config's)")
+    _add_evaluation_data_arguments(search)
     search.add_argument("--batch-size", type=int, default=8, help="evaluation batch size (default 8)")
     search.add_argument("--output", required=True, help="output directory")
     search.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
@@ -370,12 +375,8 @@ def _add_eval_parser(commands) -> None:
                           help="depth evaluation mode(s) (default both)")
     evaluate.add_argument("--da2k", default=None, help="DA-2K annotations.json (images beside it)")
     evaluate.add_argument("--probe", default=None, help="saved linear probe (default: train one on the teacher)")
-    evaluate.add_argument("--num-labels", type=int, default=None, help="probe classes (default: largest label + 1)")
-    evaluate.add_argument("--probe-steps", type=int, default=1000, help="probe training steps (default 1000)")
     evaluate.add_argument("--pairs-per-image", type=int, default=64, help="teacher-sampled ordinal pairs per image")
-    evaluate.add_argument("--num-images", type=int, default=None, help="use the first N images of --data")
-    evaluate.add_argument("--image-size", type=parse_image_size, default=None,
-                          help="model input size: 518 (short side, aspect kept) or HxW (default: the config's)")
+    _add_evaluation_data_arguments(evaluate)
     evaluate.add_argument("--batch-size", type=int, default=8, help="batch size (default 8)")
     evaluate.add_argument("--output", required=True, help="write the report JSON here")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")

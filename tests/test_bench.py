@@ -166,6 +166,10 @@ def test_hf_eager_baseline_stays_uncompiled(monkeypatch):
     assert list(result["results"]) == ["hf", "hf-eager", "jetvit"]
     assert "never compiled" in result["results"]["hf-eager"]["description"]
     assert set(result["ratios"]) == {"hf/jetvit", "hf-eager/jetvit"}
+    swept = bench.sweep("tiny", device="cpu", resolutions=["32x32"], warmup=1, iters=1, progress=False,
+                        baselines=["hf-eager"])
+    header = bench.format_sweep(swept).splitlines()[3]
+    assert header == "| resolution | tokens | hf-eager (ms) | jetvit (ms) | hf-eager/jetvit |"
 
 
 def test_cuda_refused_without_gpu(monkeypatch, capsys):
