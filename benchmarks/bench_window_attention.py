@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from benchmarks.bench_linear_attention import cuda_median_ms, graphed
+from benchmarks.bench_linear_attention import graph_ms
 from jetvit_hf import JetViTConfig, kernels_jetvit
 from jetvit_hf.atomic import atomic_write_json
 from jetvit_hf.modeling_jetvit import JetViTRopePositionEmbedding, JetViTWindowAttention
@@ -58,25 +58,25 @@ def main(argv=None) -> int:
     windows = (grid[0] // ws) * (grid[1] // ws)
     results = {}
     with torch.inference_mode():
-        results["module_eager"] = cuda_median_ms(graphed(lambda: module(hidden, position_embeddings, grid)))
+        results["module_eager"] = graph_ms(lambda: module(hidden, position_embeddings, grid))
         compiled = torch.compile(module)
         compiled(hidden, position_embeddings, grid)
-        results["module_compiled"] = cuda_median_ms(graphed(lambda: compiled(hidden, position_embeddings, grid)))
+        results["module_compiled"] = graph_ms(lambda: compiled(hidden, position_embeddings, grid))
         qkv = torch.randn(1, tokens, 3, 16, 64, device="cuda", dtype=dtype)
         tq, tk, tv = qkv.unbind(2)
         cos, sin = position_embeddings
         args_ = (tq, tk, tv, cos, sin, 5, grid, ws, 0.125)
         reference = torch.compile(kernels_jetvit.window_attention_reference)
         reference(*args_)
-        results["reference_compiled"] = cuda_median_ms(graphed(lambda: reference(*args_)))
-        results["triton_default_without_rope"] = cuda_median_ms(graphed(
-            lambda: kernels_jetvit.window_attention_triton(tq, tk, tv, None, None, 5, grid, ws, 0.125)))
+        results["reference_compiled"] = graph_ms(lambda: reference(*args_))
+        results["triton_default_without_rope"] = graph_ms(
+            lambda: kernels_jetvit.window_attention_triton(tq, tk, tv, None, None, 5, grid, ws, 0.125))
         for block_m, block_n, warps, stages, registers in WINDOW_SETTINGS:
             name = f"triton_m{block_m}_n{block_n}_w{warps}_s{stages}" + (f"_r{registers}" if registers else "")
             try:
-                results[name] = cuda_median_ms(graphed(lambda: kernels_jetvit.window_attention_triton(
+                results[name] = graph_ms(lambda: kernels_jetvit.window_attention_triton(
                     *args_, block_m=block_m, block_n=block_n, num_warps=warps, key_stages=stages,
-                    max_registers=registers)))
+                    max_registers=registers))
             except Exception as error:  # e.g. out of shared memory for this setting
                 print(f"window setting {name} failed: {str(error)[:100]}")
         q = torch.randn(windows, 16, ws * ws, 64, device="cuda", dtype=dtype)
@@ -88,12 +88,12 @@ def main(argv=None) -> int:
             for keys, (k, v) in (("261", (k261, v261)), ("256", (k256, v256))):
                 try:
                     with sdpa_kernel([backend]):
-                        results[f"sdpa_windows_{keys}_{name}"] = cuda_median_ms(
-                            graphed(lambda: F.scaled_dot_product_attention(q, k, v)))
+                        results[f"sdpa_windows_{keys}_{name}"] = graph_ms(
+                            lambda: F.scaled_dot_product_attention(q, k, v))
                 except RuntimeError as error:
                     results[f"sdpa_windows_{keys}_{name}"] = f"unsupported: {str(error)[:80]}"
         qf = torch.randn(1, 16, tokens, 64, device="cuda", dtype=dtype)
-        results["sdpa_full"] = cuda_median_ms(graphed(lambda: F.scaled_dot_product_attention(qf, qf, qf)))
+        results["sdpa_full"] = graph_ms(lambda: F.scaled_dot_product_attention(qf, qf, qf))
     flops = 4 * grid[0] * grid[1] * (ws * ws + 5) * 1024
     result = {"command": " ".join(sys.argv), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
               "grid": grid, "window_size": ws,

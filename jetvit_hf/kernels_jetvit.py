@@ -262,16 +262,20 @@ if triton is not None:
 
     @triton.jit
     def _state_finalize_kernel(partial_ptr, state_ptr, key_sum_ptr, value_sum_ptr, splits,
-                               HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
-        """Sums one chunk of one (image, head)'s packed partial rows over the splits, in a fixed order (deterministic),
-        and scatters it into the three outputs."""
+                               HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, BLOCK_S: tl.constexpr):
+        """Sums one chunk of one (image, head)'s packed partial rows over the splits, BLOCK_S splits per load (a fixed
+        reduction tree: deterministic, no atomics), and scatters it into the three outputs."""
         row_size: tl.constexpr = HEAD_DIM * HEAD_DIM + 2 * HEAD_DIM
         batch_head = tl.program_id(0)
         offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        offs_s = tl.arange(0, BLOCK_S)
         in_row = offs < row_size
         total = tl.zeros((BLOCK,), dtype=tl.float32)
-        for split in range(splits):
-            total += tl.load(partial_ptr + (batch_head * splits + split) * row_size + offs, mask=in_row, other=0.0)
+        for start in range(0, splits, BLOCK_S):
+            rows = batch_head * splits + start + offs_s
+            tile = tl.load(partial_ptr + rows[:, None] * row_size + offs[None, :],
+                           mask=(start + offs_s < splits)[:, None] & in_row[None, :], other=0.0)
+            total += tl.sum(tile, axis=0)
         is_state = offs < HEAD_DIM * HEAD_DIM
         is_key_sum = in_row & ~is_state & (offs < HEAD_DIM * HEAD_DIM + HEAD_DIM)
         is_value_sum = in_row & (offs >= HEAD_DIM * HEAD_DIM + HEAD_DIM)
@@ -281,14 +285,38 @@ if triton is not None:
                  mask=is_value_sum)
 
     @triton.jit
+    def _state_split_kernel(state_ptr, hi_ptr, lo_ptr, scale_ptr,
+                            HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr):
+        """BLOCK_C columns of one (image, head)'s fp32 state as `scale * (hi + lo)`: each column scaled to [-1, 1] and
+        split into two half-precision parts, so that two tensor-core products with them recover about fp32 accuracy
+        (a bf16 copy would lose the state's low bits; a sum over tokens can exceed fp16's range)."""
+        batch_head = tl.program_id(0)
+        offs_d = tl.arange(0, BLOCK_D)
+        offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        c_mask = offs_c < HEAD_DIM
+        mask = (offs_d < HEAD_DIM)[:, None] & c_mask[None, :]
+        cell = batch_head * HEAD_DIM * HEAD_DIM + offs_d[:, None] * HEAD_DIM + offs_c[None, :]
+        state = tl.load(state_ptr + cell, mask=mask, other=0.0)
+        scale = tl.maximum(tl.max(tl.abs(state), axis=0), 1e-30)
+        normalized = state * (1.0 / scale)[None, :]
+        hi = normalized.to(hi_ptr.dtype.element_ty)
+        lo = (normalized - hi.to(tl.float32)).to(lo_ptr.dtype.element_ty)
+        tl.store(hi_ptr + cell, hi, mask=mask)
+        tl.store(lo_ptr + cell, lo, mask=mask)
+        tl.store(scale_ptr + batch_head * HEAD_DIM + offs_c, scale, mask=c_mask)
+
+    @triton.jit
     def _output_kernel(
-        q_ptr, v_ptr, state_ptr, key_sum_ptr, w_ptr, cos_ptr, sin_ptr, o_ptr,
+        q_ptr, v_ptr, state_ptr, state_lo_ptr, state_scale_ptr, key_sum_ptr, w_ptr, cos_ptr, sin_ptr, o_ptr,
         num_tokens, num_heads, num_prefix, grid_h, grid_w, inv_tokens, eps,
         stride_qb, stride_qn, stride_qh, stride_vb, stride_vn, stride_vh, stride_ob, stride_on,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr,
         KERNEL_SIZE: tl.constexpr, HAS_CONV: tl.constexpr, HAS_ROPE: tl.constexpr, IEEE_FP32: tl.constexpr,
     ):
-        """BLOCK_N tokens x BLOCK_E output channels of one (image, head) (a column block keeps registers low)."""
+        """BLOCK_N tokens x BLOCK_E output channels of one (image, head) (a column block keeps registers low).
+
+        For half-precision inputs `state_ptr` holds the state's high half-precision part and `state_lo_ptr`,
+        `state_scale_ptr` its low part and column scales (`_state_split_kernel`); for fp32 inputs, the state itself."""
         batch_head = tl.program_id(0)
         batch = batch_head // num_heads
         head = batch_head % num_heads
@@ -302,21 +330,19 @@ if triton is not None:
         q_base = q_ptr + batch * stride_qb + head * stride_qh
         q = _load_rotated(q_base, offs_n, stride_qn, offs_d, n_mask[:, None] & d_mask[None, :], cos_ptr, sin_ptr,
                           num_prefix, HEAD_DIM, HAS_ROPE)
-        state = tl.load(state_ptr + batch_head * HEAD_DIM * HEAD_DIM + offs_d[:, None] * HEAD_DIM + offs_e[None, :],
-                        mask=d_mask[:, None] & e_mask[None, :], other=0.0)
+        state_cells = batch_head * HEAD_DIM * HEAD_DIM + offs_d[:, None] * HEAD_DIM + offs_e[None, :]
+        state_mask = d_mask[:, None] & e_mask[None, :]
         if IEEE_FP32:
+            state = tl.load(state_ptr + state_cells, mask=state_mask, other=0.0)
             numerator = tl.dot(q, state, input_precision="ieee")
         else:
-            # A sum over tokens can exceed fp16's range and a bf16 copy loses its low bits: scaled to [-1, 1] and split
-            # into hi + lo half-precision parts, two tensor-core products recover about fp32 accuracy.
-            scale = tl.maximum(tl.max(tl.max(tl.abs(state), axis=1), axis=0), 1e-30)
-            normalized = state / scale
-            state_hi = normalized.to(q.dtype)
-            state_lo = (normalized - state_hi.to(tl.float32)).to(q.dtype)
-            numerator = (tl.dot(q, state_hi) + tl.dot(q, state_lo)) * scale
+            state_hi = tl.load(state_ptr + state_cells, mask=state_mask, other=0.0)
+            state_lo = tl.load(state_lo_ptr + state_cells, mask=state_mask, other=0.0)
+            scale = tl.load(state_scale_ptr + batch_head * HEAD_DIM + offs_e, mask=e_mask, other=0.0)
+            numerator = (tl.dot(q, state_hi) + tl.dot(q, state_lo)) * scale[None, :]
         key_sum = tl.load(key_sum_ptr + batch_head * HEAD_DIM + offs_d, mask=d_mask, other=0.0)
         normalizer = tl.sum(q.to(tl.float32) * key_sum[None, :], axis=1) * inv_tokens + eps
-        out = numerator * inv_tokens / normalizer[:, None]
+        out = numerator * (inv_tokens / normalizer)[:, None]
 
         if HAS_CONV:
             patch = offs_n - num_prefix
@@ -340,14 +366,16 @@ if triton is not None:
                  out.to(o_ptr.dtype.element_ty), mask=n_mask[:, None] & e_mask[None, :])
 
     @triton.jit
-    def _online_softmax_step(q, k, v, valid, m_i, l_i, acc, qk_scale, PRECISION: tl.constexpr):
-        """One block of keys `k` / values `v` (masked by `valid`) into a flash-attention running max `m_i`, sum `l_i`
-        and unnormalised output `acc`; `qk_scale` includes log2(e). A finite initial `m_i` keeps fully masked blocks
-        at p = 0."""
-        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-        scores = tl.where(valid[None, :], scores, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-        p = tl.math.exp2(scores - m_new[:, None])
+    def _online_softmax_step(q, k, v, valid, m_i, l_i, acc, qk_scale, PRECISION: tl.constexpr,
+                             MASKED: tl.constexpr = True):
+        """One block of keys `k` / values `v` (masked by `valid` when MASKED) into a flash-attention running max `m_i`
+        (in units of log2, scaled), sum `l_i` and unnormalised output `acc`; `qk_scale` includes log2(e) and is applied
+        inside the exponent's fused multiply-add. A finite initial `m_i` keeps fully masked blocks at p = 0."""
+        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        if MASKED:
+            scores = tl.where(valid[None, :], scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, axis=1) * qk_scale)
+        p = tl.math.exp2(scores * qk_scale - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, axis=1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
@@ -361,7 +389,7 @@ if triton is not None:
         stride_ob, stride_on,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, WINDOW: tl.constexpr, BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, HAS_ROPE: tl.constexpr, PRECISION: tl.constexpr,
-        KEY_STAGES: tl.constexpr, HAS_PREFIX: tl.constexpr,
+        KEY_STAGES: tl.constexpr, HAS_PREFIX: tl.constexpr, EVEN: tl.constexpr,
     ):
         """One block of BLOCK_M patch queries of one window and head: online softmax over the prefix keys and the
         window's keys (padding outside the grid masked), reading and writing the token-major tensors directly.
@@ -369,6 +397,7 @@ if triton is not None:
         The prefix queries attend to every key. Each program also runs them over its share of the window's key blocks
         (key block b goes to query block b % query_blocks; the prefix keys to window 0's first block), reusing the
         rotated keys it has loaded, and stores that partial softmax for `_prefix_merge_kernel`: no second pass over K/V.
+        EVEN (windows tile the grid, blocks tile the windows) drops the key masks.
         """
         query_blocks: tl.constexpr = (WINDOW * WINDOW + BLOCK_M - 1) // BLOCK_M
         key_blocks: tl.constexpr = (WINDOW * WINDOW + BLOCK_N - 1) // BLOCK_N
@@ -416,17 +445,21 @@ if triton is not None:
         for key_block in tl.range(0, key_blocks, num_stages=KEY_STAGES):  # software-pipelined key/value loads
             t_k = key_block * BLOCK_N + tl.arange(0, BLOCK_N)
             row_k, col_k = top + t_k // WINDOW, left + t_k % WINDOW
-            k_valid = (t_k < WINDOW * WINDOW) & (row_k < grid_h) & (col_k < grid_w)
             k_tokens = num_prefix + row_k * grid_w + col_k
-            kv_mask = k_valid[:, None] & d_mask[None, :]
+            if EVEN:
+                k_valid = t_k >= 0  # unused: no key masks
+                kv_mask = d_mask[None, :]
+            else:
+                k_valid = (t_k < WINDOW * WINDOW) & (row_k < grid_h) & (col_k < grid_w)
+                kv_mask = k_valid[:, None] & d_mask[None, :]
             k = _load_rotated(k_base, k_tokens, stride_kn, offs_d, kv_mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM,
                               HAS_ROPE, RELU=False)
             v = tl.load(v_base + k_tokens[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
-            m_i, l_i, acc = _online_softmax_step(q, k, v, k_valid, m_i, l_i, acc, qk_scale, PRECISION)
+            m_i, l_i, acc = _online_softmax_step(q, k, v, k_valid, m_i, l_i, acc, qk_scale, PRECISION, not EVEN)
             if HAS_PREFIX:
                 if key_block % query_blocks == block:
                     prefix_m, prefix_l, prefix_acc = _online_softmax_step(
-                        prefix_q, k, v, k_valid, prefix_m, prefix_l, prefix_acc, qk_scale, PRECISION)
+                        prefix_q, k, v, k_valid, prefix_m, prefix_l, prefix_acc, qk_scale, PRECISION, not EVEN)
 
         out = acc / l_i[:, None]
         tl.store(o_ptr + batch * stride_ob + q_tokens[:, None] * stride_on + head * HEAD_DIM + offs_d[None, :],
@@ -470,11 +503,12 @@ if triton is not None:
                  (acc / l_sum).to(o_ptr.dtype.element_ty), mask=offs_d < HEAD_DIM)
 
 # Launch settings, chosen by `benchmarks/bench_linear_attention.py --sweep` and `benchmarks/bench_window_attention.py`
-# on an H200 (bf16, ViT-L, 8197 tokens; results in benchmarks/results/).
+# (bf16, ViT-L, 8197 tokens; results in benchmarks/results/): state and output on an H200, window on an H100.
 STATE_BLOCK_N, STATE_WARPS, STATE_PROGRAMS_PER_SM, STATE_STAGES = 64, 4, 4, 2
 OUTPUT_BLOCK_N, OUTPUT_BLOCK_E, OUTPUT_WARPS = 32, 64, 2  # BLOCK_E splits head dims above 64 into column blocks
-WINDOW_BLOCK_M, WINDOW_BLOCK_N, WINDOW_WARPS, WINDOW_KEY_STAGES, WINDOW_MAX_REGISTERS = 256, 64, 8, 1, None
-FINALIZE_BLOCK = 1024
+WINDOW_BLOCK_M, WINDOW_BLOCK_N, WINDOW_WARPS, WINDOW_KEY_STAGES, WINDOW_MAX_REGISTERS = 128, 128, 4, 1, None
+FINALIZE_BLOCK, FINALIZE_SPLITS = 256, 16  # a [splits, BLOCK] tile per load
+SPLIT_COLUMNS = 16
 
 
 def _precision(tensor: torch.Tensor) -> str:
@@ -528,9 +562,22 @@ def state_triton(key, value, cos, sin, num_prefix: int, block_n=None, num_warps=
     key_sum = torch.empty(batch, heads, head_dim, device=key.device, dtype=torch.float32)
     value_sum = torch.empty_like(key_sum)
     _state_finalize_kernel[(batch * heads, triton.cdiv(row, FINALIZE_BLOCK))](
-        partials, state, key_sum, value_sum, splits, HEAD_DIM=head_dim, BLOCK=FINALIZE_BLOCK, num_warps=4,
+        partials, state, key_sum, value_sum, splits, HEAD_DIM=head_dim, BLOCK=FINALIZE_BLOCK, BLOCK_S=FINALIZE_SPLITS,
+        num_warps=4,
     )
     return state, key_sum, value_sum
+
+
+def split_state(state: torch.Tensor, dtype: torch.dtype):
+    """`(hi, lo, column_scale)` with `state ~= (hi + lo) * column_scale`, hi and lo in the half-precision `dtype`."""
+    batch, heads, head_dim, _ = state.shape
+    hi, lo = torch.empty_like(state, dtype=dtype), torch.empty_like(state, dtype=dtype)
+    scale = torch.empty(batch, heads, head_dim, device=state.device, dtype=torch.float32)
+    _state_split_kernel[(batch * heads, triton.cdiv(head_dim, SPLIT_COLUMNS))](
+        state.contiguous(), hi, lo, scale, HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), BLOCK_C=SPLIT_COLUMNS,
+        num_warps=4,
+    )
+    return hi, lo, scale
 
 
 def output_triton(query, value, state, key_sum, conv_weight, cos, sin, num_prefix: int, grid_size, eps: float,
@@ -542,14 +589,16 @@ def output_triton(query, value, state, key_sum, conv_weight, cos, sin, num_prefi
     has_conv = conv_weight is not None
     weight = conv_weight.contiguous() if has_conv else state  # placeholder without the conv: never read
     cos, sin = _rope_tables(cos, sin, query)
+    ieee = query.dtype == torch.float32
+    state_parts = (state.contiguous(),) * 3 if ieee else split_state(state, query.dtype)  # fp32 reads the state
     _output_kernel[(batch * heads, triton.cdiv(num_tokens, block_n), triton.cdiv(head_dim, block_e))](
-        query, value, state.contiguous(), key_sum.contiguous(), weight, cos, sin, out,
+        query, value, *state_parts, key_sum.contiguous(), weight, cos, sin, out,
         num_tokens, heads, num_prefix, grid_size[0], grid_size[1], 1.0 / num_tokens, eps,
         query.stride(0), query.stride(1), query.stride(2), value.stride(0), value.stride(1), value.stride(2),
         out.stride(0), out.stride(1),
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_E=block_e,
         KERNEL_SIZE=conv_weight.shape[-1] if has_conv else 1, HAS_CONV=has_conv, HAS_ROPE=cos is not query,
-        IEEE_FP32=query.dtype == torch.float32, num_warps=num_warps or OUTPUT_WARPS,
+        IEEE_FP32=ieee, num_warps=num_warps or OUTPUT_WARPS,
     )
     return out
 
@@ -574,6 +623,8 @@ def window_attention_triton(query, key, value, cos, sin, num_prefix: int, grid_s
         HEAD_DIM=head_dim, BLOCK_D=block_d, WINDOW=window_size, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_P=block_p,
         HAS_ROPE=tables[0] is not query, PRECISION=_precision(query), KEY_STAGES=key_stages or WINDOW_KEY_STAGES,
         HAS_PREFIX=num_prefix > 0, num_warps=num_warps or WINDOW_WARPS,
+        EVEN=grid_size[0] % window_size == 0 and grid_size[1] % window_size == 0
+        and (window_size * window_size) % block_n == 0,
         **_register_cap(max_registers or WINDOW_MAX_REGISTERS),
     )
     if num_prefix:

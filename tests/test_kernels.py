@@ -136,6 +136,21 @@ def test_triton_kernels_match_the_pytorch_path(dtype, grid, num_prefix, heads, d
     assert error < (1e-5 if dtype == torch.float32 else 1e-2), error
 
 
+def test_triton_state_sums_more_splits_than_one_load_holds():
+    """The finalize kernel sums the sequence splits FINALIZE_SPLITS at a time: with more splits than that, every
+    chunk must reach the state."""
+    device = triton_device(torch.float32)
+    grid, num_prefix, block_n, per_sm = (16, 17), 1, 16, 64
+    q, k, v, _ = random_inputs(1, num_prefix, grid, 1, 32, 3, device=device, seed=7)
+    splits, _ = kernels_jetvit._sequence_splits(1, k.shape[1], block_n, k.device, per_sm)
+    assert splits > kernels_jetvit.FINALIZE_SPLITS
+    state, key_sum, value_sum = kernels_jetvit.state_triton(k, v, None, None, num_prefix, block_n=block_n,
+                                                            programs_per_sm=per_sm)
+    expected = kernels_jetvit.state_reference(k.double(), v.double(), None, None, num_prefix)
+    for actual, reference in zip((state, key_sum, value_sum), expected):
+        torch.testing.assert_close(actual.double(), reference.double(), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_triton_kernels_survive_large_activations(dtype):
     device = triton_device(dtype)
