@@ -382,6 +382,15 @@ if triton is not None:
         return m_new, l_i, acc
 
     @triton.jit
+    def _online_softmax_start(q, k, v, valid, qk_scale, PRECISION: tl.constexpr):
+        """`_online_softmax_step` from an empty state: no running output to rescale."""
+        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        scores = tl.where(valid[None, :], scores, float("-inf"))
+        m_i = tl.maximum(tl.max(scores, axis=1) * qk_scale, -1.0e30)
+        p = tl.math.exp2(scores * qk_scale - m_i[:, None])
+        return m_i, tl.sum(p, axis=1), tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+
+    @triton.jit
     def _window_kernel(
         q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, o_ptr, prefix_acc_ptr, prefix_stats_ptr,
         num_heads, num_prefix, grid_h, grid_w, window_cols, windows_per_image, qk_scale,
@@ -428,10 +437,7 @@ if triton is not None:
         p_mask = p_valid[:, None] & d_mask[None, :]
         prefix_k = tl.load(k_base + offs_p[:, None] * stride_kn + offs_d[None, :], mask=p_mask, other=0.0)
         prefix_v = tl.load(v_base + offs_p[:, None] * stride_vn + offs_d[None, :], mask=p_mask, other=0.0)
-        m_i = tl.full((BLOCK_M,), -1.0e30, dtype=tl.float32)
-        l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-        m_i, l_i, acc = _online_softmax_step(q, prefix_k, prefix_v, p_valid, m_i, l_i, acc, qk_scale, PRECISION)
+        m_i, l_i, acc = _online_softmax_start(q, prefix_k, prefix_v, p_valid, qk_scale, PRECISION)
         # the prefix queries' partial softmax over this program's keys (none yet)
         prefix_q = tl.load(q_base + offs_p[:, None] * stride_qn + offs_d[None, :], mask=p_mask, other=0.0)
         prefix_m = tl.full((BLOCK_P,), -1.0e30, dtype=tl.float32)
@@ -641,27 +647,19 @@ def window_attention_triton(query, key, value, cos, sin, num_prefix: int, grid_s
 
 
 def _depthwise_conv_backward(grad_patches, value, conv_weight, num_prefix: int, grid_size):
-    """Gradients of the per-image depthwise conv w.r.t. V's patch tokens ([B, P, H, d]) and the kernels ([B, C, k, k])."""
+    """Gradients of the per-image depthwise conv w.r.t. V's patch tokens ([B, P, H, d]) and the kernels ([B, C, k, k]),
+    from the convolution's own backward (one grouped conv over all images and channels, as in the forward)."""
     batch, _, heads, head_dim = value.shape
     channels, size = heads * head_dim, conv_weight.shape[-1]
-    pad = size // 2
-    grad_image = grad_patches.float().transpose(1, 2).reshape(1, batch * channels, *grid_size)
-    weight = conv_weight.float().reshape(batch * channels, 1, size, size)
-    grad_value = F.conv2d(grad_image, weight.flip(-1, -2), padding=pad, groups=batch * channels)
-    grad_value = grad_value.view(batch, channels, -1).transpose(1, 2).reshape(batch, -1, heads, head_dim)
+    groups = batch * channels
     image = value[:, num_prefix:].float().reshape(batch, *grid_size, channels).permute(0, 3, 1, 2)
-    padded = F.pad(image, (pad, pad, pad, pad))
-    grad_image = grad_image.view(batch, channels, *grid_size)
-    height, width = grid_size
-    grad_weight = torch.stack(
-        [
-            (grad_image * padded[:, :, dy : dy + height, dx : dx + width]).sum((-1, -2))
-            for dy in range(size)
-            for dx in range(size)
-        ],
-        dim=-1,
-    ).view(batch, channels, size, size)
-    return grad_value, grad_weight
+    grad_image = grad_patches.float().transpose(1, 2).reshape(1, groups, *grid_size)
+    grad_value, grad_weight, _ = torch.ops.aten.convolution_backward(
+        grad_image, image.reshape(1, groups, *grid_size), conv_weight.float().reshape(groups, 1, size, size),
+        None, [1, 1], [size // 2, size // 2], [1, 1], False, [0, 0], groups, [True, True, False],
+    )
+    grad_value = grad_value.view(batch, channels, -1).transpose(1, 2).reshape(batch, -1, heads, head_dim)
+    return grad_value, grad_weight.view(batch, channels, size, size)
 
 
 def _register_ops():
@@ -753,9 +751,8 @@ def _register_ops():
             grad_patch_value, grad_weight = _depthwise_conv_backward(
                 grad_patches, value, conv_weight, ctx.num_prefix, ctx.grid_size
             )
-            grad_value = torch.zeros_like(value, dtype=torch.float32)
-            grad_value[:, ctx.num_prefix :] = grad_patch_value
-            grad_value, grad_weight = grad_value.to(value.dtype), grad_weight.to(conv_weight.dtype)
+            grad_value = F.pad(grad_patch_value.to(value.dtype), (0, 0, 0, 0, ctx.num_prefix, 0))  # prefix: no conv
+            grad_weight = grad_weight.to(conv_weight.dtype)
         return grad_query, grad_value, grad_state, grad_key_sum, grad_weight, None, None, None, None, None, None
 
     linear_attention_output.register_autograd(output_backward, setup_context=output_setup_context)

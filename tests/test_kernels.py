@@ -204,6 +204,7 @@ def test_window_attention_op_backward_matches_float64():
     ((37, 37), 16, 1, 2, 64, False),  # DINOv2 at 518 px: padded windows, CLS only
     ((7, 10), 3, 3, 3, 32, True),     # tiny windows, more query/key blocks than window tokens
     ((10, 40), 2, 5, 2, 32, True),    # 100 windows: the prefix rows merge partials over several blocks of programs
+    ((12, 16), 4, 0, 2, 32, True),    # no prefix tokens: the first softmax block is fully masked
 ])
 def test_triton_window_kernel_matches_the_pytorch_path(dtype, grid, window, num_prefix, heads, dim, rope):
     device = triton_device(dtype)
