@@ -1,7 +1,7 @@
 """Training step of a ViT-L JetViT subnet against all-full attention, in one run: forward + backward (+ AdamW step)
 time and peak memory, bf16 autocast over fp32 weights, as the supernet trains.
 
-    python benchmarks/bench_training.py --resolution 512x512 --batch-size 32 --output training.json
+    python benchmarks/bench_training.py --resolution 512x512 --batch-size 32 --profile --output training.json
 """
 
 import argparse
@@ -16,7 +16,18 @@ from jetvit_hf.atomic import atomic_write_json
 from jetvit_hf.bench import paper_2full_layout
 
 
-def step_ms(model, pixel_values, iters: int, warmup: int) -> tuple[float, float]:
+def top_ops(step, steps: int = 2, top: int = 15) -> list[dict]:
+    """The ops with the most CUDA time per step (torch.profiler, kernel time of each op and its children)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profiler:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    events = sorted(profiler.key_averages(), key=lambda e: e.device_time_total, reverse=True)[:top]
+    return [{"op": e.key, "cuda_ms_per_step": e.device_time_total / 1e3 / steps, "calls_per_step": e.count / steps}
+            for e in events]
+
+
+def step_ms(model, pixel_values, iters: int, warmup: int, profile: bool = False) -> tuple[float, float, list]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
 
     def step():
@@ -31,7 +42,8 @@ def step_ms(model, pixel_values, iters: int, warmup: int) -> tuple[float, float]
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()  # the steady state's peak, not the first steps' (optimizer state, autotuning)
     ms = cuda_median_ms(step, warmup=0, iters=iters)
-    return ms, torch.cuda.max_memory_allocated() / 2**20
+    peak = torch.cuda.max_memory_allocated() / 2**20
+    return ms, peak, top_ops(step) if profile else []
 
 
 def main(argv=None) -> int:
@@ -41,6 +53,7 @@ def main(argv=None) -> int:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="also record the ops with the most CUDA time per step")
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -54,9 +67,13 @@ def main(argv=None) -> int:
         model = JetViTModel(dinov3_large(layout)).cuda().train()
         if args.gradient_checkpointing:
             getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
-        ms, peak = step_ms(model, pixel_values, args.iters, args.warmup)
+        ms, peak, ops = step_ms(model, pixel_values, args.iters, args.warmup, args.profile)
         results[name] = {"step_ms": ms, "peak_memory_mib": peak, "images_per_s": args.batch_size / (ms * 1e-3)}
         print(f"{name:12s} {ms:8.1f} ms/step  {args.batch_size / (ms * 1e-3):7.1f} img/s  peak {peak:8.0f} MiB")
+        if ops:
+            results[name]["profile_top_ops"] = ops
+            for op in ops[:10]:
+                print(f"    {op['cuda_ms_per_step']:8.2f} ms  x{op['calls_per_step']:5.0f}  {op['op'][:90]}")
         del model
         torch.cuda.empty_cache()
     result = {

@@ -880,8 +880,8 @@ _SDPA_OPS = {
 def classify_attention_kernel(name: str) -> str | None:
     """SDPA backend a GPU kernel name belongs to (`cudnn`, `flash`, `efficient`), or None for other kernels."""
     lowered = name.lower()
-    if "cudnn" in lowered and any(s in lowered for s in ("sdpa", "fprop", "attn", "fmha", "flash", "attention")):
-        return "cudnn"
+    if "cudnn" in lowered and any(s in lowered for s in ("sdpa", "attn", "fmha", "flash", "attention")):
+        return "cudnn"  # not "fprop" alone: cuDNN's convolution kernels are fprop kernels too
     if "flash" in lowered and ("fwd" in lowered or "attn" in lowered or "attention" in lowered or "flash::" in lowered):
         return "flash"
     if "fmha" in lowered or "efficient_attention" in lowered or "mem_eff" in lowered:
@@ -890,18 +890,23 @@ def classify_attention_kernel(name: str) -> str | None:
 
 
 def kernel_category(name: str) -> str:
-    """Coarse class of a GPU kernel for a time breakdown: gemm, softmax attention, JetViT's own attention kernels
-    (the Triton kernels of kernels_jetvit.py), other."""
+    """Coarse class of a GPU kernel for a time breakdown: gemm, convolution (patch embedding, DPT neck and head),
+    softmax attention, JetViT's own attention kernels (the Triton kernels of kernels_jetvit.py), other."""
     lowered = name.lower()
-    if "linear_attention" in lowered or any(k in name for k in ("_state_kernel", "_state_finalize", "_output_kernel")):
+    if "linear_attention" in lowered or any(
+        k in name for k in ("_state_kernel", "_state_finalize", "_state_split", "_output_kernel")
+    ):
         return "jetvit linear attention"
     if "_window_kernel" in name or "_prefix_merge" in name:
         return "jetvit window attention"
     if classify_attention_kernel(name) or "attention" in lowered or "sdpa" in lowered:
         return "softmax attention"
+    if not lowered.startswith("triton_") and any(key in lowered for key in ("fprop", "dgrad", "wgrad", "conv2d",
+                                                                            "convolution", "depthwise")):
+        return "convolution"  # Inductor's fused epilogues around a convolution (triton_*) stay elementwise
     if any(key in lowered for key in ("gemm", "xmma", "cutlass", "nvjet", "matmul", "wgmma", "cublas")):
         return "gemm"
-    return "other (norms, elementwise, copies, convs)"
+    return "other (norms, elementwise, copies)"
 
 
 def profile_forward(fn: Callable[[], object], settings: RunSettings, top: int = 12) -> dict:

@@ -322,6 +322,12 @@ def test_attention_kernel_names_and_cpu_profile():
     assert bench.classify_attention_kernel("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64") is None
     assert bench.kernel_category("nvjet_sm90_tst_256x144_64x4_2x1_v_bz_coopA_gelubias_TNT") == "gemm"
     assert bench.kernel_category("triton_per_fused_add_mul_native_layer_norm_view_7").startswith("other")
+    # cuDNN's convolution kernels (the DPT neck and head) are fprop kernels, but not attention
+    conv = "sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x128x64_warpgroupsize1x1x1_cudnn"
+    assert classify(conv) is None and bench.kernel_category(conv) == "convolution"
+    assert bench.kernel_category("void cutlass__5x_cudnn::Kernel<cutlass_tensorop_bf16_s16816fprop_optimized>") == (
+        "convolution")
+    assert bench.kernel_category("triton_poi_fused__to_copy_add_convolution_relu_37").startswith("other")
     settings = bench._settings("cpu", None, 0, 1, False, None, None, True)
     q = torch.randn(1, 2, 8, 4)
     profile = bench.profile_forward(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q), settings)
@@ -363,7 +369,7 @@ def test_every_jetvit_kernel_has_its_profile_category():
     defined = set(re.findall(r"@triton\.jit\n    def (\w+)\(", source))
     launched = set(re.findall(r"(\w+_kernel)\[", source))
     assert launched <= defined
-    assert launched == {"_state_kernel", "_state_finalize_kernel", "_output_kernel", "_window_kernel",
-                        "_prefix_merge_kernel"}
+    assert launched == {"_state_kernel", "_state_finalize_kernel", "_state_split_kernel", "_output_kernel",
+                        "_window_kernel", "_prefix_merge_kernel"}
     for name in launched:
         assert bench.kernel_category(name).startswith("jetvit "), name
