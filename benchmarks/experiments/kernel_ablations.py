@@ -1,0 +1,34 @@
+"""Ablations of the attention kernels at the ViT-L 1024x2048 shape (graphs of 20 calls, median of 3 rounds): the output
+kernel without its conv, the window kernel without prefix tokens, the state split alone, and the output kernel per
+launch setting.
+
+    python benchmarks/experiments/kernel_ablations.py OUT_DIR
+"""
+import json, statistics, sys, torch
+from benchmarks.bench_linear_attention import graph_ms
+from jetvit_hf import kernels_jetvit as new
+torch.manual_seed(0)
+res = {}
+for B in (1, 8):
+    N, H, D, P, grid = 8197, 16, 64, 5, (64, 128)
+    qkv = torch.randn(B, N, 3, H, D, device="cuda", dtype=torch.bfloat16)
+    q, k, v = qkv.unbind(2)
+    ang = torch.rand(8192, 32, device="cuda") * 6.3
+    cos, sin = torch.cos(ang).repeat(1, 2).bfloat16(), torch.sin(ang).repeat(1, 2).bfloat16()
+    w = torch.randn(B, H * D, 3, 3, device="cuda", dtype=torch.bfloat16) * 0.1
+    with torch.inference_mode():
+        s, ks, vs = new.state_triton(k, v, cos, sin, P)
+        fns = {"state": lambda: new.state_triton(k, v, cos, sin, P), "split": lambda: new.split_state(s, torch.bfloat16),
+               "noconv": lambda: new.output_triton(q, v, s, ks, None, cos, sin, P, grid, 1e-6),
+               "window": lambda: new.window_attention_triton(q, k, v, cos, sin, P, grid, 16, 0.125),
+               "window_noprefix": lambda: new.window_attention_triton(q[:, P:], k[:, P:], v[:, P:], cos, sin, 0, grid, 16, 0.125)}
+        for mod_name, mod in (("static", new),):
+            for bn, wp in ((32, 2), (64, 2), (64, 4), (128, 4), (16, 1), (32, 1)):
+                fns[f"{mod_name}_n{bn}_w{wp}"] = (lambda mod=mod, bn=bn, wp=wp: mod.output_triton(q, v, s, ks, w, cos, sin, P, grid, 1e-6, block_n=bn, num_warps=wp))
+        rounds = {name: [] for name in fns}
+        for _ in range(3):
+            for name, fn in fns.items():
+                rounds[name].append(1e3 * graph_ms(fn))
+        res[f"bs{B}"] = {name: round(statistics.median(t), 1) for name, t in rounds.items()}
+        print(f"bs{B}", res[f"bs{B}"], flush=True)
+json.dump(res, open(sys.argv[1] + "/kernel_ablations.json", "w"), indent=1)
