@@ -3,7 +3,7 @@
 
     python benchmarks/experiments/gemm_graph_vs_eager.py OUT_DIR
 """
-import json, os, subprocess, sys, time, torch
+import json, subprocess, sys, time, torch
 out = sys.argv[1]
 M = 8192
 x = torch.randn(M, 1024, device="cuda", dtype=torch.bfloat16)

@@ -6,16 +6,12 @@ launch setting.
 """
 import json, statistics, sys, torch
 from benchmarks.bench_linear_attention import graph_ms
+from benchmarks.experiments.vit_l_inputs import GRID as grid, NUM_PREFIX as P, vit_l_inputs
 from jetvit_hf import kernels_jetvit as new
 torch.manual_seed(0)
 res = {}
 for B in (1, 8):
-    N, H, D, P, grid = 8197, 16, 64, 5, (64, 128)
-    qkv = torch.randn(B, N, 3, H, D, device="cuda", dtype=torch.bfloat16)
-    q, k, v = qkv.unbind(2)
-    ang = torch.rand(8192, 32, device="cuda") * 6.3
-    cos, sin = torch.cos(ang).repeat(1, 2).bfloat16(), torch.sin(ang).repeat(1, 2).bfloat16()
-    w = torch.randn(B, H * D, 3, 3, device="cuda", dtype=torch.bfloat16) * 0.1
+    q, k, v, cos, sin, w = vit_l_inputs(B)
     with torch.inference_mode():
         s, ks, vs = new.state_triton(k, v, cos, sin, P)
         fns = {"state": lambda: new.state_triton(k, v, cos, sin, P), "split": lambda: new.split_state(s, torch.bfloat16),

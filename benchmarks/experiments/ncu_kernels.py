@@ -4,14 +4,10 @@
         -c 5 -o kernels python benchmarks/experiments/ncu_kernels.py
 """
 import torch
+from benchmarks.experiments.vit_l_inputs import GRID as grid, NUM_PREFIX as P, vit_l_inputs
 from jetvit_hf import kernels_jetvit as kj
 torch.manual_seed(0)
-B, N, H, D, P, grid = 1, 8197, 16, 64, 5, (64, 128)
-qkv = torch.randn(B, N, 3, H, D, device="cuda", dtype=torch.bfloat16)
-q, k, v = qkv.unbind(2)
-ang = torch.rand(8192, 32, device="cuda") * 6.3
-cos, sin = torch.cos(ang).repeat(1, 2).bfloat16(), torch.sin(ang).repeat(1, 2).bfloat16()
-w = torch.randn(B, H * D, 3, 3, device="cuda", dtype=torch.bfloat16) * 0.1
+q, k, v, cos, sin, w = vit_l_inputs(1)
 with torch.inference_mode():
     for _ in range(2):
         s, ks, vs = kj.state_triton(k, v, cos, sin, P)
