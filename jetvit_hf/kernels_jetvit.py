@@ -14,7 +14,7 @@ ops so that `torch.compile` keeps whole graphs:
    second one sums the splits in a fixed order (deterministic, no atomics).
 2. `linear_attention_output(query, value, state, key_sum, conv_weight, ...)` computes
    `relu(q_i) state / (relu(q_i) . key_sum + N eps)` (the state divided in fp32; bf16/fp16 products use a hi/lo split
-   of the fp32 state), adds the depthwise k x k convolution of V on the patch grid for patch tokens, and writes
+   of the fp32 state with per-column scales, made once per head by a small kernel), adds the depthwise k x k convolution of V on the patch grid for patch tokens, and writes
    `[batch, tokens, heads * head_dim]`, the layout `o_proj` reads.
 
 Inputs are `[batch, tokens, heads, head_dim]` tensors with a contiguous last dimension (views of the projection output
