@@ -451,12 +451,11 @@ if triton is not None:
         for key_block in tl.range(0, key_blocks, num_stages=KEY_STAGES):  # software-pipelined key/value loads
             t_k = key_block * BLOCK_N + tl.arange(0, BLOCK_N)
             row_k, col_k = top + t_k // WINDOW, left + t_k % WINDOW
+            k_valid = (t_k < WINDOW * WINDOW) & (row_k < grid_h) & (col_k < grid_w)  # read only when not EVEN
             k_tokens = num_prefix + row_k * grid_w + col_k
             if EVEN:
-                k_valid = t_k >= 0  # unused: no key masks
                 kv_mask = d_mask[None, :]
             else:
-                k_valid = (t_k < WINDOW * WINDOW) & (row_k < grid_h) & (col_k < grid_w)
                 kv_mask = k_valid[:, None] & d_mask[None, :]
             k = _load_rotated(k_base, k_tokens, stride_kn, offs_d, kv_mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM,
                               HAS_ROPE, RELU=False)

@@ -235,7 +235,8 @@ def test_triton_window_kernel_launch_settings_share_the_prefix_queries(block_m, 
 
 @pytest.mark.parametrize("block_n, block_e", [(32, 16), (16, 32)])
 def test_triton_output_kernel_column_blocks(block_n, block_e):
-    """The output kernel split over output-channel blocks (each with its own hi/lo scale) equals the PyTorch path."""
+    """The output kernel split over output-channel blocks (each reading its columns of the hi/lo state and their
+    scales) equals the PyTorch path."""
     device = triton_device(torch.float16)
     grid, num_prefix, dim = (6, 9), 2, 48  # 48 channels: the last column block is partly masked
     q, k, v, conv_weight = random_inputs(2, num_prefix, grid, 2, dim, 3, dtype=torch.float16, device=device, scale=3.0)
