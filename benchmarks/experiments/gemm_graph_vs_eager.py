@@ -36,4 +36,4 @@ for name, fn in (("eager", layers), ("graph", g.replay), ("eager2", layers), ("g
     marks.sort(); res[name] = {"median_ms": marks[20], "tflops": flops / marks[20] / 1e9, "end": time.time()}
     print(name, res[name], flush=True)
 time.sleep(0.5); smi.terminate()
-json.dump(res, open(out + "/gemm_clocks.json", "w"), indent=1)
+json.dump(res, open(out + "/gemm_graph_vs_eager.json", "w"), indent=1)

@@ -25,4 +25,4 @@ with torch.inference_mode():
         res[name] = r
         print(name, {k: round(v, 1) for k, v in r.items()}, flush=True)
         torch._dynamo.reset()
-json.dump(res, open(sys.argv[1] + "/gemm_autotune.json", "w"), indent=1)
+json.dump(res, open(sys.argv[1] + "/gemm_shapes.json", "w"), indent=1)

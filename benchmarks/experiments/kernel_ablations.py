@@ -4,9 +4,9 @@ launch setting.
 
     python benchmarks/experiments/kernel_ablations.py OUT_DIR
 """
-import json, statistics, sys, torch
+import json, sys, torch
 from benchmarks.bench_linear_attention import graph_ms
-from benchmarks.experiments.vit_l_inputs import GRID as grid, NUM_PREFIX as P, vit_l_inputs
+from benchmarks.experiments.common import GRID as grid, NUM_PREFIX as P, interleaved_medians, vit_l_inputs
 from jetvit_hf import kernels_jetvit as new
 torch.manual_seed(0)
 res = {}
@@ -21,10 +21,6 @@ for B in (1, 8):
         for mod_name, mod in (("static", new),):
             for bn, wp in ((32, 2), (64, 2), (64, 4), (128, 4), (16, 1), (32, 1)):
                 fns[f"{mod_name}_n{bn}_w{wp}"] = (lambda mod=mod, bn=bn, wp=wp: mod.output_triton(q, v, s, ks, w, cos, sin, P, grid, 1e-6, block_n=bn, num_warps=wp))
-        rounds = {name: [] for name in fns}
-        for _ in range(3):
-            for name, fn in fns.items():
-                rounds[name].append(1e3 * graph_ms(fn))
-        res[f"bs{B}"] = {name: round(statistics.median(t), 1) for name, t in rounds.items()}
+        res[f"bs{B}"], _ = interleaved_medians({name: (lambda fn=fn: 1e3 * graph_ms(fn)) for name, fn in fns.items()}, 3)
         print(f"bs{B}", res[f"bs{B}"], flush=True)
 json.dump(res, open(sys.argv[1] + "/kernel_ablations.json", "w"), indent=1)

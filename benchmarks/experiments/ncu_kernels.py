@@ -4,7 +4,7 @@
         -c 5 -o kernels python benchmarks/experiments/ncu_kernels.py
 """
 import torch
-from benchmarks.experiments.vit_l_inputs import GRID as grid, NUM_PREFIX as P, vit_l_inputs
+from benchmarks.experiments.common import GRID as grid, NUM_PREFIX as P, vit_l_inputs
 from jetvit_hf import kernels_jetvit as kj
 torch.manual_seed(0)
 q, k, v, cos, sin, w = vit_l_inputs(1)

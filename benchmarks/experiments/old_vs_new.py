@@ -5,10 +5,10 @@ each as a single-call CUDA graph (so every number includes ~15 us of graph launc
     git show f481f28:jetvit_hf/kernels_jetvit.py > benchmarks/experiments/kernels_old.py
     python benchmarks/experiments/old_vs_new.py OUT_DIR
 """
-import json, statistics, sys, torch
+import json, sys, torch
 from benchmarks.bench_linear_attention import cuda_median_ms, graphed
 from benchmarks.experiments import kernels_old as old
-from benchmarks.experiments.vit_l_inputs import GRID as grid, NUM_PREFIX as P, vit_l_inputs
+from benchmarks.experiments.common import GRID as grid, NUM_PREFIX as P, interleaved_medians, vit_l_inputs
 from jetvit_hf import kernels_jetvit as new
 torch.manual_seed(0)
 res = {}
@@ -27,19 +27,15 @@ for B in (1, 8):
             "output_new_norope": lambda: new.output_triton(q, v, s, ks, w, None, None, P, grid, 1e-6),
             "output_new_noconv_norope": lambda: new.output_triton(q, v, s, ks, None, None, None, P, grid, 1e-6),
             "window_old": lambda: old.window_attention_triton(q, k, v, cos, sin, P, grid, 16, 0.125),
-            "window_new_m256n64w8": lambda: new.window_attention_triton(q, k, v, cos, sin, P, grid, 16, 0.125),
+            "window_new_m256n64w8": lambda: new.window_attention_triton(q, k, v, cos, sin, P, grid, 16, 0.125, block_m=256, block_n=64, num_warps=8),
             "window_new_m128n128w4": lambda: new.window_attention_triton(q, k, v, cos, sin, P, grid, 16, 0.125, block_m=128, block_n=128, num_warps=4),
             "window_new_m128n64w4": lambda: new.window_attention_triton(q, k, v, cos, sin, P, grid, 16, 0.125, block_m=128, block_n=64, num_warps=4),
             "window_new_m128n128w4_norope": lambda: new.window_attention_triton(q, k, v, None, None, P, grid, 16, 0.125, block_m=128, block_n=128, num_warps=4),
             "window_new_m128n128w4_noprefix": lambda: new.window_attention_triton(q[:, P:], k[:, P:], v[:, P:], cos, sin, 0, grid, 16, 0.125, block_m=128, block_n=128, num_warps=4),
         }
         graphs = {name: graphed(fn) for name, fn in fns.items()}
-        rounds = {name: [] for name in fns}
-        for _ in range(5):
-            for name, g in graphs.items():
-                rounds[name].append(1e3 * cuda_median_ms(g, warmup=5, iters=30))
-        res[f"bs{B}"] = {name: round(statistics.median(t), 1) for name, t in rounds.items()}
-        res[f"bs{B}_spread"] = {name: round(max(t) - min(t), 1) for name, t in rounds.items()}
+        res[f"bs{B}"], res[f"bs{B}_spread"] = interleaved_medians(
+            {name: (lambda g=g: 1e3 * cuda_median_ms(g, warmup=5, iters=30)) for name, g in graphs.items()}, 5)
         print(f"bs{B}", res[f"bs{B}"], flush=True)
         print(f"bs{B} spread", res[f"bs{B}_spread"], flush=True)
 json.dump(res, open(sys.argv[1] + "/old_vs_new.json", "w"), indent=1)

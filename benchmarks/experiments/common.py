@@ -1,0 +1,28 @@
+"""Shared pieces of the kernel experiments: random attention inputs at the ViT-L 1024x2048 shape (16 heads of 64, 4 registers + CLS, a 64x128 patch grid), as
+views of one fused QKV projection output, the way the model passes them to the kernels, and interleaved timing."""
+import statistics
+
+import torch
+
+NUM_TOKENS, HEADS, HEAD_DIM, NUM_PREFIX, GRID = 8197, 16, 64, 5, (64, 128)
+
+
+def vit_l_inputs(batch: int):
+    """`(q, k, v, cos, sin, conv_weight)` in bf16 on the GPU."""
+    qkv = torch.randn(batch, NUM_TOKENS, 3, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
+    q, k, v = qkv.unbind(2)
+    angles = torch.rand(GRID[0] * GRID[1], HEAD_DIM // 2, device="cuda") * 6.3
+    cos, sin = torch.cos(angles).repeat(1, 2).bfloat16(), torch.sin(angles).repeat(1, 2).bfloat16()
+    conv_weight = torch.randn(batch, HEADS * HEAD_DIM, 3, 3, device="cuda", dtype=torch.bfloat16) * 0.1
+    return q, k, v, cos, sin, conv_weight
+
+
+def interleaved_medians(timers: dict, rounds: int) -> tuple[dict, dict]:
+    """Times every `timers` entry (a callable returning µs) once per round, interleaved so that clock drift hits all
+    alike; returns the median and the spread (max - min) of each, rounded to 0.1 µs."""
+    times = {name: [] for name in timers}
+    for _ in range(rounds):
+        for name, timer in timers.items():
+            times[name].append(timer())
+    return ({name: round(statistics.median(t), 1) for name, t in times.items()},
+            {name: round(max(t) - min(t), 1) for name, t in times.items()})
