@@ -31,6 +31,7 @@ def main(argv=None) -> int:
     parser.add_argument("--width", type=int, default=2048)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--top", type=int, default=15, help="how many of the slowest kernels to list")
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
         "kernel_ms_total": total,
         "gemm_floor_ms": gemm_flops / gemm_rate * 1e3,
         "measured_gemm_tflops": gemm_rate / 1e12,
-        "top_kernels_ms": dict(sorted(per_kernel.items(), key=lambda kv: -kv[1])[:15]),
+        "top_kernels_ms": dict(sorted(per_kernel.items(), key=lambda kv: -kv[1])[: args.top]),
     }
     print(f"{result['gpu']} {args.layout} {args.height}x{args.width} b{args.batch_size} compiled={args.compile}")
     for name, ms in sorted(groups.items(), key=lambda kv: -kv[1]):
