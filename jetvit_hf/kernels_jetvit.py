@@ -611,11 +611,17 @@ def split_state(state: torch.Tensor, dtype: torch.dtype):
     return hi, lo, scale
 
 
+def _strip_width(grid_w: int) -> int:
+    """Patch columns per output-kernel strip: OUTPUT_BLOCK_C, or half of it where that pads the grid's last strip
+    less (a 97-column grid in strips of 32 computes 128 columns, in strips of 16 only 112)."""
+    return min((OUTPUT_BLOCK_C, OUTPUT_BLOCK_C // 2), key=lambda width: triton.cdiv(grid_w, width) * width)
+
+
 def output_triton(query, value, state, key_sum, conv_weight, cos, sin, num_prefix: int, grid_size, eps: float,
                   block_c=None, rows=None, block_e=None, num_warps=None, row_stages=None):
     batch, num_tokens, heads, head_dim = query.shape
     block_d = _block_d(head_dim)
-    block_c = block_c or min(OUTPUT_BLOCK_C, max(16, triton.next_power_of_2(grid_size[1])))
+    block_c = block_c or _strip_width(grid_size[1])
     rows, block_e = rows or OUTPUT_ROWS, min(block_e or OUTPUT_BLOCK_E, block_d)
     strips = triton.cdiv(grid_size[1], block_c)
     out = torch.empty(batch, num_tokens, heads * head_dim, device=query.device, dtype=query.dtype)
