@@ -138,12 +138,11 @@ def main(argv=None) -> int:
                     continue
                 sweep.append({"kernel": "state", "block_n": block_n, "warps": warps, "per_sm": per_sm,
                               "stages": stages, "ms": ms})
-            for block_c, rows, warps, stages in itertools.product((16, 32, 64), (4, 8, 16), (2, 4, 8), (1, 2)):
+            for block_n, block_e, warps in itertools.product((32, 64, 128), (16, 32, 64), (2, 4, 8)):
                 ms = graph_ms(lambda: kernels_jetvit.output_triton(
                     q, v, state, key_sum, conv_weight, cos, sin, args.num_prefix, grid, 1e-6,
-                    block_c=block_c, rows=rows, num_warps=warps, row_stages=stages))
-                sweep.append({"kernel": "output", "block_c": block_c, "rows": rows, "warps": warps, "stages": stages,
-                              "ms": ms})
+                    block_n=block_n, block_e=block_e, num_warps=warps))
+                sweep.append({"kernel": "output", "block_n": block_n, "block_e": block_e, "warps": warps, "ms": ms})
             for kernel in ("state", "output"):
                 best = sorted((r for r in sweep if r["kernel"] == kernel), key=lambda r: r["ms"])[:4]
                 print(f"fastest {kernel} settings: " + "; ".join(

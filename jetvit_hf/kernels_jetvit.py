@@ -306,89 +306,64 @@ if triton is not None:
         tl.store(scale_ptr + batch_head * HEAD_DIM + offs_c, scale, mask=c_mask)
 
     @triton.jit
-    def _linear_attention_rows(q_base, offs_n, stride_qn, n_mask, offs_d, d_mask, cos_ptr, sin_ptr, num_prefix,
-                               state, state_lo, scale, key_sum, inv_tokens, eps,
-                               HEAD_DIM: tl.constexpr, HAS_ROPE: tl.constexpr, IEEE_FP32: tl.constexpr):
-        """`relu(q) state / (relu(q) . key_sum + N eps)` for the query rows `offs_n` (the state pre-divided by N)."""
-        q = _load_rotated(q_base, offs_n, stride_qn, offs_d, n_mask[:, None] & d_mask[None, :], cos_ptr, sin_ptr,
-                          num_prefix, HEAD_DIM, HAS_ROPE)
-        if IEEE_FP32:
-            numerator = tl.dot(q, state, input_precision="ieee")
-        else:
-            numerator = (tl.dot(q, state) + tl.dot(q, state_lo)) * scale[None, :]
-        normalizer = tl.sum(q.to(tl.float32) * key_sum[None, :], axis=1) * inv_tokens + eps
-        return numerator * (inv_tokens / normalizer)[:, None]
-
-    @triton.jit
     def _output_kernel(
         q_ptr, v_ptr, state_ptr, state_lo_ptr, state_scale_ptr, key_sum_ptr, w_ptr, cos_ptr, sin_ptr, o_ptr,
-        num_heads, num_prefix, grid_h, grid_w, strips, inv_tokens, eps,
+        num_tokens, num_heads, num_prefix, grid_h, grid_w, inv_tokens, eps,
         stride_qb, stride_qn, stride_qh, stride_vb, stride_vn, stride_vh, stride_ob, stride_on,
-        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, ROWS: tl.constexpr,
-        BLOCK_P: tl.constexpr, BLOCK_E: tl.constexpr, KERNEL_SIZE: tl.constexpr, HAS_CONV: tl.constexpr,
-        HAS_ROPE: tl.constexpr, IEEE_FP32: tl.constexpr, ROW_STAGES: tl.constexpr,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr,
+        KERNEL_SIZE: tl.constexpr, HAS_CONV: tl.constexpr, HAS_ROPE: tl.constexpr, IEEE_FP32: tl.constexpr,
     ):
-        """BLOCK_E output channels of one (image, head): tile 0 is the prefix tokens (no conv); every other tile walks
-        down ROWS patch-grid rows of a BLOCK_C-column strip, one row per step.
+        """BLOCK_N tokens x BLOCK_E output channels of one (image, head) (a column block keeps registers low).
 
-        Walking rows keeps the state loaded once per tile (not once per token block) and lets the conv's taps on the
-        rows above hit L1 from the previous steps' loads, instead of re-reading V from L2 once per tap.
         For half-precision inputs `state_ptr` holds the state's high half-precision part and `state_lo_ptr`,
         `state_scale_ptr` its low part and column scales (`_state_split_kernel`); for fp32 inputs, the state itself."""
         batch_head = tl.program_id(0)
         batch = batch_head // num_heads
         head = batch_head % num_heads
-        tile = tl.program_id(1)
+        offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, BLOCK_D)
         offs_e = tl.program_id(2) * BLOCK_E + tl.arange(0, BLOCK_E)
+        n_mask = offs_n < num_tokens
         d_mask = offs_d < HEAD_DIM
         e_mask = offs_e < HEAD_DIM
 
+        q_base = q_ptr + batch * stride_qb + head * stride_qh
+        q = _load_rotated(q_base, offs_n, stride_qn, offs_d, n_mask[:, None] & d_mask[None, :], cos_ptr, sin_ptr,
+                          num_prefix, HEAD_DIM, HAS_ROPE)
         state_cells = batch_head * HEAD_DIM * HEAD_DIM + offs_d[:, None] * HEAD_DIM + offs_e[None, :]
         state_mask = d_mask[:, None] & e_mask[None, :]
-        state = tl.load(state_ptr + state_cells, mask=state_mask, other=0.0)
-        state_lo = state
-        scale = tl.zeros((BLOCK_E,), dtype=tl.float32)
-        if not IEEE_FP32:
+        if IEEE_FP32:
+            state = tl.load(state_ptr + state_cells, mask=state_mask, other=0.0)
+            numerator = tl.dot(q, state, input_precision="ieee")
+        else:
+            state_hi = tl.load(state_ptr + state_cells, mask=state_mask, other=0.0)
             state_lo = tl.load(state_lo_ptr + state_cells, mask=state_mask, other=0.0)
             scale = tl.load(state_scale_ptr + batch_head * HEAD_DIM + offs_e, mask=e_mask, other=0.0)
+            numerator = (tl.dot(q, state_hi) + tl.dot(q, state_lo)) * scale[None, :]
         key_sum = tl.load(key_sum_ptr + batch_head * HEAD_DIM + offs_d, mask=d_mask, other=0.0)
-        q_base = q_ptr + batch * stride_qb + head * stride_qh
-        o_base = o_ptr + batch * stride_ob + head * HEAD_DIM + offs_e[None, :]
+        normalizer = tl.sum(q.to(tl.float32) * key_sum[None, :], axis=1) * inv_tokens + eps
+        out = numerator * (inv_tokens / normalizer)[:, None]
 
-        if tile == 0:
-            offs_p = tl.arange(0, BLOCK_P)
-            p_mask = offs_p < num_prefix
-            out = _linear_attention_rows(q_base, offs_p, stride_qn, p_mask, offs_d, d_mask, cos_ptr, sin_ptr,
-                                         num_prefix, state, state_lo, scale, key_sum, inv_tokens, eps, HEAD_DIM,
-                                         HAS_ROPE, IEEE_FP32)
-            tl.store(o_base + offs_p[:, None] * stride_on, out.to(o_ptr.dtype.element_ty),
-                     mask=p_mask[:, None] & e_mask[None, :])
-        else:
-            cols = (tile - 1) % strips * BLOCK_C + tl.arange(0, BLOCK_C)
-            first_row = (tile - 1) // strips * ROWS
+        if HAS_CONV:
+            patch = offs_n - num_prefix
+            is_patch = n_mask & (patch >= 0)
+            row = patch // grid_w
+            col = patch % grid_w
             v_base = v_ptr + batch * stride_vb + head * stride_vh
             w_base = w_ptr + (batch * num_heads * HEAD_DIM + head * HEAD_DIM + offs_e) * (KERNEL_SIZE * KERNEL_SIZE)
-            for step in tl.range(0, ROWS, num_stages=ROW_STAGES):
-                row = first_row + step
-                n_mask = (cols < grid_w) & (row < grid_h)
-                tokens = num_prefix + row * grid_w + cols
-                out = _linear_attention_rows(q_base, tokens, stride_qn, n_mask, offs_d, d_mask, cos_ptr, sin_ptr,
-                                             num_prefix, state, state_lo, scale, key_sum, inv_tokens, eps, HEAD_DIM,
-                                             HAS_ROPE, IEEE_FP32)
-                if HAS_CONV:
-                    for dy in tl.static_range(KERNEL_SIZE):
-                        r = row + dy - KERNEL_SIZE // 2
-                        row_inside = (r >= 0) & (r < grid_h)
-                        for dx in tl.static_range(KERNEL_SIZE):
-                            c = cols + dx - KERNEL_SIZE // 2
-                            inside = n_mask & row_inside & (c >= 0) & (c < grid_w)
-                            v = tl.load(v_base + (num_prefix + r * grid_w + c)[:, None] * stride_vn + offs_e[None, :],
-                                        mask=inside[:, None] & e_mask[None, :], other=0.0)
-                            w = tl.load(w_base + dy * KERNEL_SIZE + dx, mask=e_mask, other=0.0).to(tl.float32)
-                            out += v.to(tl.float32) * w[None, :]
-                tl.store(o_base + tokens[:, None] * stride_on, out.to(o_ptr.dtype.element_ty),
-                         mask=n_mask[:, None] & e_mask[None, :])
+            for dy in tl.static_range(KERNEL_SIZE):
+                for dx in tl.static_range(KERNEL_SIZE):
+                    r = row + dy - KERNEL_SIZE // 2
+                    c = col + dx - KERNEL_SIZE // 2
+                    inside = is_patch & (r >= 0) & (r < grid_h) & (c >= 0) & (c < grid_w)
+                    neighbour = num_prefix + r * grid_w + c
+                    v = tl.load(v_base + neighbour[:, None] * stride_vn + offs_e[None, :],
+                                mask=inside[:, None] & e_mask[None, :], other=0.0)
+                    w = tl.load(w_base + dy * KERNEL_SIZE + dx, mask=e_mask, other=0.0).to(tl.float32)
+                    out += v.to(tl.float32) * w[None, :]
+
+        tl.store(o_ptr + batch * stride_ob + offs_n[:, None] * stride_on + head * HEAD_DIM + offs_e[None, :],
+                 out.to(o_ptr.dtype.element_ty), mask=n_mask[:, None] & e_mask[None, :])
 
     @triton.jit
     def _online_softmax_step(q, k, v, valid, m_i, l_i, acc, qk_scale, PRECISION: tl.constexpr,
@@ -535,8 +510,7 @@ if triton is not None:
 # Launch settings, chosen by `benchmarks/bench_linear_attention.py --sweep` and `benchmarks/bench_window_attention.py`
 # (bf16, ViT-L, 8197 tokens; results in benchmarks/results/): state and output on an H200, window on an H100.
 STATE_BLOCK_N, STATE_WARPS, STATE_PROGRAMS_PER_SM, STATE_STAGES = 64, 4, 4, 2
-# output: BLOCK_C patch columns x ROWS grid rows per program; BLOCK_E splits head dims above 64 into column blocks
-OUTPUT_BLOCK_C, OUTPUT_ROWS, OUTPUT_BLOCK_E, OUTPUT_WARPS, OUTPUT_ROW_STAGES = 32, 4, 64, 4, 2
+OUTPUT_BLOCK_N, OUTPUT_BLOCK_E, OUTPUT_WARPS = 32, 64, 2  # BLOCK_E splits head dims above 64 into column blocks
 WINDOW_BLOCK_M, WINDOW_BLOCK_N, WINDOW_WARPS, WINDOW_KEY_STAGES, WINDOW_MAX_REGISTERS = 128, 128, 4, 1, None
 FINALIZE_BLOCK, FINALIZE_SPLITS = 256, 16  # a [splits, BLOCK] tile per load
 SPLIT_COLUMNS = 16
@@ -611,38 +585,27 @@ def split_state(state: torch.Tensor, dtype: torch.dtype):
     return hi, lo, scale
 
 
-def _strip_width(grid_w: int) -> int:
-    """Patch columns per output-kernel strip: OUTPUT_BLOCK_C, or half of it where that pads the grid's last strip
-    less (a 97-column grid in strips of 32 computes 128 columns, in strips of 16 only 112)."""
-    return min((OUTPUT_BLOCK_C, OUTPUT_BLOCK_C // 2), key=lambda width: triton.cdiv(grid_w, width) * width)
-
-
 def output_triton(query, value, state, key_sum, conv_weight, cos, sin, num_prefix: int, grid_size, eps: float,
-                  block_c=None, rows=None, block_e=None, num_warps=None, row_stages=None):
+                  block_n=None, block_e=None, num_warps=None):
     batch, num_tokens, heads, head_dim = query.shape
-    block_d = _block_d(head_dim)
-    block_c = block_c or _strip_width(grid_size[1])
-    rows, block_e = rows or OUTPUT_ROWS, min(block_e or OUTPUT_BLOCK_E, block_d)
-    strips = triton.cdiv(grid_size[1], block_c)
+    block_n, block_d = block_n or OUTPUT_BLOCK_N, _block_d(head_dim)
+    block_e = min(block_e or OUTPUT_BLOCK_E, block_d)
     out = torch.empty(batch, num_tokens, heads * head_dim, device=query.device, dtype=query.dtype)
     has_conv = conv_weight is not None
     weight = conv_weight.contiguous() if has_conv else state  # placeholder without the conv: never read
     cos, sin = _rope_tables(cos, sin, query)
     ieee = query.dtype == torch.float32
     state_parts = (state.contiguous(),) * 3 if ieee else split_state(state, query.dtype)  # fp32 reads the state
-    tiles = 1 + strips * triton.cdiv(grid_size[0], rows)  # tile 0: the prefix tokens
-    _output_kernel[(batch * heads, tiles, triton.cdiv(head_dim, block_e))](
+    _output_kernel[(batch * heads, triton.cdiv(num_tokens, block_n), triton.cdiv(head_dim, block_e))](
         query, value, *state_parts, key_sum.contiguous(), weight, cos, sin, out,
-        heads, num_prefix, grid_size[0], grid_size[1], strips, 1.0 / num_tokens, eps,
+        num_tokens, heads, num_prefix, grid_size[0], grid_size[1], 1.0 / num_tokens, eps,
         query.stride(0), query.stride(1), query.stride(2), value.stride(0), value.stride(1), value.stride(2),
         out.stride(0), out.stride(1),
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_C=block_c, ROWS=rows,
-        BLOCK_P=max(16, triton.next_power_of_2(max(num_prefix, 1))), BLOCK_E=block_e,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_E=block_e,
         KERNEL_SIZE=conv_weight.shape[-1] if has_conv else 1, HAS_CONV=has_conv, HAS_ROPE=cos is not query,
-        IEEE_FP32=ieee, ROW_STAGES=row_stages or OUTPUT_ROW_STAGES, num_warps=num_warps or OUTPUT_WARPS,
+        IEEE_FP32=ieee, num_warps=num_warps or OUTPUT_WARPS,
     )
     return out
-
 
 def window_attention_triton(query, key, value, cos, sin, num_prefix: int, grid_size, window_size: int, scale: float,
                             block_m=None, block_n=None, num_warps=None, key_stages=None, max_registers=None):

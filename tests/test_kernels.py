@@ -233,17 +233,16 @@ def test_triton_window_kernel_launch_settings_share_the_prefix_queries(block_m, 
     torch.testing.assert_close(out.cpu().double(), expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("grid, block_c, rows, block_e", [((6, 9), 16, 4, 16), ((7, 37), 16, 3, 32), ((9, 5), 16, 16, 64)])
-def test_triton_output_kernel_tiles(grid, block_c, rows, block_e):
-    """The output kernel's tiles (strips of block_c columns walked `rows` rows at a time, the last strip and row chunk
-    partly outside the grid, output channels in column blocks reading their columns of the hi/lo state and scales)
-    together equal the PyTorch path."""
+@pytest.mark.parametrize("block_n, block_e", [(32, 16), (16, 32)])
+def test_triton_output_kernel_column_blocks(block_n, block_e):
+    """The output kernel split over output-channel blocks (each reading its columns of the hi/lo state and their
+    scales) equals the PyTorch path."""
     device = triton_device(torch.float16)
-    num_prefix, dim = 2, 48  # 48 channels: the last column block is partly masked
+    grid, num_prefix, dim = (6, 9), 2, 48  # 48 channels: the last column block is partly masked
     q, k, v, conv_weight = random_inputs(2, num_prefix, grid, 2, dim, 3, dtype=torch.float16, device=device, scale=3.0)
     cos, sin = (t.to(device) for t in rope_tables(grid[0] * grid[1], dim))
     state, key_sum, _ = kernels_jetvit.state_triton(k, v, cos, sin, num_prefix)
     out = kernels_jetvit.output_triton(q, v, state, key_sum, conv_weight, cos, sin, num_prefix, grid, 1e-6,
-                                       block_c=block_c, rows=rows, block_e=block_e)
+                                       block_n=block_n, block_e=block_e)
     expected = reference_block(q, k, v, conv_weight, num_prefix, grid, 1e-6, cos, sin)
     assert ((out.double() - expected).norm() / expected.norm()).item() < 1e-2
