@@ -1,5 +1,6 @@
 """Training step of a ViT-L JetViT subnet against all-full attention, in one run: forward + backward (+ AdamW step)
-time and peak memory, bf16 autocast over fp32 weights, as the supernet trains.
+time and peak memory, bf16 autocast over fp32 weights, as the supernet trains. `--compile` times both under
+`torch.compile` instead: a fixed subnet, as in fine-tuning (the supernet's sampled layouts would recompile).
 
     python benchmarks/bench_training.py --resolution 512x512 --batch-size 32 --profile --output training.json
 """
@@ -53,6 +54,7 @@ def main(argv=None) -> int:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
     parser.add_argument("--profile", action="store_true", help="also record the ops with the most CUDA time per step")
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
@@ -67,14 +69,17 @@ def main(argv=None) -> int:
         model = JetViTModel(dinov3_large(layout)).cuda().train()
         if args.gradient_checkpointing:
             getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
-        ms, peak, ops = step_ms(model, pixel_values, args.iters, args.warmup, args.profile)
+        ms, peak, ops = step_ms(torch.compile(model) if args.compile else model, pixel_values, args.iters, args.warmup,
+                                args.profile)
         results[name] = {"step_ms": ms, "peak_memory_mib": peak, "images_per_s": args.batch_size / (ms * 1e-3)}
-        print(f"{name:12s} {ms:8.1f} ms/step  {args.batch_size / (ms * 1e-3):7.1f} img/s  peak {peak:8.0f} MiB")
+        print(f"{name:12s} {ms:8.1f} ms/step  {args.batch_size / (ms * 1e-3):7.1f} img/s  peak {peak:8.0f} MiB",
+              flush=True)
         if ops:
             results[name]["profile_top_ops"] = ops
             for op in ops[:10]:
                 print(f"    {op['cuda_ms_per_step']:8.2f} ms  x{op['calls_per_step']:5.0f}  {op['op'][:90]}")
         del model
+        torch.compiler.reset()
         torch.cuda.empty_cache()
     result = {
         "command": " ".join(sys.argv),
@@ -84,6 +89,7 @@ def main(argv=None) -> int:
         "batch_size": args.batch_size,
         "precision": "bf16 autocast, fp32 weights, fused AdamW",
         "gradient_checkpointing": args.gradient_checkpointing,
+        "compiled": args.compile,
         "results": results,
         "speedup_all_full_over_hybrid": results["all-full"]["step_ms"] / results["paper-2full"]["step_ms"],
     }

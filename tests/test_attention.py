@@ -224,3 +224,26 @@ def test_fused_qkv_projections_give_the_same_outputs():
     model.unfuse_qkv_projections()
     assert model.encoder.layer[0].attention.qkv_weight is None
 
+
+
+def test_hybrid_training_step_compiles_to_the_eager_gradients():
+    """torch.compile traces the fused ops and their registered backwards into one forward and one backward graph
+    (AOTAutograd; Inductor on top is exercised on the GPU by benchmarks/bench_training.py --compile): a training step
+    of a hybrid model gives eager's loss and gradients."""
+    config = make_config(num_hidden_layers=3, attention_types=["linear", "window", "full"])
+    model = randomize_(JetViTModel(config), seed=3).double().train()
+    pixels = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+
+    def step(forward):
+        model.zero_grad(set_to_none=True)
+        loss = forward(pixels).last_hidden_state.square().mean()
+        loss.backward()
+        return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    loss, grads = step(model)
+    compiled_loss, compiled_grads = step(torch.compile(model, fullgraph=True, backend="aot_eager"))
+    torch.testing.assert_close(compiled_loss, loss)
+    assert compiled_grads.keys() == grads.keys()
+    assert any("dynamic_conv" in name for name in grads) and any("layer.1.attention" in name for name in grads)
+    for name, grad in grads.items():
+        torch.testing.assert_close(compiled_grads[name], grad, msg=name)
