@@ -225,7 +225,6 @@ def test_fused_qkv_projections_give_the_same_outputs():
     assert model.encoder.layer[0].attention.qkv_weight is None
 
 
-
 def test_hybrid_training_step_compiles_to_the_eager_gradients():
     """torch.compile traces the fused ops and their registered backwards into one forward and one backward graph
     (AOTAutograd; Inductor on top is exercised on the GPU by benchmarks/bench_training.py --compile): a training step

@@ -1,17 +1,17 @@
-"""Shared pieces of the kernel experiments: random attention inputs at the ViT-L 1024x2048 shape (16 heads of 64, 4 registers + CLS, a 64x128 patch grid), as
+"""Shared pieces of the kernel experiments: random attention inputs at a ViT-L shape (16 heads of 64; by default 1024x2048: 4 registers + CLS, a 64x128 grid), as
 views of one fused QKV projection output, the way the model passes them to the kernels, and interleaved timing."""
 import statistics
 
 import torch
 
-NUM_TOKENS, HEADS, HEAD_DIM, NUM_PREFIX, GRID = 8197, 16, 64, 5, (64, 128)
+HEADS, HEAD_DIM, NUM_PREFIX, GRID = 16, 64, 5, (64, 128)
 
 
-def vit_l_inputs(batch: int):
-    """`(q, k, v, cos, sin, conv_weight)` in bf16 on the GPU."""
-    qkv = torch.randn(batch, NUM_TOKENS, 3, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
+def vit_l_inputs(batch: int, grid: tuple[int, int] = GRID, num_prefix: int = NUM_PREFIX):
+    """`(q, k, v, cos, sin, conv_weight)` in bf16 on the GPU, for `num_prefix` tokens and a `grid` of patches."""
+    qkv = torch.randn(batch, num_prefix + grid[0] * grid[1], 3, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
     q, k, v = qkv.unbind(2)
-    angles = torch.rand(GRID[0] * GRID[1], HEAD_DIM // 2, device="cuda") * 6.3
+    angles = torch.rand(grid[0] * grid[1], HEAD_DIM // 2, device="cuda") * 6.3
     cos, sin = torch.cos(angles).repeat(1, 2).bfloat16(), torch.sin(angles).repeat(1, 2).bfloat16()
     conv_weight = torch.randn(batch, HEADS * HEAD_DIM, 3, 3, device="cuda", dtype=torch.bfloat16) * 0.1
     return q, k, v, cos, sin, conv_weight

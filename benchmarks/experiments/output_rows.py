@@ -1,7 +1,7 @@
 """The row-walking output kernel of commit 3f3d866 ("new", reverted in c2a5908) against the token-block one that the
-package uses ("old"), interleaved (median of 5 rounds), as
-CUDA graphs of 20 calls, at the DINOv3-L 1024x2048 shape (64x128 grid, 5 prefix tokens, RoPE) or, with `dav2`, the
-Depth Anything V2-L 1022x1358 one (73x97 grid, 1 prefix token, no RoPE); `dinov3-norope` and `dav2-rope` swap RoPE.
+package uses ("old"), interleaved (median of 5 rounds), as CUDA graphs of 20 calls, at the DINOv3-L 1024x2048 shape
+(64x128 grid, 5 prefix tokens, RoPE) or, with `dav2`, the Depth Anything V2-L 1022x1358 one (73x97 grid, 1 prefix
+token, no RoPE); `dinov3-norope` and `dav2-rope` swap RoPE.
 
     git show 3f3d866:jetvit_hf/kernels_jetvit.py > benchmarks/experiments/kernels_rows.py
     python benchmarks/experiments/output_rows.py OUT_DIR [dinov3 | dinov3-norope | dav2 | dav2-rope]
@@ -20,16 +20,9 @@ shape = sys.argv[2] if len(sys.argv) > 2 else "dinov3"
 torch.manual_seed(0)
 results = {"shape": shape}
 for batch in (1, 8):
-    if shape.startswith("dav2"):
-        grid, P = (73, 97), 1
-        q, k, v = torch.randn(batch, P + 73 * 97, 3, 16, 64, device="cuda", dtype=torch.bfloat16).unbind(2)
-        angles = torch.rand(73 * 97, 32, device="cuda") * 6.3
-        cos, sin = torch.cos(angles).repeat(1, 2).bfloat16(), torch.sin(angles).repeat(1, 2).bfloat16()
-        w = torch.randn(batch, 1024, 3, 3, device="cuda", dtype=torch.bfloat16) * 0.1
-    else:
-        grid, P = GRID, NUM_PREFIX
-        q, k, v, cos, sin, w = vit_l_inputs(batch)
-    if (shape == "dav2") or shape.endswith("norope"):
+    grid, P = ((73, 97), 1) if shape.startswith("dav2") else (GRID, NUM_PREFIX)
+    q, k, v, cos, sin, w = vit_l_inputs(batch, grid, P)
+    if shape in ("dav2", "dinov3-norope"):
         cos = sin = None
     with torch.inference_mode():
         s, ks, _ = new.state_triton(k, v, cos, sin, P)
