@@ -17,9 +17,9 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from jetvit_hf import kernels_jetvit
-from jetvit_hf.atomic import atomic_write_json
-from jetvit_hf.kernels_jetvit import linear_attention_output, linear_attention_state
+from jetvit_hf.models.jetvit import ops_jetvit as kernels_jetvit
+from jetvit_hf.io import atomic_write_json
+from jetvit_hf.models.jetvit.ops_jetvit import linear_attention_output, linear_attention_state
 
 
 def cuda_median_ms(fn, warmup: int = 10, iters: int = 50) -> float:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.bench_linear_attention import graph_ms
-from jetvit_hf.atomic import atomic_write_json
+from jetvit_hf.io import atomic_write_json
 
 
 def main(argv=None) -> int:

@@ -13,7 +13,7 @@ import torch
 from benchmarks.bench_linear_attention import cuda_median_ms
 from benchmarks.profile_jetvit import dinov3_large
 from jetvit_hf import JetViTModel
-from jetvit_hf.atomic import atomic_write_json
+from jetvit_hf.io import atomic_write_json
 from jetvit_hf.bench import paper_2full_layout
 
 

@@ -19,9 +19,10 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from benchmarks.bench_linear_attention import graph_ms
-from jetvit_hf import JetViTConfig, kernels_jetvit
-from jetvit_hf.atomic import atomic_write_json
-from jetvit_hf.modeling_jetvit import JetViTRopePositionEmbedding, JetViTWindowAttention
+from jetvit_hf import JetViTConfig
+from jetvit_hf.models.jetvit import ops_jetvit as kernels_jetvit
+from jetvit_hf.io import atomic_write_json
+from jetvit_hf.models.jetvit.modeling_jetvit import JetViTRopePositionEmbedding, JetViTWindowAttention
 
 # (block_m, block_n, warps, key stages, register cap): the kernel is latency-bound at 1-2 programs per multiprocessor,
 # so the sweep includes register caps that fit more programs per multiprocessor

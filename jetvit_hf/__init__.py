@@ -11,9 +11,9 @@ from transformers import (
     AutoModelForSemanticSegmentation,
 )
 
-from .configuration_jetvit import ATTENTION_TYPES, JetViTConfig
+from .models.jetvit.configuration_jetvit import ATTENTION_TYPES, JetViTConfig
 from .convert import convert_to_jetvit
-from .modeling_jetvit import (
+from .models.jetvit.modeling_jetvit import (
     JetViTBackbone,
     JetViTForDepthEstimation,
     JetViTForSemanticSegmentation,

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from .configuration_jetvit import ATTENTION_TYPES, JetViTConfig
+from .models.jetvit.configuration_jetvit import ATTENTION_TYPES, JetViTConfig
 
 SCHEMA_VERSION = 1
 CPU_SMOKE_NOTE = "CPU smoke test, not a performance number"
@@ -389,7 +389,7 @@ def _spec_from_preset(name: str, window_size: int | None) -> ModelSpec:
 
 
 def _spec_from_checkpoint(path: str | os.PathLike, window_size: int | None) -> ModelSpec:
-    from . import modeling_jetvit
+    from .models.jetvit import modeling_jetvit
     from .convert import jetvit_config_from_source
 
     path = Path(path).expanduser()
@@ -1439,7 +1439,7 @@ class _Captured(Exception):
 def capture_layer_inputs(model: torch.nn.Module, pixel_values: torch.Tensor):
     """The first JetViT layer and the exact `(args, kwargs)` the model calls it with for `pixel_values` (the forward
     stops there). Captured rather than rebuilt, so whatever the encoder passes its layers is timed as it is."""
-    from .modeling_jetvit import JetViTLayer
+    from .models.jetvit.modeling_jetvit import JetViTLayer
 
     layer = next((m for m in model.modules() if isinstance(m, JetViTLayer)), None)
     if layer is None:
@@ -1501,7 +1501,7 @@ def layer_latency_table(
         check_types = None
     else:  # True: the default hybrid (paper-2full for a preset, the checkpoint's own layout for a model)
         check_types, _ = _hybrid_types(spec, None if check_attention_types is True else check_attention_types)
-    from .modeling_jetvit import JetViTModel
+    from .models.jetvit.modeling_jetvit import JetViTModel
 
     num_layers = spec.num_layers
     bar = _progress(len(ATTENTION_TYPES) + 1 + (check_types is not None), "jetvit bench layer table", progress)

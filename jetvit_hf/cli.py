@@ -4,8 +4,8 @@ import argparse
 import re
 import sys
 
-from .atomic import atomic_write_json
-from .configuration_jetvit import ATTENTION_TYPES
+from .io import atomic_write_json
+from .models.jetvit.configuration_jetvit import ATTENTION_TYPES
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -260,7 +260,7 @@ def parse_image_size(text: str) -> int | tuple[int, int]:
 
 def run_search(args: argparse.Namespace) -> int:
     """`jetvit search`: one stage of the beam search, writing the log, plots and the extracted model."""
-    from .search import run_search as search
+    from .search.beam import run_search as search
 
     result = search(
         args.supernet, args.teacher, args.data, output=args.output, objective=args.objective, stage=args.stage,
@@ -338,7 +338,7 @@ def _add_search_parser(commands) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     """`jetvit eval`: depth, ordinal, segmentation and per-layer feature metrics of a model against its teacher."""
-    from .evaluation import format_report, run_evaluation
+    from .evaluation.evaluator import format_report, run_evaluation
 
     if args.data is None and args.da2k is None:
         raise ValueError("pass --data (evaluation images) and/or --da2k (DA-2K annotations)")
@@ -384,14 +384,14 @@ def _add_eval_parser(commands) -> None:
 
 
 def run_pipeline(args: argparse.Namespace) -> int:
-    from .pipeline import config_from_cli, run_pipeline as pipeline
+    from .search.post_training import config_from_cli, run_pipeline as pipeline
 
     pipeline(config_from_cli(args))
     return 0
 
 
 def _add_pipeline_parser(commands) -> None:
-    from .pipeline import PipelineConfig
+    from .search.post_training import PipelineConfig
 
     defaults = PipelineConfig()
     pipeline = commands.add_parser(

@@ -16,9 +16,9 @@ import torch
 from transformers import AutoConfig
 from transformers.utils import logging
 
-from .atomic import atomic_directory, atomic_write_json
-from .configuration_jetvit import JetViTConfig
-from .modeling_jetvit import (
+from .io import atomic_directory, atomic_write_json
+from .models.jetvit.configuration_jetvit import JetViTConfig
+from .models.jetvit.modeling_jetvit import (
     JetViTBackbone,
     JetViTForDepthEstimation,
     JetViTModel,

@@ -97,7 +97,7 @@ def scenes(tmp_path_factory):
     """Six procedural scenes (42 x 56, exact depth and labels), saved to disk."""
     import datasets
 
-    from jetvit_hf.scenes import scene_dataset
+    from jetvit_hf.data.scenes import scene_dataset
 
     directory = tmp_path_factory.mktemp("scenes")
     with pytest.MonkeyPatch.context() as patch:

@@ -5,13 +5,13 @@ import torch
 import torch.nn.functional as F
 
 from jetvit_hf import JetViTConfig, JetViTModel
-from jetvit_hf.modeling_jetvit import (
+from jetvit_hf.models.jetvit.modeling_jetvit import (
     JetViTFullAttention,
     JetViTLinearAttention,
     JetViTRopePositionEmbedding,
     JetViTWindowAttention,
 )
-from jetvit_hf.kernels_jetvit import linear_attention_output, linear_attention_state
+from jetvit_hf.models.jetvit.ops_jetvit import linear_attention_output, linear_attention_state
 
 WIDTH, HEADS = 32, 4
 

@@ -174,7 +174,7 @@ def test_atomic_writes_leave_ordinary_permissions(tmp_path):
     import os
     import stat
 
-    from jetvit_hf.atomic import atomic_directory, atomic_write_json
+    from jetvit_hf.io import atomic_directory, atomic_write_json
 
     umask = os.umask(0o022)
     try:

@@ -10,7 +10,7 @@ from accelerate.state import AcceleratorState, GradientState, PartialState
 from PIL import Image
 from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil
 
-from jetvit_hf.data import (
+from jetvit_hf.data.images import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     DistillationImages,

@@ -14,7 +14,7 @@ from PIL import Image
 
 from jetvit_hf.cli import main as cli_main
 from jetvit_hf.convert import convert_to_jetvit, save_converted
-from jetvit_hf.evaluation import (
+from jetvit_hf.evaluation.evaluator import (
     build_eval_images,
     evaluate_model,
     load_eval_images,
@@ -27,7 +27,7 @@ from jetvit_hf.evaluation import (
     save_linear_probe,
     train_linear_probe,
 )
-from jetvit_hf.supernet import JetViTSupernet
+from jetvit_hf.train.supernet import JetViTSupernet
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
 import linear_probe  # noqa: E402

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jetvit_hf import kernels_jetvit
-from jetvit_hf.kernels_jetvit import linear_attention_output, linear_attention_state
+from jetvit_hf.models.jetvit import ops_jetvit as kernels_jetvit
+from jetvit_hf.models.jetvit.ops_jetvit import linear_attention_output, linear_attention_state
 
 
 def rope_tables(num_patches, dim, seed=0):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from jetvit_hf.losses import (
+from jetvit_hf.train.losses import (
     FeatureDistillationLoss,
     depth_anything_loss,
     gradient_matching_loss,

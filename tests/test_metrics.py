@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from jetvit_hf.metrics import (
+from jetvit_hf.evaluation.metrics import (
     DepthMetrics,
     SegmentationMetrics,
     align_scale_shift,

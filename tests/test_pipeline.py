@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 from jetvit_hf import JetViTForDepthEstimation
-from jetvit_hf.pipeline import PipelineConfig, run_pipeline
+from jetvit_hf.search.post_training import PipelineConfig, run_pipeline
 
 
 def test_pipeline_end_to_end_and_rerun_skips_finished_stages(source_checkpoint, tmp_path, capsys):

@@ -5,8 +5,8 @@ import time
 import numpy as np
 import pytest
 
-from jetvit_hf.data import find_image_column, load_images
-from jetvit_hf.scenes import (
+from jetvit_hf.data.images import find_image_column, load_images
+from jetvit_hf.data.scenes import (
     BOX,
     CLASS_NAMES,
     GROUND,

@@ -16,8 +16,8 @@ from PIL import Image
 from jetvit_hf import JetViTForDepthEstimation
 from jetvit_hf.cli import main as cli_main
 from jetvit_hf.convert import convert_to_jetvit, save_converted
-from jetvit_hf.evaluation import load_eval_images, load_jetvit
-from jetvit_hf.search import (
+from jetvit_hf.evaluation.evaluator import load_eval_images, load_jetvit
+from jetvit_hf.search.beam import (
     Objective,
     beam_search,
     default_start,
@@ -26,7 +26,7 @@ from jetvit_hf.search import (
     plot_pareto,
     run_search,
 )
-from jetvit_hf.supernet import JetViTSupernet
+from jetvit_hf.train.supernet import JetViTSupernet
 
 NUM_LAYERS = 4  # the tiny dinov2 source
 LATENCY_TABLE = {"num_layers": NUM_LAYERS, "per_layer_ms": {"linear": 1.0, "window": 2.0, "full": 5.0},

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from jetvit_hf.convert import convert_to_jetvit
-from jetvit_hf.supernet import JetViTSupernet, stage2_candidates
+from jetvit_hf.train.supernet import JetViTSupernet, stage2_candidates
 
 
 @pytest.fixture

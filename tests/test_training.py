@@ -1,4 +1,4 @@
-"""The training loop (`jetvit_hf.training`): supernet distillation, exact resume, 2-process DDP over gloo, fine-tuning
+"""The training loop (`jetvit_hf.train.trainer`): supernet distillation, exact resume, 2-process DDP over gloo, fine-tuning
 with Depth Anything's losses and LoRA, and clear errors for bad input. Tiny random sources, tiny images, a few steps."""
 
 import json
@@ -20,9 +20,9 @@ from sources import dinov2_config, perturb_
 from transformers import Dinov2Model
 
 from jetvit_hf.convert import convert_to_jetvit
-from jetvit_hf.modeling_jetvit import JetViTForDepthEstimation, JetViTModel
-from jetvit_hf.supernet import JetViTSupernet, SupernetAttention
-from jetvit_hf.training import (
+from jetvit_hf.models.jetvit.modeling_jetvit import JetViTForDepthEstimation, JetViTModel
+from jetvit_hf.train.supernet import JetViTSupernet, SupernetAttention
+from jetvit_hf.train.trainer import (
     TrainConfig,
     build_supernet,
     config_from_args,

@@ -8,9 +8,9 @@ decay 1e-3) with linear warm-up and cosine decay. The probe is saved atomically 
     python training/linear_probe.py --model DIR --data SCENES_DIR --steps 1000 --output probe/ \
         [--eval-data HELD_OUT_DIR]
 
-`--data` is anything `jetvit_hf.data.load_images` reads with a `labels` column of [H, W] class ids (e.g. a
-`jetvit_hf.scenes.scene_dataset` saved with `save_to_disk`). The training logic is
-`jetvit_hf.evaluation.train_linear_probe`.
+`--data` is anything `jetvit_hf.data.images.load_images` reads with a `labels` column of [H, W] class ids (e.g. a
+`jetvit_hf.data.scenes.scene_dataset` saved with `save_to_disk`). The training logic is
+`jetvit_hf.evaluation.evaluator.train_linear_probe`.
 """
 
 import argparse
@@ -18,7 +18,7 @@ import json
 import sys
 
 from jetvit_hf.cli import parse_image_size
-from jetvit_hf.evaluation import (
+from jetvit_hf.evaluation.evaluator import (
     default_image_size,
     load_eval_images,
     load_jetvit,

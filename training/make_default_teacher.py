@@ -3,7 +3,7 @@
 A real, supported source checkpoint is needed offline, and no pretrained DINOv2 / Depth Anything weights can be
 downloaded here. So this trains a small transformers `DepthAnythingForDepthEstimation` (a DINOv2-style ViT backbone
 with Depth Anything's DPT neck and head: 6 layers, width 128, 8x8-pixel patches) from scratch on procedural scenes with exact
-depth (`jetvit_hf.scenes`), with Depth Anything's scale-shift-invariant + gradient-matching loss on disparity. Its
+depth (`jetvit_hf.data.scenes`), with Depth Anything's scale-shift-invariant + gradient-matching loss on disparity. Its
 attention is learned, not random, so the search has something real to preserve. 64x64 images keep it trainable on
 a laptop CPU in well under an hour. Deterministic given `--seed`.
 
@@ -29,11 +29,11 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, DPTImageProcessorPil
 
-from jetvit_hf.atomic import atomic_directory, atomic_write_json
-from jetvit_hf.data import IMAGENET_MEAN, IMAGENET_STD, to_normalized_tensor
-from jetvit_hf.losses import depth_anything_loss
-from jetvit_hf.metrics import depth_metrics
-from jetvit_hf.scenes import scene_dataset
+from jetvit_hf.io import atomic_directory, atomic_write_json
+from jetvit_hf.data.images import IMAGENET_MEAN, IMAGENET_STD, to_normalized_tensor
+from jetvit_hf.train.losses import depth_anything_loss
+from jetvit_hf.evaluation.metrics import depth_metrics
+from jetvit_hf.data.scenes import scene_dataset
 
 IMAGE_SIZE = 64
 PATCH_SIZE = 8

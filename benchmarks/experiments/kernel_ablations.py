@@ -7,7 +7,7 @@ launch setting.
 import json, sys, torch
 from benchmarks.bench_linear_attention import graph_ms
 from benchmarks.experiments.common import GRID as grid, NUM_PREFIX as P, interleaved_medians, vit_l_inputs
-from jetvit_hf import kernels_jetvit as new
+from jetvit_hf.models.jetvit import ops_jetvit as new
 torch.manual_seed(0)
 res = {}
 for B in (1, 8):

@@ -5,7 +5,7 @@
 """
 import torch
 from benchmarks.experiments.common import GRID as grid, NUM_PREFIX as P, vit_l_inputs
-from jetvit_hf import kernels_jetvit as kj
+from jetvit_hf.models.jetvit import ops_jetvit as kj
 torch.manual_seed(0)
 q, k, v, cos, sin, w = vit_l_inputs(1)
 with torch.inference_mode():

@@ -14,7 +14,7 @@ import torch
 from benchmarks.bench_linear_attention import graph_ms
 from benchmarks.experiments import kernels_rows as new
 from benchmarks.experiments.common import GRID, NUM_PREFIX, interleaved_medians, vit_l_inputs
-from jetvit_hf import kernels_jetvit as old
+from jetvit_hf.models.jetvit import ops_jetvit as old
 
 shape = sys.argv[2] if len(sys.argv) > 2 else "dinov3"
 torch.manual_seed(0)

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .atomic import atomic_directory, atomic_write_json
-from .configuration_jetvit import ATTENTION_TYPES
-from .modeling_jetvit import JETVIT_ATTENTION_CLASSES, JetViTPreTrainedModel
+from ..io import atomic_directory, atomic_write_json
+from ..models.jetvit.configuration_jetvit import ATTENTION_TYPES
+from ..models.jetvit.modeling_jetvit import JETVIT_ATTENTION_CLASSES, JetViTPreTrainedModel
 
 STAGE1_CANDIDATES = ("linear", "window")
 SUPERNET_FILE = "supernet.json"
@@ -191,9 +191,9 @@ class JetViTSupernet(nn.Module):
         A saved supernet keeps its candidates unless `candidates` names new ones (every new candidate then starts
         from the active one's projections: the stage-2 supernet built from stage 1's weights).
         """
-        from . import modeling_jetvit
-        from .configuration_jetvit import JetViTConfig
-        from .convert import convert_to_jetvit
+        from ..models.jetvit import modeling_jetvit
+        from ..models.jetvit.configuration_jetvit import JetViTConfig
+        from ..convert import convert_to_jetvit
 
         path = Path(path)
         if (path / SUPERNET_FILE).is_file():

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .atomic import atomic_directory, atomic_write_json
-from .evaluation import (
+from ..io import atomic_directory, atomic_write_json
+from ..evaluation.evaluator import (
     EvalImages,
     check_probe,
     default_image_size,
@@ -42,10 +42,10 @@ from .evaluation import (
     sample_ordinal_pairs,
     train_linear_probe,
 )
-from .features import check_teacher_student, resolve_targets, task_features, unwrap
-from .losses import FeatureDistillationLoss
-from .metrics import DEPTH_METRIC_NAMES
-from .supernet import JetViTSupernet, stage2_candidates
+from ..train.targets import check_teacher_student, resolve_targets, task_features, unwrap
+from ..train.losses import FeatureDistillationLoss
+from ..evaluation.metrics import DEPTH_METRIC_NAMES
+from ..train.supernet import JetViTSupernet, stage2_candidates
 
 OBJECTIVES = ("feature", "depth", "segmentation", "ordinal")
 STAGES = (1, 2)
@@ -383,7 +383,7 @@ def beam_search(supernet: JetViTSupernet, objective: Objective, *, stage: int, b
     The chosen assignment is, in stage 1, the best of the last round that gained more than `tolerance`; in stage 2,
     the first round's best that reaches the teacher's score, else the best round best (the earliest on ties).
     """
-    from .bench import estimate_latency
+    from ..bench import estimate_latency
 
     if stage not in STAGES:
         raise ValueError(f"Unknown search stage {stage!r}; allowed: {list(STAGES)}.")
@@ -633,7 +633,7 @@ def plot_pareto(result: SearchResult, path: str | os.PathLike) -> Path:
 def parse_assignment(spec, num_layers: int) -> list[str]:
     """Attention types from a list, `jetvit convert` syntax (`"linear,window*10,full,..."`), or a JSON file holding a
     list or `{"attention_types": [...]}` (e.g. a previous search's `attention_types.json`)."""
-    from .bench import resolve_attention_types
+    from ..bench import resolve_attention_types
 
     if isinstance(spec, (str, os.PathLike)) and Path(spec).is_file():
         data = json.loads(Path(spec).read_text())
@@ -679,7 +679,7 @@ def run_search(supernet, teacher, data=None, *, output: str | os.PathLike, objec
     an `Objective` or a name for `make_objective` (with `data` and the remaining options). Stage 2 without a
     teacher-score-giving all-full subnet scores the teacher model itself as the target.
     """
-    from .evaluation import load_linear_probe
+    from ..evaluation.evaluator import load_linear_probe
 
     if stage not in STAGES:
         raise ValueError(f"Unknown search stage {stage!r}; allowed: {list(STAGES)}.")

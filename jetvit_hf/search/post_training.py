@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_write_json
+from ..io import atomic_write_json
 
-DEFAULT_TEACHER = Path(__file__).resolve().parent.parent / "training" / "default_teacher"
+DEFAULT_TEACHER = Path(__file__).resolve().parents[2] / "training" / "default_teacher"
 
 
 @dataclass
@@ -43,7 +43,7 @@ class PipelineConfig:
 
 
 def _train(stage_dir: Path, result: str, **fields) -> Path:
-    from .training import TrainConfig, reset_accelerate_state, train
+    from ..train.trainer import TrainConfig, reset_accelerate_state, train
 
     if (stage_dir / result).is_dir():
         return stage_dir / result
@@ -53,7 +53,7 @@ def _train(stage_dir: Path, result: str, **fields) -> Path:
 
 
 def _search(stage_dir: Path, **kwargs) -> Path:
-    from .search import run_search
+    from .beam import run_search
 
     if not (stage_dir / "search_log.json").is_file():
         run_search(output=stage_dir, overwrite=True, **kwargs)
@@ -62,10 +62,10 @@ def _search(stage_dir: Path, **kwargs) -> Path:
 
 def run_pipeline(config: PipelineConfig) -> dict:
     """Run every stage (skipping finished ones) and return the summary also written to `output_dir/report.json`."""
-    from .bench import benchmark
-    from .evaluation import is_depth_model, load_jetvit, run_evaluation
-    from .model_card import write_model_card
-    from .scenes import scene_dataset
+    from ..bench import benchmark
+    from ..evaluation.evaluator import is_depth_model, load_jetvit, run_evaluation
+    from ..model_card import write_model_card
+    from ..data.scenes import scene_dataset
 
     teacher_path = Path(config.teacher)
     if not (teacher_path / "config.json").is_file() and teacher_path == DEFAULT_TEACHER:
@@ -102,7 +102,7 @@ def run_pipeline(config: PipelineConfig) -> dict:
                        **{**training, "warmup_steps": max(1, config.finetune_steps // 10)})
     provenance = finetuned / "jetvit_conversion.json"
     if not provenance.exists():  # names the source, so `jetvit bench` can time transformers' own model beside it
-        from .convert import convert_to_jetvit
+        from ..convert import convert_to_jetvit
 
         _, info = convert_to_jetvit(config.teacher, output_loading_info=True)
         atomic_write_json(provenance, info.to_dict())

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .configuration_jetvit import JetViTConfig
-from .modeling_jetvit import (
+from ..models.jetvit.configuration_jetvit import JetViTConfig
+from ..models.jetvit.modeling_jetvit import (
     JetViTBackbone,
     JetViTForDepthEstimation,
     JetViTForSemanticSegmentation,

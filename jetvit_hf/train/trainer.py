@@ -30,11 +30,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .atomic import atomic_directory, atomic_write_json
-from .configuration_jetvit import ATTENTION_TYPES
-from .features import FEATURE_TARGETS, check_teacher_student, resolve_targets, task_features
+from ..io import atomic_directory, atomic_write_json
+from ..models.jetvit.configuration_jetvit import ATTENTION_TYPES
+from .targets import FEATURE_TARGETS, check_teacher_student, resolve_targets, task_features
 from .losses import FEATURE_LOSS_KINDS, FeatureDistillationLoss, depth_anything_loss
-from .modeling_jetvit import JetViTForDepthEstimation, JetViTPreTrainedModel, JetViTRopePositionEmbedding
+from ..models.jetvit.modeling_jetvit import JetViTForDepthEstimation, JetViTPreTrainedModel, JetViTRopePositionEmbedding
 from .supernet import SUPERNET_FILE, JetViTSupernet, stage2_candidates
 
 MODES = ("distill", "finetune")
@@ -343,8 +343,8 @@ def main(argv: Sequence[str] | None = None, mode: str = "distill", default_confi
 
 def load_jetvit(source: str | os.PathLike, **overrides) -> JetViTPreTrainedModel:
     """A JetViT from a JetViT model directory, or converted (all full attention) from a source checkpoint / Hub id."""
-    from . import modeling_jetvit
-    from .convert import convert_to_jetvit, resolve_source
+    from ..models.jetvit import modeling_jetvit
+    from ..convert import convert_to_jetvit, resolve_source
 
     path = resolve_source(source)
     config_file = path / "config.json"
@@ -471,10 +471,10 @@ def subnet_code(assignment: Sequence[str]) -> str:
 
 def load_training_images(config: TrainConfig):
     """The training images, checked to decode; errors name the source."""
-    from .data import load_images
+    from ..data.images import load_images
 
     if config.data.startswith("scenes:"):
-        from .scenes import scene_dataset
+        from ..data.scenes import scene_dataset
 
         count = config.data.removeprefix("scenes:")
         if not count.isdigit() or int(count) < 1:
@@ -649,7 +649,7 @@ def train(config: TrainConfig) -> Path:
     from accelerate.utils import gather_object, set_seed
     from tqdm.auto import tqdm
 
-    from .data import DistillationImages, build_dataloader, make_transform
+    from ..data.images import DistillationImages, build_dataloader, make_transform
 
     logger = get_logger(__name__)
     output_dir = Path(config.output_dir)
@@ -806,7 +806,7 @@ def train(config: TrainConfig) -> Path:
 
 
 def _save_result(config: TrainConfig, output_dir: Path, supernet, model: JetViTPreTrainedModel) -> None:
-    from .convert import resolve_source
+    from ..convert import resolve_source
 
     if supernet is not None:
         supernet.save_pretrained(output_dir / "supernet", overwrite=True)

@@ -29,7 +29,7 @@ from transformers.modeling_outputs import (
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 
 from .configuration_jetvit import JetViTConfig
-from .kernels_jetvit import (
+from .ops_jetvit import (
     apply_rope,
     linear_attention_output,
     linear_attention_state,

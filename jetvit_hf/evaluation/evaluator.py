@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .atomic import atomic_directory, atomic_write_json
-from .configuration_jetvit import JetViTConfig
-from .features import check_teacher_student, task_features, unwrap
+from ..io import atomic_directory, atomic_write_json
+from ..models.jetvit.configuration_jetvit import JetViTConfig
+from ..train.targets import check_teacher_student, task_features, unwrap
 from .metrics import (
     DEPTH_MODES,
     DepthMetrics,
@@ -36,7 +36,7 @@ from .metrics import (
     load_da2k_annotations,
     ordinal_pair_accuracy,
 )
-from .modeling_jetvit import (
+from ..models.jetvit.modeling_jetvit import (
     JetViTForDepthEstimation,
     JetViTForSemanticSegmentation,
     JetViTLinearProbeHead,
@@ -58,8 +58,8 @@ REPORT_SCHEMA = "jetvit-eval/1"
 def load_jetvit(source: str | os.PathLike, **convert_kwargs) -> JetViTPreTrainedModel:
     """A converted JetViT directory (its own head class), or any supported source checkpoint converted to all-full
     attention (numerically the source model), in eval mode."""
-    from . import modeling_jetvit
-    from .convert import convert_to_jetvit, resolve_source
+    from ..models.jetvit import modeling_jetvit
+    from ..convert import convert_to_jetvit, resolve_source
 
     path = resolve_source(source)
     if (path / "supernet.json").is_file():
@@ -120,7 +120,7 @@ def default_image_size(config: JetViTConfig):
 def build_eval_images(images, patch_size: int, image_size, batch_size: int = 8, depth=None,
                       labels=None) -> EvalImages:
     """`EvalImages` from PIL images (and optional per-image ground-truth arrays), resized by `model_input_size`."""
-    from .data import make_transform
+    from ..data.images import make_transform
 
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
@@ -146,7 +146,7 @@ def load_eval_images(data, patch_size: int, image_size, num_images: int | None =
                      image_column: str | None = None) -> EvalImages:
     """The first `num_images` images of `data` (anything `data.load_images` reads, e.g. `scenes.scene_dataset`),
     with its `depth` and `labels` columns as ground truth when it has them."""
-    from .data import find_image_column, load_images
+    from ..data.images import find_image_column, load_images
 
     if isinstance(data, EvalImages):
         return data
