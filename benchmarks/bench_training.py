@@ -14,7 +14,7 @@ from benchmarks.bench_linear_attention import cuda_median_ms
 from benchmarks.profile_jetvit import dinov3_large
 from jetvit_hf import JetViTModel
 from jetvit_hf.io import atomic_write_json
-from jetvit_hf.bench import paper_2full_layout
+from jetvit_hf.layouts import paper_2full_layout
 
 
 def top_ops(step, steps: int = 2, top: int = 15) -> list[dict]:

@@ -12,7 +12,8 @@ import torch
 
 from jetvit_hf import JetViTConfig, JetViTModel
 from jetvit_hf.io import atomic_write_json
-from jetvit_hf.bench import get_preset, kernel_category, paper_2full_layout
+from jetvit_hf.bench import get_preset, kernel_category
+from jetvit_hf.layouts import paper_2full_layout
 from jetvit_hf.convert import jetvit_config_from_source
 
 

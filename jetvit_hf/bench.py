@@ -38,6 +38,8 @@ from pathlib import Path
 
 import torch
 
+from .convert import source_config_from_jetvit
+from .layouts import LAYOUTS, resolve_attention_types, summarize_types
 from .models.jetvit.configuration_jetvit import ATTENTION_TYPES, JetViTConfig
 
 SCHEMA_VERSION = 1
@@ -193,84 +195,6 @@ def get_preset(name: str) -> Preset:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Attention layouts
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def paper_full_positions(num_layers: int) -> list[int]:
-    """0-based positions of the two full-attention layers of `paper-2full`, scaled to the depth.
-
-    Rule: `floor(13 * L / 24)` and `floor(21 * L / 24)`, i.e. exactly layers 13 and 21 (0-based) for the 24-layer ViT-L
-    layout of the JetViT-L comparison (notes/performance.md §6); 12 layers -> 6, 10; 32 -> 17, 28; 40 -> 21, 35.
-    When the two collide (fewer than 3 layers) they become adjacent layers; a 1-layer model gets one full layer.
-    """
-    first, second = (13 * num_layers) // 24, (21 * num_layers) // 24
-    if second <= first:
-        if first + 1 < num_layers:
-            second = first + 1
-        else:
-            first, second = first - 1, first
-    return [p for p in (first, second) if 0 <= p < num_layers]
-
-
-def paper_2full_layout(num_layers: int) -> list[str]:
-    """Two `"full"` layers at `paper_full_positions`; the other layers alternate `"linear"`, `"window"`, starting with
-    `"linear"` at layer 0 (counting only the non-full layers: ViT-L gets 2 full, 11 linear, 11 window)."""
-    full = set(paper_full_positions(num_layers))
-    types, others = [], 0
-    for idx in range(num_layers):
-        if idx in full:
-            types.append("full")
-        else:
-            types.append("linear" if others % 2 == 0 else "window")
-            others += 1
-    return types
-
-
-def _alternating_layout(num_layers: int) -> list[str]:
-    return ["linear" if idx % 2 == 0 else "window" for idx in range(num_layers)]
-
-
-LAYOUTS: dict[str, Callable[[int], list[str]]] = {
-    "paper-2full": paper_2full_layout,
-    "alternating": _alternating_layout,
-    **{f"all-{kind}": (lambda n, kind=kind: [kind] * n) for kind in ATTENTION_TYPES},
-}
-
-
-def resolve_attention_types(spec, num_layers: int) -> list[str]:
-    """A list of one attention type per layer from a layout name (`LAYOUTS`), a type name (every layer), `jetvit
-    convert`'s syntax (`"linear,window*10,full,..."`) or a list."""
-    if spec is None:
-        spec = "paper-2full"
-    if isinstance(spec, str):
-        text = spec.strip()
-        if text in LAYOUTS:
-            return LAYOUTS[text](num_layers)
-        import argparse
-
-        from .cli import parse_attention_types
-
-        try:
-            parsed = parse_attention_types(text)
-        except argparse.ArgumentTypeError as error:
-            raise ValueError(f"attention types {text!r}: {error}; named layouts: {', '.join(LAYOUTS)}") from None
-        types = [parsed] * num_layers if isinstance(parsed, str) else parsed
-    else:
-        types = list(spec)
-    unknown = sorted({t for t in types if t not in ATTENTION_TYPES}, key=str)
-    if unknown:
-        raise ValueError(f"unknown attention type(s) {unknown}; allowed: {list(ATTENTION_TYPES)}")
-    if len(types) != num_layers:
-        raise ValueError(f"attention types list {len(types)} entries but the model has {num_layers} layers: {types}")
-    return types
-
-
-def summarize_types(types: Sequence[str]) -> str:
-    return ", ".join(f"{t}:{list(types).count(t)}" for t in ATTENTION_TYPES if t in types)
-
-
-# --------------------------------------------------------------------------------------------------------------------
 # Model specs: what to build for hf / jetvit-full / jetvit
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -301,66 +225,6 @@ def _config_with(config: JetViTConfig, **changes) -> JetViTConfig:
         data["out_features"], data["out_indices"] = None, None
     data.update(changes)
     return JetViTConfig.from_dict(data)
-
-
-def source_config_from_jetvit(config: JetViTConfig, family: str, architecture: str):
-    """Rebuild the transformers source config a JetViT checkpoint was converted from (shapes and options that change
-    the compute), for when the original source config is not reachable (offline, Hub id)."""
-    import transformers
-
-    c = config
-    if family == "dinov3_vit":
-        kwargs = dict(
-            hidden_size=c.hidden_size, intermediate_size=c.intermediate_size, num_hidden_layers=c.num_hidden_layers,
-            num_attention_heads=c.num_attention_heads, hidden_act=c.hidden_act, use_gated_mlp=c.use_gated_mlp,
-            query_bias=c.query_bias, key_bias=c.key_bias, value_bias=c.value_bias, proj_bias=c.proj_bias,
-            mlp_bias=c.mlp_bias, layer_norm_eps=c.layer_norm_eps, layerscale_value=c.layerscale_value,
-            image_size=c.image_size, patch_size=c.patch_size, num_channels=c.num_channels,
-            num_register_tokens=c.num_register_tokens, rope_theta=c.rope_theta, pos_embed_shift=c.pos_embed_shift,
-            pos_embed_jitter=c.pos_embed_jitter, pos_embed_rescale=c.pos_embed_rescale,
-        )
-        if architecture.endswith("Backbone"):
-            kwargs.update(out_indices=list(c.out_indices), apply_layernorm=c.apply_layernorm,
-                          reshape_hidden_states=c.reshape_hidden_states, return_class_token=c.return_class_token)
-        return transformers.DINOv3ViTConfig(architectures=[architecture], **kwargs)
-
-    def dinov2_kwargs(registers: bool) -> dict:
-        if c.use_gated_mlp:  # DINOv2-g: intermediate = round8(int(hidden * ratio * 2 / 3))
-            ratio = next((r for r in (4, 4.0) if (int(c.hidden_size * r * 2 / 3) + 7) // 8 * 8 == c.intermediate_size),
-                         c.intermediate_size * 1.5 / c.hidden_size)
-        else:
-            ratio = c.intermediate_size / c.hidden_size
-            ratio = int(ratio) if float(ratio).is_integer() else ratio
-        kwargs = dict(
-            hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
-            mlp_ratio=ratio, hidden_act="gelu" if c.use_gated_mlp else c.hidden_act, use_swiglu_ffn=c.use_gated_mlp,
-            qkv_bias=c.query_bias, layer_norm_eps=c.layer_norm_eps, layerscale_value=c.layerscale_value,
-            image_size=c.image_size, patch_size=c.patch_size, num_channels=c.num_channels,
-        )
-        if registers:
-            kwargs["num_register_tokens"] = c.num_register_tokens
-        return kwargs
-
-    if family in ("dinov2", "dinov2_with_registers"):
-        registers = family == "dinov2_with_registers"
-        kwargs = dinov2_kwargs(registers)
-        if architecture.endswith("Backbone"):
-            kwargs.update(out_indices=list(c.out_indices), apply_layernorm=c.apply_layernorm,
-                          reshape_hidden_states=c.reshape_hidden_states)
-        config_class = transformers.Dinov2WithRegistersConfig if registers else transformers.Dinov2Config
-        return config_class(architectures=[architecture], **kwargs)
-    if family.startswith("depth_anything/"):
-        backbone_family = family.split("/", 1)[1]
-        backbone = dict(model_type=backbone_family, **dinov2_kwargs(backbone_family == "dinov2_with_registers"),
-                        out_indices=list(c.out_indices), reshape_hidden_states=False, apply_layernorm=True)
-        return transformers.DepthAnythingConfig(
-            architectures=[architecture], backbone_config=backbone, patch_size=c.patch_size,
-            reassemble_hidden_size=c.hidden_size, reassemble_factors=list(c.reassemble_factors),
-            neck_hidden_sizes=list(c.neck_hidden_sizes), fusion_hidden_size=c.fusion_hidden_size,
-            head_in_index=c.head_in_index, head_hidden_size=c.head_hidden_size,
-            depth_estimation_type=c.depth_estimation_type, max_depth=c.max_depth,
-        )
-    raise ValueError(f"cannot rebuild a source config for family {family!r}")
 
 
 _COMPUTE_FIELDS = (

@@ -5,25 +5,17 @@ import re
 import sys
 
 from .io import atomic_write_json
-from .models.jetvit.configuration_jetvit import ATTENTION_TYPES
+from .layouts import parse_attention_types, summarize_types
 
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def parse_attention_types(text: str) -> list[str] | str:
-    """`"linear"` (every layer) or a comma list with one type per layer; `"x*N"` repeats an entry N times."""
-    entries = []
-    for item in text.split(","):
-        item = item.strip()
-        name, _, count = item.partition("*")
-        if name not in ATTENTION_TYPES:
-            raise argparse.ArgumentTypeError(f"unknown attention type {name!r}; allowed: {', '.join(ATTENTION_TYPES)}")
-        try:
-            repeat = int(count) if count else 1
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"bad repeat count in {item!r}; write e.g. linear*4") from None
-        entries += [name] * repeat
-    return entries[0] if len(entries) == 1 and "*" not in text else entries
+def attention_types_argument(text: str) -> list[str] | str:
+    """argparse type for `--attention-types`: `layouts.parse_attention_types`, its errors as usage errors."""
+    try:
+        return parse_attention_types(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _torch_dtype(name: str | None):
@@ -55,7 +47,7 @@ def run_convert(args: argparse.Namespace) -> int:
     save_converted(model, args.output, args.source, info, overwrite=args.overwrite)
     types = model.config.attention_types
     print(f"Converted {info.source_architecture} ({info.family}) -> {info.jetvit_class} in {args.output}")
-    print(f"  attention types: {', '.join(f'{t}:{types.count(t)}' for t in ATTENTION_TYPES if types.count(t))}")
+    print(f"  attention types: {summarize_types(types)}")
     print(f"  inherited tensors: {info.inherited_tensors}; new (not inherited) tensors: {len(info.new_parameters)}")
     if info.new_parameters:
         layers = sorted({int(re.search(r"layer\.(\d+)\.", name).group(1)) for name in info.new_parameters})
@@ -431,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--output", required=True, help="directory to write the JetViT model to")
     convert.add_argument(
         "--attention-types",
-        type=parse_attention_types,
+        type=attention_types_argument,
         default=None,
         help="one type for every layer (e.g. 'linear') or one per layer, comma-separated, 'x*N' repeats "
         "(e.g. 'linear,window*10,full,...'); default all 'full' (numerically the source model)",

@@ -37,6 +37,8 @@ SUPPORTED_ARCHITECTURES: dict[str, tuple[str, type[JetViTPreTrainedModel]]] = {
     "DINOv3ViTBackbone": ("dinov3_vit", JetViTBackbone),
     "DepthAnythingForDepthEstimation": ("depth_anything", JetViTForDepthEstimation),
 }
+SUPERNET_FILE = "supernet.json"  # marks a directory written by `JetViTSupernet.save_pretrained`
+
 _DEFAULT_ARCHITECTURE = {
     "dinov2": "Dinov2Model",
     "dinov2_with_registers": "Dinov2WithRegistersModel",
@@ -146,6 +148,12 @@ def _square(value, name: str) -> int:
     return int(value)
 
 
+def dinov2_mlp_width(hidden_size: int, mlp_ratio: float, swiglu: bool) -> int:
+    """DINOv2's MLP width; with SwiGLU (DINOv2-g) two thirds of it, rounded up to a multiple of 8."""
+    width = int(hidden_size * mlp_ratio)
+    return (int(width * 2 / 3) + 7) // 8 * 8 if swiglu else width
+
+
 def _vit_config_kwargs(source_config, family: str) -> dict:
     """JetViTConfig arguments that reproduce a DINOv2 / DINOv2-with-registers / DINOv3 ViT config exactly."""
     c = source_config
@@ -185,12 +193,9 @@ def _vit_config_kwargs(source_config, family: str) -> dict:
             pos_embed_jitter=c.pos_embed_jitter,
             pos_embed_rescale=c.pos_embed_rescale,
         )
-    mlp_width = int(c.hidden_size * c.mlp_ratio)
-    if c.use_swiglu_ffn:  # DINOv2-g: two thirds of the MLP width, rounded up to a multiple of 8
-        mlp_width = (int(mlp_width * 2 / 3) + 7) // 8 * 8
     return dict(
         common,
-        intermediate_size=mlp_width,
+        intermediate_size=dinov2_mlp_width(c.hidden_size, c.mlp_ratio, c.use_swiglu_ffn),
         hidden_act="silu" if c.use_swiglu_ffn else c.hidden_act,
         use_gated_mlp=c.use_swiglu_ffn,
         query_bias=c.qkv_bias,
@@ -205,6 +210,66 @@ def _vit_config_kwargs(source_config, family: str) -> dict:
         position_embedding_type="learned",
         interpolate_antialias=family == "dinov2_with_registers",
     )
+
+
+def source_config_from_jetvit(config: JetViTConfig, family: str, architecture: str):
+    """Rebuild the transformers source config a JetViT checkpoint was converted from (shapes and options that change
+    the compute), for when the original source config is not reachable (offline, Hub id)."""
+    import transformers
+
+    c = config
+    if family == "dinov3_vit":
+        kwargs = dict(
+            hidden_size=c.hidden_size, intermediate_size=c.intermediate_size, num_hidden_layers=c.num_hidden_layers,
+            num_attention_heads=c.num_attention_heads, hidden_act=c.hidden_act, use_gated_mlp=c.use_gated_mlp,
+            query_bias=c.query_bias, key_bias=c.key_bias, value_bias=c.value_bias, proj_bias=c.proj_bias,
+            mlp_bias=c.mlp_bias, layer_norm_eps=c.layer_norm_eps, layerscale_value=c.layerscale_value,
+            image_size=c.image_size, patch_size=c.patch_size, num_channels=c.num_channels,
+            num_register_tokens=c.num_register_tokens, rope_theta=c.rope_theta, pos_embed_shift=c.pos_embed_shift,
+            pos_embed_jitter=c.pos_embed_jitter, pos_embed_rescale=c.pos_embed_rescale,
+        )
+        if architecture.endswith("Backbone"):
+            kwargs.update(out_indices=list(c.out_indices), apply_layernorm=c.apply_layernorm,
+                          reshape_hidden_states=c.reshape_hidden_states, return_class_token=c.return_class_token)
+        return transformers.DINOv3ViTConfig(architectures=[architecture], **kwargs)
+
+    def dinov2_kwargs(registers: bool) -> dict:
+        if c.use_gated_mlp:  # DINOv2-g: the ratio that `dinov2_mlp_width` maps to this width
+            ratio = 4 if dinov2_mlp_width(c.hidden_size, 4, True) == c.intermediate_size else (
+                c.intermediate_size * 1.5 / c.hidden_size)
+        else:
+            ratio = c.intermediate_size / c.hidden_size
+            ratio = int(ratio) if float(ratio).is_integer() else ratio
+        kwargs = dict(
+            hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
+            mlp_ratio=ratio, hidden_act="gelu" if c.use_gated_mlp else c.hidden_act, use_swiglu_ffn=c.use_gated_mlp,
+            qkv_bias=c.query_bias, layer_norm_eps=c.layer_norm_eps, layerscale_value=c.layerscale_value,
+            image_size=c.image_size, patch_size=c.patch_size, num_channels=c.num_channels,
+        )
+        if registers:
+            kwargs["num_register_tokens"] = c.num_register_tokens
+        return kwargs
+
+    if family in ("dinov2", "dinov2_with_registers"):
+        registers = family == "dinov2_with_registers"
+        kwargs = dinov2_kwargs(registers)
+        if architecture.endswith("Backbone"):
+            kwargs.update(out_indices=list(c.out_indices), apply_layernorm=c.apply_layernorm,
+                          reshape_hidden_states=c.reshape_hidden_states)
+        config_class = transformers.Dinov2WithRegistersConfig if registers else transformers.Dinov2Config
+        return config_class(architectures=[architecture], **kwargs)
+    if family.startswith("depth_anything/"):
+        backbone_family = family.split("/", 1)[1]
+        backbone = dict(model_type=backbone_family, **dinov2_kwargs(backbone_family == "dinov2_with_registers"),
+                        out_indices=list(c.out_indices), reshape_hidden_states=False, apply_layernorm=True)
+        return transformers.DepthAnythingConfig(
+            architectures=[architecture], backbone_config=backbone, patch_size=c.patch_size,
+            reassemble_hidden_size=c.hidden_size, reassemble_factors=list(c.reassemble_factors),
+            neck_hidden_sizes=list(c.neck_hidden_sizes), fusion_hidden_size=c.fusion_hidden_size,
+            head_in_index=c.head_in_index, head_hidden_size=c.head_hidden_size,
+            depth_estimation_type=c.depth_estimation_type, max_depth=c.max_depth,
+        )
+    raise ValueError(f"cannot rebuild a source config for family {family!r}")
 
 
 def _depth_config_kwargs(source_config) -> tuple[str, dict]:
@@ -387,6 +452,23 @@ def convert_to_jetvit(
     )
     return (model, info) if output_loading_info else model
 
+
+
+def load_jetvit(source: str | os.PathLike, **kwargs) -> JetViTPreTrainedModel:
+    """The one model loader: a JetViT model directory (its own head class; `kwargs` go to `from_pretrained`), or any
+    supported source checkpoint or Hub id converted to all-full attention (`kwargs` go to `convert_to_jetvit`), which
+    is numerically the source model. Eval mode. A saved supernet is refused: extract one subnet first."""
+    from .models.jetvit import modeling_jetvit
+
+    path = resolve_source(source)
+    if (path / SUPERNET_FILE).is_file():
+        raise ValueError(f"{path} is a saved supernet; extract one subnet first (`jetvit search` writes DIR/model).")
+    config_file = path / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    if config.get("model_type") == "jetvit":
+        architecture = (config.get("architectures") or ["JetViTModel"])[0]
+        return getattr(modeling_jetvit, architecture).from_pretrained(path, **kwargs).eval()
+    return convert_to_jetvit(path, **kwargs).eval()
 
 def _default_image_processor_config(family: str, config: JetViTConfig) -> dict:
     """The source family's own preprocessing, for sources that ship no preprocessor_config.json."""

@@ -8,9 +8,9 @@ import pytest
 import torch
 import transformers
 
-from jetvit_hf import bench
+from jetvit_hf import bench, layouts
 from jetvit_hf.cli import main as cli_main
-from jetvit_hf.convert import convert_to_jetvit, jetvit_config_from_source, save_converted
+from jetvit_hf.convert import convert_to_jetvit, jetvit_config_from_source, save_converted, source_config_from_jetvit
 from sources import SOURCES
 
 FAST = dict(device="cpu", warmup=1, iters=2, progress=False)
@@ -79,27 +79,27 @@ def test_preset_converts_to_its_published_shape(name):
 
 
 def test_paper_layout():
-    types = bench.paper_2full_layout(24)
+    types = layouts.paper_2full_layout(24)
     assert [i for i, t in enumerate(types) if t == "full"] == [13, 21]
     assert types[0] == "linear" and types.count("linear") == 11 and types.count("window") == 11
     others = [t for t in types if t != "full"]
     assert others == ["linear", "window"] * 11
-    assert bench.paper_full_positions(12) == [6, 10]
-    assert bench.paper_full_positions(40) == [21, 35]
+    assert layouts.paper_full_positions(12) == [6, 10]
+    assert layouts.paper_full_positions(40) == [21, 35]
     for depth in (1, 2, 3, 4, 12, 32):
-        layout = bench.paper_2full_layout(depth)
+        layout = layouts.paper_2full_layout(depth)
         assert len(layout) == depth and layout.count("full") == min(2, depth)
 
 
 def test_resolve_attention_types():
-    assert bench.resolve_attention_types("all-window", 3) == ["window"] * 3
-    assert bench.resolve_attention_types("linear", 2) == ["linear", "linear"]
-    assert bench.resolve_attention_types("linear,window*2,full", 4) == ["linear", "window", "window", "full"]
-    assert bench.resolve_attention_types(None, 24) == bench.paper_2full_layout(24)
+    assert layouts.resolve_attention_types("all-window", 3) == ["window"] * 3
+    assert layouts.resolve_attention_types("linear", 2) == ["linear", "linear"]
+    assert layouts.resolve_attention_types("linear,window*2,full", 4) == ["linear", "window", "window", "full"]
+    assert layouts.resolve_attention_types(None, 24) == layouts.paper_2full_layout(24)
     with pytest.raises(ValueError, match="4 layers"):
-        bench.resolve_attention_types("linear,full", 4)
+        layouts.resolve_attention_types("linear,full", 4)
     with pytest.raises(ValueError, match="unknown attention type"):
-        bench.resolve_attention_types("sparse", 4)
+        layouts.resolve_attention_types("sparse", 4)
     assert bench.parse_resolution("1024x2048") == (1024, 2048)
     assert bench.parse_resolution("518") == (518, 518)
     with pytest.raises(ValueError, match="HEIGHTxWIDTH"):
@@ -132,7 +132,7 @@ def test_cli_cpu_benchmark_writes_consistent_json(preset, tmp_path, capsys):
     assert set(result["versions"]) >= {"torch", "transformers", "triton"}
     assert result["versions"]["transformers"] == transformers.__version__
     assert result["attention_layout"] == "paper-2full"
-    assert result["attention_types"] == bench.paper_2full_layout(4)
+    assert result["attention_types"] == layouts.paper_2full_layout(4)
     spec = bench.resolve_model_spec(preset)
     assert result["resolution"] == [spec.jetvit_config.image_size] * 2
     assert result["num_tokens"] == bench.num_tokens(spec.jetvit_config, result["resolution"])
@@ -306,7 +306,7 @@ def test_source_config_rebuilt_from_jetvit_config(name):
     source = make_config()
     source.architectures = [model_class.__name__]
     config, family, architecture, _ = jetvit_config_from_source(source)
-    rebuilt = bench.source_config_from_jetvit(config, family, architecture)
+    rebuilt = source_config_from_jetvit(config, family, architecture)
     again, family_again, architecture_again, _ = jetvit_config_from_source(rebuilt)
     assert (family_again, architecture_again) == (family, architecture)
     assert again.to_dict() == config.to_dict()

@@ -13,12 +13,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from jetvit_hf.cli import main as cli_main
-from jetvit_hf.convert import convert_to_jetvit, save_converted
+from jetvit_hf.convert import convert_to_jetvit, load_jetvit, save_converted
 from jetvit_hf.evaluation.evaluator import (
     build_eval_images,
     evaluate_model,
     load_eval_images,
-    load_jetvit,
     load_linear_probe,
     make_linear_probe,
     model_input_size,

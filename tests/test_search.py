@@ -15,8 +15,8 @@ from PIL import Image
 
 from jetvit_hf import JetViTForDepthEstimation
 from jetvit_hf.cli import main as cli_main
-from jetvit_hf.convert import convert_to_jetvit, save_converted
-from jetvit_hf.evaluation.evaluator import load_eval_images, load_jetvit
+from jetvit_hf.convert import convert_to_jetvit, load_jetvit, save_converted
+from jetvit_hf.evaluation.evaluator import load_eval_images
 from jetvit_hf.search.beam import (
     Objective,
     beam_search,

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from jetvit_hf.convert import convert_to_jetvit
-from jetvit_hf.train.supernet import JetViTSupernet, stage2_candidates
+from jetvit_hf.layouts import stage2_candidates
+from jetvit_hf.train.supernet import JetViTSupernet
 
 
 @pytest.fixture
@@ -89,7 +90,7 @@ def test_save_and_load_round_trip(depth_supernet, tmp_path):
 
 def test_bad_candidates_and_assignments_are_clear_errors(depth_supernet):
     _, _, supernet = depth_supernet
-    with pytest.raises(ValueError, match="unknown candidate attention type"):
+    with pytest.raises(ValueError, match="Unknown attention type 'sparse' in the candidates of layer 0"):
         JetViTSupernet(supernet.extract(), ["linear", "sparse"])
     with pytest.raises(ValueError, match="one candidate set per layer"):
         JetViTSupernet(supernet.extract(), [["linear"]] * 3)

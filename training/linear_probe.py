@@ -18,10 +18,10 @@ import json
 import sys
 
 from jetvit_hf.cli import parse_image_size
+from jetvit_hf.convert import load_jetvit
 from jetvit_hf.evaluation.evaluator import (
     default_image_size,
     load_eval_images,
-    load_jetvit,
     probe_segmentation_metrics,
     save_linear_probe,
     train_linear_probe,

@@ -12,7 +12,8 @@ import torch
 
 from benchmarks.experiments.common import interleaved_medians
 from jetvit_hf.bench import (_maybe_compile, _model_factories, _random_pixels, _run_context, _settings, measure,
-                             paper_2full_layout, resolve_model_spec)
+                             resolve_model_spec)
+from jetvit_hf.layouts import paper_2full_layout
 
 settings = _settings("cuda", None, 10, 20, True, "reduce-overhead", None, False)
 spec = resolve_model_spec("dinov3-l")

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..convert import load_jetvit
 from ..io import atomic_directory, atomic_write_json
 from ..models.jetvit.configuration_jetvit import JetViTConfig
 from ..train.targets import check_teacher_student, task_features, unwrap
@@ -53,23 +54,6 @@ REPORT_SCHEMA = "jetvit-eval/1"
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Models and evaluation images
-
-
-def load_jetvit(source: str | os.PathLike, **convert_kwargs) -> JetViTPreTrainedModel:
-    """A converted JetViT directory (its own head class), or any supported source checkpoint converted to all-full
-    attention (numerically the source model), in eval mode."""
-    from ..models.jetvit import modeling_jetvit
-    from ..convert import convert_to_jetvit, resolve_source
-
-    path = resolve_source(source)
-    if (path / "supernet.json").is_file():
-        raise ValueError(f"{path} is a saved supernet; extract one subnet first (`jetvit search` writes DIR/model).")
-    config_file = path / "config.json"
-    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
-    if config.get("model_type") == "jetvit":
-        model_class = getattr(modeling_jetvit, config["architectures"][0])
-        return model_class.from_pretrained(path).eval()
-    return convert_to_jetvit(path, **convert_kwargs).eval()
 
 
 def is_depth_model(model: torch.nn.Module) -> bool:

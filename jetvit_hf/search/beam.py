@@ -32,7 +32,6 @@ from ..evaluation.evaluator import (
     is_depth_model,
     load_da2k_images,
     load_eval_images,
-    load_jetvit,
     make_depth_metrics,
     model_inputs,
     ordinal_accuracy,
@@ -45,7 +44,9 @@ from ..evaluation.evaluator import (
 from ..train.targets import check_teacher_student, resolve_targets, task_features, unwrap
 from ..train.losses import FeatureDistillationLoss
 from ..evaluation.metrics import DEPTH_METRIC_NAMES
-from ..train.supernet import JetViTSupernet, stage2_candidates
+from ..convert import load_jetvit
+from ..layouts import read_attention_types, stage2_candidates
+from ..train.supernet import JetViTSupernet
 
 OBJECTIVES = ("feature", "depth", "segmentation", "ordinal")
 STAGES = (1, 2)
@@ -630,17 +631,6 @@ def plot_pareto(result: SearchResult, path: str | os.PathLike) -> Path:
 # End to end: `jetvit search`
 
 
-def parse_assignment(spec, num_layers: int) -> list[str]:
-    """Attention types from a list, `jetvit convert` syntax (`"linear,window*10,full,..."`), or a JSON file holding a
-    list or `{"attention_types": [...]}` (e.g. a previous search's `attention_types.json`)."""
-    from ..bench import resolve_attention_types
-
-    if isinstance(spec, (str, os.PathLike)) and Path(spec).is_file():
-        data = json.loads(Path(spec).read_text())
-        spec = data["attention_types"] if isinstance(data, dict) else data
-    return resolve_attention_types(spec, num_layers)
-
-
 def prepare_supernet(supernet, teacher: torch.nn.Module, stage: int, start=None) -> tuple[JetViTSupernet, list | None]:
     """The supernet to search and its start. For stage 2 on a supernet without any `"full"` candidate (a stage-1
     supernet), builds the stage-2 supernet from `start` (stage 1's choice, required): each layer keeps its choice or
@@ -648,7 +638,7 @@ def prepare_supernet(supernet, teacher: torch.nn.Module, stage: int, start=None)
     if not isinstance(supernet, JetViTSupernet):
         supernet = JetViTSupernet.from_pretrained(supernet)
     num_layers = len(supernet.candidates)
-    start = parse_assignment(start, num_layers) if start is not None else None
+    start = read_attention_types(start, num_layers) if start is not None else None
     if stage == 2 and not any("full" in layer for layer in supernet.candidates):
         if start is None:
             raise ValueError("Stage 2 on a supernet without full-attention candidates needs start (stage 1's choice, "
@@ -675,7 +665,7 @@ def run_search(supernet, teacher, data=None, *, output: str | os.PathLike, objec
     `model/` (the chosen subnet extracted as an ordinary JetViT, with the source's `preprocessor_config.json`).
 
     `supernet` is a `JetViTSupernet` or a directory for `JetViTSupernet.from_pretrained` (a saved supernet, a converted
-    JetViT or a source checkpoint); `teacher` a JetViT model or a directory for `evaluation.load_jetvit`; `objective`
+    JetViT or a source checkpoint); `teacher` a JetViT model or a directory for `convert.load_jetvit`; `objective`
     an `Objective` or a name for `make_objective` (with `data` and the remaining options). Stage 2 without a
     teacher-score-giving all-full subnet scores the teacher model itself as the target.
     """

@@ -63,7 +63,8 @@ def _search(stage_dir: Path, **kwargs) -> Path:
 def run_pipeline(config: PipelineConfig) -> dict:
     """Run every stage (skipping finished ones) and return the summary also written to `output_dir/report.json`."""
     from ..bench import benchmark
-    from ..evaluation.evaluator import is_depth_model, load_jetvit, run_evaluation
+    from ..convert import load_jetvit
+    from ..evaluation.evaluator import is_depth_model, run_evaluation
     from ..model_card import write_model_card
     from ..data.scenes import scene_dataset
 

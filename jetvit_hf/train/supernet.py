@@ -17,38 +17,9 @@ import torch
 from torch import nn
 
 from ..io import atomic_directory, atomic_write_json
-from ..models.jetvit.configuration_jetvit import ATTENTION_TYPES
+from ..convert import SUPERNET_FILE, load_jetvit
+from ..layouts import normalize_candidates
 from ..models.jetvit.modeling_jetvit import JETVIT_ATTENTION_CLASSES, JetViTPreTrainedModel
-
-STAGE1_CANDIDATES = ("linear", "window")
-SUPERNET_FILE = "supernet.json"
-
-
-def stage2_candidates(stage1_choice: Sequence[str]) -> list[list[str]]:
-    """Stage 2's search space: each layer keeps its stage-1 choice or becomes full attention."""
-    return [[choice, "full"] if choice != "full" else ["full"] for choice in stage1_choice]
-
-
-def normalize_candidates(candidates, num_layers: int) -> list[list[str]]:
-    """One candidate list per layer from a shared list or per-layer lists; unknown types are an error."""
-    if candidates is None:
-        candidates = STAGE1_CANDIDATES
-    if isinstance(candidates, str):
-        raise ValueError(f"candidates must be a list of attention types, got the string {candidates!r}.")
-    if all(isinstance(c, str) for c in candidates):
-        candidates = [list(candidates)] * num_layers
-    candidates = [list(dict.fromkeys(layer)) for layer in candidates]
-    if len(candidates) != num_layers:
-        raise ValueError(f"candidates must list one candidate set per layer ({num_layers}), got {len(candidates)}.")
-    for index, layer in enumerate(candidates):
-        if not layer:
-            raise ValueError(f"Layer {index} has an empty candidate set.")
-        unknown = [t for t in layer if t not in ATTENTION_TYPES]
-        if unknown:
-            raise ValueError(
-                f"Layer {index} has unknown candidate attention type(s) {unknown}; allowed: {list(ATTENTION_TYPES)}."
-            )
-    return candidates
 
 
 def _encoder_layers(model: JetViTPreTrainedModel) -> nn.ModuleList:
@@ -185,7 +156,7 @@ class JetViTSupernet(nn.Module):
             )
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, candidates=None, **convert_kwargs) -> "JetViTSupernet":
+    def from_pretrained(cls, path: str | os.PathLike, candidates=None, **kwargs) -> "JetViTSupernet":
         """Load a saved supernet, or build one from a converted JetViT directory or a source checkpoint.
 
         A saved supernet keeps its candidates unless `candidates` names new ones (every new candidate then starts
@@ -193,7 +164,6 @@ class JetViTSupernet(nn.Module):
         """
         from ..models.jetvit import modeling_jetvit
         from ..models.jetvit.configuration_jetvit import JetViTConfig
-        from ..convert import convert_to_jetvit
 
         path = Path(path)
         if (path / SUPERNET_FILE).is_file():
@@ -208,7 +178,4 @@ class JetViTSupernet(nn.Module):
             if candidates is None:
                 return supernet
             return cls(supernet.extract(), candidates)
-        if (path / "config.json").is_file() and json.loads((path / "config.json").read_text()).get("model_type") == "jetvit":
-            model_class = getattr(modeling_jetvit, json.loads((path / "config.json").read_text())["architectures"][0])
-            return cls(model_class.from_pretrained(path, **convert_kwargs), candidates)
-        return cls(convert_to_jetvit(path, **convert_kwargs), candidates)
+        return cls(load_jetvit(path, **kwargs), candidates)

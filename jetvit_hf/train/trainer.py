@@ -31,11 +31,12 @@ import torch
 from torch import nn
 
 from ..io import atomic_directory, atomic_write_json
-from ..models.jetvit.configuration_jetvit import ATTENTION_TYPES
+from ..convert import SUPERNET_FILE, load_jetvit
+from ..layouts import parse_candidates, stage2_candidates
 from .targets import FEATURE_TARGETS, check_teacher_student, resolve_targets, task_features
 from .losses import FEATURE_LOSS_KINDS, FeatureDistillationLoss, depth_anything_loss
 from ..models.jetvit.modeling_jetvit import JetViTForDepthEstimation, JetViTPreTrainedModel, JetViTRopePositionEmbedding
-from .supernet import SUPERNET_FILE, JetViTSupernet, stage2_candidates
+from .supernet import JetViTSupernet
 
 MODES = ("distill", "finetune")
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -147,7 +148,7 @@ class TrainConfig:
     def __post_init__(self):
         for spec in dataclasses.fields(self):
             setattr(self, spec.name, _coerce(spec.name, getattr(self, spec.name), spec.type))
-        self.candidates = _parse_candidates(self.candidates)
+        self.candidates = parse_candidates(self.candidates)
         self._validate()
 
     def _validate(self) -> None:
@@ -237,38 +238,6 @@ def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
         raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}.")
 
 
-def _check_types(types_: Sequence, what: str) -> None:
-    for attention_type in types_:
-        if attention_type not in ATTENTION_TYPES:
-            raise ValueError(
-                f"Unknown attention type {attention_type!r} in {what}; allowed: {list(ATTENTION_TYPES)}."
-            )
-
-
-def _parse_candidates(spec):
-    """None, 'stage2', 'stage2:<types>', a comma list, a list, or a list of lists; attention types are checked."""
-    if spec is None:
-        return None
-    if isinstance(spec, str):
-        if spec == "stage2":
-            return spec
-        if spec.startswith("stage2:"):
-            choice = [item.strip() for item in spec.removeprefix("stage2:").split(",")]
-            _check_types(choice, "the stage-1 choice of candidates 'stage2:...'")
-            return "stage2:" + ",".join(choice)
-        spec = [item.strip() for item in spec.split(",") if item.strip()]
-    if not spec:
-        raise ValueError("candidates must name at least one attention type.")
-    if all(isinstance(item, str) for item in spec):
-        _check_types(spec, "candidates")
-        return list(spec)
-    if all(isinstance(item, list) and item for item in spec):
-        for index, layer in enumerate(spec):
-            _check_types(layer, f"the candidates of layer {index}")
-        return [list(layer) for layer in spec]
-    raise ValueError(f"candidates must be a list of attention types or one non-empty list per layer, got {spec!r}.")
-
-
 def config_from_args(argv: Sequence[str], mode: str, default_config: str | os.PathLike | None = None) -> TrainConfig:
     """`--config FILE` (YAML; default `default_config`) and then `--key value` / `--key=value` flags override.
 
@@ -339,21 +308,6 @@ def main(argv: Sequence[str] | None = None, mode: str = "distill", default_confi
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Models
-
-
-def load_jetvit(source: str | os.PathLike, **overrides) -> JetViTPreTrainedModel:
-    """A JetViT from a JetViT model directory, or converted (all full attention) from a source checkpoint / Hub id."""
-    from ..models.jetvit import modeling_jetvit
-    from ..convert import convert_to_jetvit, resolve_source
-
-    path = resolve_source(source)
-    config_file = path / "config.json"
-    if config_file.is_file():
-        config = json.loads(config_file.read_text())
-        if config.get("model_type") == "jetvit":
-            architecture = (config.get("architectures") or ["JetViTModel"])[0]
-            return getattr(modeling_jetvit, architecture).from_pretrained(path, **overrides)
-    return convert_to_jetvit(path, **overrides)
 
 
 def _is_supernet(source: str | os.PathLike) -> bool:
