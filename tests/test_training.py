@@ -1,4 +1,4 @@
-"""The training loop (`jetvit_hf.train.trainer`): supernet distillation, exact resume, 2-process DDP over gloo, fine-tuning
+"""The training loop (`jetvit_hf.train`): supernet distillation, exact resume, 2-process DDP over gloo, fine-tuning
 with Depth Anything's losses and LoRA, and clear errors for bad input. Tiny random sources, tiny images, a few steps."""
 
 import json
@@ -21,16 +21,11 @@ from transformers import Dinov2Model
 
 from jetvit_hf.convert import convert_to_jetvit
 from jetvit_hf.models.jetvit.modeling_jetvit import JetViTForDepthEstimation, JetViTModel
+from jetvit_hf.train import TrainConfig, main, reset_accelerate_state, train
+from jetvit_hf.train.checkpoints import list_checkpoints
+from jetvit_hf.train.config import config_from_args
+from jetvit_hf.train.student import build_supernet
 from jetvit_hf.train.supernet import JetViTSupernet, SupernetAttention
-from jetvit_hf.train.trainer import (
-    TrainConfig,
-    build_supernet,
-    config_from_args,
-    list_checkpoints,
-    main,
-    reset_accelerate_state,
-    train,
-)
 
 REPO = Path(__file__).resolve().parents[1]
 CANDIDATE = re.compile(r"\.attention\.candidates\.(\w+)\.")

@@ -8,7 +8,7 @@ Settings come from `--config` (default: training/configs/finetune.yaml), then `-
 
 from pathlib import Path
 
-from jetvit_hf.train.trainer import main
+from jetvit_hf.train import main
 
 if __name__ == "__main__":
     main(mode="finetune", default_config=Path(__file__).parent / "configs" / "finetune.yaml")

@@ -1,8 +1,9 @@
 """Procedural 3D scenes with exact depth and semantic labels, rendered by sphere tracing signed distance functions.
 
-Offline ground truth for depth and segmentation evaluation (tier T3 of the evaluation notes): a ground plane, walls and
-3-8 textured primitives, seen by a pinhole camera and lit by one directional light plus ambient, with soft shadows.
-Only torch, numpy and PIL are needed (and `datasets` for `scene_dataset`); a scene is a pure function of its seed.
+Offline ground truth for depth and segmentation evaluation, exact where real datasets are unavailable or their labels
+are approximate: a ground plane, walls and 3-8 textured primitives, seen by a pinhole camera and lit by one directional
+light plus ambient, with soft shadows. Only torch, numpy and PIL are needed (and `datasets` for `scene_dataset`); a
+scene is a pure function of its seed.
 
 Conventions:
 - World axes: x right, y up, z forward (away from a camera with zero yaw and pitch). Lengths in metres, angles in

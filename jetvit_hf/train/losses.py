@@ -200,7 +200,7 @@ def depth_anything_loss(
     gradient_weight: float = 2.0,
     trim: float = 0.1,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Depth Anything V2's disparity loss `L_ssi + gradient_weight * L_gm` (1 : 2 in the paper).
+    """Depth Anything V2's disparity loss `L_ssi + gradient_weight * L_gm`; its training weights them 1 : 2, the default.
 
     Returns the total and its detached components `{"ssi", "gradient_matching"}`. Trimming applies to L_ssi only.
     """

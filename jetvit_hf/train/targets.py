@@ -1,4 +1,5 @@
-"""The features a task head reads, for distillation targets, search objectives and evaluation (paper section 3.2.4).
+"""The features a task head reads, for distillation targets, search objectives and evaluation: a student is trained
+and scored on what its head consumes.
 
 - `"dpt"`: the four layer-normed, reshaped taps at `config.out_indices` that the depth head's DPT neck reads;
 - `"last"`: the layer-normed last-layer patch tokens a linear probe reads (`[batch, patches, hidden]`).

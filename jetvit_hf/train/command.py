@@ -1,0 +1,24 @@
+"""The command line of `training/distill.py` and `training/finetune.py`: settings from YAML and flags, then `train`."""
+
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import config_from_args, usage
+from .loop import train
+
+
+def main(argv: Sequence[str] | None = None, mode: str = "distill", default_config=None) -> Path:
+    """Command-line entry point of `training/distill.py` and `training/finetune.py`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "-h" in argv or "--help" in argv:
+        print(usage(mode, default_config))
+        raise SystemExit(0)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("jetvit_hf").setLevel(logging.INFO)
+    try:
+        config = config_from_args(argv, mode, default_config)
+    except ValueError as error:
+        raise SystemExit(f"{mode}.py: error: {error}") from None
+    return train(config)
