@@ -14,15 +14,12 @@ from PIL import Image
 
 from jetvit_hf.cli import main as cli_main
 from jetvit_hf.convert import convert_to_jetvit, load_jetvit, save_converted
-from jetvit_hf.evaluation.evaluator import (
-    build_eval_images,
-    evaluate_model,
-    load_eval_images,
+from jetvit_hf.evaluation.evaluator import evaluate_model, run_evaluation
+from jetvit_hf.evaluation.images import build_eval_images, load_eval_images, model_input_size
+from jetvit_hf.evaluation.probe import (
     load_linear_probe,
     make_linear_probe,
-    model_input_size,
     probe_segmentation_metrics,
-    run_evaluation,
     save_linear_probe,
     train_linear_probe,
 )

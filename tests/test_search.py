@@ -16,16 +16,11 @@ from PIL import Image
 from jetvit_hf import JetViTForDepthEstimation
 from jetvit_hf.cli import main as cli_main
 from jetvit_hf.convert import convert_to_jetvit, load_jetvit, save_converted
-from jetvit_hf.evaluation.evaluator import load_eval_images
-from jetvit_hf.search.beam import (
-    Objective,
-    beam_search,
-    default_start,
-    make_objective,
-    plot_layer_gain,
-    plot_pareto,
-    run_search,
-)
+from jetvit_hf.evaluation.images import load_eval_images
+from jetvit_hf.search.beam import beam_search, default_start
+from jetvit_hf.search.objectives import Objective, make_objective
+from jetvit_hf.search.plots import plot_layer_gain, plot_pareto
+from jetvit_hf.search.stage import run_search
 from jetvit_hf.train.supernet import JetViTSupernet
 
 NUM_LAYERS = 4  # the tiny dinov2 source

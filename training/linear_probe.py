@@ -10,7 +10,7 @@ decay 1e-3) with linear warm-up and cosine decay. The probe is saved atomically 
 
 `--data` is anything `jetvit_hf.data.images.load_images` reads with a `labels` column of [H, W] class ids (e.g. a
 `jetvit_hf.data.scenes.scene_dataset` saved with `save_to_disk`). The training logic is
-`jetvit_hf.evaluation.evaluator.train_linear_probe`.
+`jetvit_hf.evaluation.probe.train_linear_probe`.
 """
 
 import argparse
@@ -19,13 +19,8 @@ import sys
 
 from jetvit_hf.cli import parse_image_size
 from jetvit_hf.convert import load_jetvit
-from jetvit_hf.evaluation.evaluator import (
-    default_image_size,
-    load_eval_images,
-    probe_segmentation_metrics,
-    save_linear_probe,
-    train_linear_probe,
-)
+from jetvit_hf.evaluation.images import default_image_size, load_eval_images
+from jetvit_hf.evaluation.probe import probe_segmentation_metrics, save_linear_probe, train_linear_probe
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,7 @@
-"""Evaluation metrics: affine-invariant relative depth, dataset-level semantic segmentation, DA-2K ordinal accuracy
-and feature cosine similarity (protocols in the evaluation notes, sections 1 and 2).
+"""Evaluation metrics: affine-invariant relative depth (AbsRel and delta1..3 after per-image least-squares scale-shift
+alignment, in Depth Anything's disparity mode or MiDaS/Marigold's depth mode), dataset-level semantic segmentation
+(mIoU, pixel accuracy and mean class accuracy, as mmseg and DINOv3 compute them), DA-2K ordinal accuracy and feature
+cosine similarity.
 
 Everything takes torch tensors on any device and of any float dtype; sums and ratios are computed in float64.
 """

@@ -1,7 +1,8 @@
 """The whole post-training attention search in one call (`jetvit pipeline`), the project's main job.
 
-distill a stage-1 supernet ({linear, window}) -> beam search stage 1 -> distill a stage-2 supernet ({stage-1 choice,
-full}) -> beam search stage 2 -> fine-tune the extracted model -> evaluate against the teacher -> benchmark -> model card.
+distill a stage-1 supernet ({linear, window}) -> beam search stage 1 -> distill a stage-2 supernet ({stage-1
+choice, full}) -> beam search stage 2 -> fine-tune the extracted model -> evaluate against the teacher -> benchmark ->
+model card.
 
 The default teacher is the small Depth Anything-layout checkpoint in `training/default_teacher/` (see
 `training/make_default_teacher.py`), with procedural scenes as data and held-out scenes with exact depth for the search
@@ -11,7 +12,6 @@ last checkpoint, so an interrupted run continues where it stopped.
 """
 
 import json
-
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,7 +43,7 @@ class PipelineConfig:
 
 
 def _train(stage_dir: Path, result: str, **fields) -> Path:
-    from ..train.trainer import TrainConfig, reset_accelerate_state, train
+    from ..train import TrainConfig, reset_accelerate_state, train
 
     if (stage_dir / result).is_dir():
         return stage_dir / result
@@ -53,7 +53,7 @@ def _train(stage_dir: Path, result: str, **fields) -> Path:
 
 
 def _search(stage_dir: Path, **kwargs) -> Path:
-    from .beam import run_search
+    from .stage import run_search
 
     if not (stage_dir / "search_log.json").is_file():
         run_search(output=stage_dir, overwrite=True, **kwargs)
@@ -64,9 +64,10 @@ def run_pipeline(config: PipelineConfig) -> dict:
     """Run every stage (skipping finished ones) and return the summary also written to `output_dir/report.json`."""
     from ..bench import benchmark
     from ..convert import load_jetvit
-    from ..evaluation.evaluator import is_depth_model, run_evaluation
-    from ..model_card import write_model_card
     from ..data.scenes import scene_dataset
+    from ..evaluation.depth import is_depth_model
+    from ..evaluation.evaluator import run_evaluation
+    from ..model_card import write_model_card
 
     teacher_path = Path(config.teacher)
     if not (teacher_path / "config.json").is_file() and teacher_path == DEFAULT_TEACHER:
@@ -153,7 +154,8 @@ def format_summary(summary: dict, model_dir: Path) -> str:
     if truth:
         lines.append(f"  depth vs ground truth ({truth['mode']}): student AbsRel {truth['student']['abs_rel']:.4f} "
                      f"delta1 {truth['student']['delta1']:.4f}; teacher AbsRel {truth['teacher']['abs_rel']:.4f} "
-                     f"delta1 {truth['teacher']['delta1']:.4f}; delta1 retention {100 * truth['delta1_retention']:.1f}%")
+                     f"delta1 {truth['teacher']['delta1']:.4f}; "
+                     f"delta1 retention {100 * truth['delta1_retention']:.1f}%")
     if "depth_vs_teacher" in summary:
         lines.append(f"  depth vs the teacher's prediction: AbsRel {summary['depth_vs_teacher']['abs_rel']:.4f}, "
                      f"delta1 {summary['depth_vs_teacher']['delta1']:.4f}")
@@ -167,7 +169,8 @@ def format_summary(summary: dict, model_dir: Path) -> str:
 
 
 def config_from_cli(args) -> PipelineConfig:
-    fields = {name: getattr(args, name) for name in PipelineConfig.__dataclass_fields__ if getattr(args, name, None) is not None}
+    fields = {name: getattr(args, name) for name in PipelineConfig.__dataclass_fields__
+              if getattr(args, name, None) is not None}
     return PipelineConfig(**fields)
 
 

@@ -1,0 +1,94 @@
+"""Plots of one search stage's `SearchResult`: the per-layer gain heatmap and score against cost with the Pareto front.
+Images are written atomically (a reader never sees a partial file)."""
+
+import os
+from pathlib import Path
+
+from .beam import SearchResult
+
+
+def _save_figure(figure, path: str | os.PathLike) -> Path:
+    """Save through a temporary file beside `path` and `os.replace`, so a reader never sees a partial image."""
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        figure.savefig(tmp, dpi=150, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def plot_layer_gain(result: SearchResult, path: str | os.PathLike) -> Path:
+    """A 1 x L heatmap like the paper's Fig. 7: per layer (0-based), the objective's gain from switching only that
+    layer of the start to the stage's new type (full attention in stage 2); blank where not evaluated."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    gains = np.array(result.layer_gain["gains"], dtype=float)
+    num_layers = len(gains)
+    figure, axes = plt.subplots(figsize=(max(6.0, 0.42 * num_layers + 2.5), 2.0))
+    image = axes.imshow(np.ma.masked_invalid(gains)[None], cmap="viridis", aspect="equal")
+    axes.set_xticks(range(num_layers), [str(i) for i in range(num_layers)], fontsize=8)
+    axes.set_yticks([])
+    axes.set_xlabel("layer (0-based)")
+    kind = result.layer_gain["attention_type"]
+    axes.set_title(f"Gain of {kind} attention per layer (stage {result.stage}, {result.objective['name']})",
+                   fontsize=10)
+    if num_layers <= 32:
+        finite = gains[np.isfinite(gains)]
+        middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+        for index, gain in enumerate(gains):
+            if np.isfinite(gain):
+                color = "black" if gain > middle else "white"
+                axes.text(index, 0, f"{gain:.2g}", ha="center", va="center", fontsize=6, color=color)
+    figure.colorbar(image, ax=axes, pad=0.02, fraction=0.04, label="gain")
+    try:
+        return _save_figure(figure, path)
+    finally:
+        plt.close(figure)
+
+
+def plot_pareto(result: SearchResult, path: str | os.PathLike) -> Path:
+    """Score against cost (estimated latency, or the number of non-linear layers) of every evaluated assignment, the
+    Pareto front, and the chosen assignment."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    cost = result.pareto_cost
+    figure, axes = plt.subplots(figsize=(6.0, 4.2))
+    axes.scatter([r[cost] for r in result.evaluations], [r["score"] for r in result.evaluations], s=14,
+                 color="0.6", label="evaluated")
+    axes.plot([r[cost] for r in result.pareto], [r["score"] for r in result.pareto], "o-", color="tab:blue",
+              markersize=5, drawstyle="steps-post", label="Pareto front")
+    chosen = next(r for r in result.evaluations if r["assignment"] == result.best)
+    axes.scatter([chosen[cost]], [chosen["score"]], marker="*", s=180, color="tab:red", zorder=3, label="chosen")
+    if result.teacher_score is not None:
+        axes.axhline(result.teacher_score, color="tab:green", linestyle="--", linewidth=1, label="teacher")
+    if result.latency_budget_ms is not None:
+        axes.axvline(result.latency_budget_ms, color="tab:orange", linestyle=":", linewidth=1, label="budget")
+    if cost == "estimated_latency_ms":
+        axes.set_xlabel("estimated latency (ms)")
+    else:
+        axes.set_xlabel("non-linear layers")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    direction = "higher" if result.objective["higher_is_better"] else "lower"
+    axes.set_ylabel(f"{result.objective['name']} ({direction} is better)")
+    axes.set_title(f"Attention search, stage {result.stage}: accuracy / cost", fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    try:
+        return _save_figure(figure, path)
+    finally:
+        plt.close(figure)
