@@ -158,6 +158,14 @@ def _add_bench_parser(commands) -> None:
         "--layer-table writes per-layer latencies by attention type for latency-aware search. On CUDA: CUDA-event "
         "medians after warm-up. --device cpu is a smoke test, not a performance number.",
     )
+    _add_bench_model_arguments(bench)
+    _add_bench_run_arguments(bench)
+    _add_bench_mode_arguments(bench)
+    bench.set_defaults(func=run_bench)
+
+
+def _add_bench_model_arguments(bench) -> None:
+    """What `jetvit bench` runs: a preset or a checkpoint (or --list-presets), the hybrid's layout and config."""
     source = bench.add_mutually_exclusive_group()
     source.add_argument("--preset", help="named architecture with random weights (see --list-presets), e.g. dinov3-l")
     source.add_argument("--model", help="converted JetViT checkpoint directory (from `jetvit convert`)")
@@ -178,6 +186,10 @@ def _add_bench_parser(commands) -> None:
         help="set a JetViTConfig field on every JetViT model of the run (repeatable; VALUE parsed as JSON if it can "
         "be), e.g. to compare kernel implementations",
     )
+
+
+def _add_bench_run_arguments(bench) -> None:
+    """How `jetvit bench` runs: resolution, batch, dtype, device, iterations, compilation, baselines."""
     bench.add_argument("--resolution", default=None, help="HEIGHTxWIDTH in pixels (default: the model's image_size)")
     bench.add_argument(
         "--batch-size",
@@ -214,6 +226,10 @@ def _add_bench_parser(commands) -> None:
         help="keep JetViT's three q/k/v GEMMs (default: fuse_qkv_projections(), JetViT's inference set-up)",
     )
     bench.add_argument("--no-profile", action="store_true", help="skip the profiled forward (SDPA backend, kernels)")
+
+
+def _add_bench_mode_arguments(bench) -> None:
+    """`jetvit bench`'s modes (benchmark, `--sweep`, `--layer-table`) and outputs."""
     bench.add_argument("--sweep", default=None, help="resolution sweep, e.g. 512x512,1024x1024,2048x2048,4096x4096")
     bench.add_argument(
         "--skip-baselines-above",
@@ -236,7 +252,6 @@ def _add_bench_parser(commands) -> None:
     )
     bench.add_argument("--output", default=None, help="write the results JSON here")
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
-    bench.set_defaults(func=run_bench)
 
 
 def parse_image_size(text: str) -> int | tuple[int, int]:
@@ -252,7 +267,7 @@ def parse_image_size(text: str) -> int | tuple[int, int]:
 
 def run_search(args: argparse.Namespace) -> int:
     """`jetvit search`: one stage of the beam search, writing the log, plots and the extracted model."""
-    from .search.beam import run_search as search
+    from .search.stage import run_search as search
 
     result = search(
         args.supernet, args.teacher, args.data, output=args.output, objective=args.objective, stage=args.stage,

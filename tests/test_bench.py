@@ -9,6 +9,10 @@ import torch
 import transformers
 
 from jetvit_hf import bench, layouts
+from jetvit_hf.bench import timing
+from jetvit_hf.bench.models import _model_factories
+from jetvit_hf.bench.specs import _config_with
+from jetvit_hf.bench.timing import _maybe_compile, _settings
 from jetvit_hf.cli import main as cli_main
 from jetvit_hf.convert import convert_to_jetvit, jetvit_config_from_source, save_converted, source_config_from_jetvit
 from sources import SOURCES
@@ -72,7 +76,7 @@ def test_preset_converts_to_its_published_shape(name):
     # both models on the meta device (nothing allocated): same parameter count, the published one
     with torch.device("meta"):
         source = getattr(transformers, architecture)._from_config(spec.source_config)
-        jetvit = spec.jetvit_class._from_config(bench._config_with(config, attention_types=["full"] * layers))
+        jetvit = spec.jetvit_class._from_config(_config_with(config, attention_types=["full"] * layers))
     source_params = sum(p.numel() for p in source.parameters())
     assert source_params == sum(p.numel() for p in jetvit.parameters())
     assert source_params / 1e6 == pytest.approx(params_m, abs=0.1)
@@ -157,10 +161,10 @@ def test_hf_eager_baseline_stays_uncompiled(monkeypatch):
     """`hf-eager` is transformers' model exactly as built, also when the run compiles everything else."""
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda module, **kwargs: compiled.append(module) or ("compiled", module))
-    settings = bench._settings("cpu", None, 1, 1, True, None, None, False)
+    settings = _settings("cpu", None, 1, 1, True, None, None, False)
     module = torch.nn.Linear(2, 2)
-    assert bench._maybe_compile(module, settings, "hf-eager") is module
-    assert bench._maybe_compile(module, settings, "hf") == ("compiled", module) and compiled == [module]
+    assert _maybe_compile(module, settings, "hf-eager") is module
+    assert _maybe_compile(module, settings, "hf") == ("compiled", module) and compiled == [module]
     result = bench.benchmark("tiny", device="cpu", resolution=32, batch_size=1, warmup=1, iters=1, progress=False,
                              baselines=["hf-eager", "hf"], profile=False)
     assert list(result["results"]) == ["hf", "hf-eager", "jetvit"]
@@ -217,14 +221,14 @@ def test_sweep_writes_json_and_png(tmp_path, capsys):
 
 def test_sweep_records_out_of_memory(monkeypatch, tmp_path):
     """A point that runs out of memory is recorded as "oom" and the sweep goes on."""
-    real_pixels = bench._random_pixels
+    real_pixels = timing._random_pixels
 
     def pixels(config, batch_size, resolution, settings):
         if resolution[0] * resolution[1] > 64 * 64:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB")
         return real_pixels(config, batch_size, resolution, settings)
 
-    monkeypatch.setattr(bench, "_random_pixels", pixels)
+    monkeypatch.setattr(timing, "_random_pixels", pixels)
     result = bench.sweep("tiny", resolutions=["64x64", "128x128"], baselines=["jetvit-full"],
                          plot=tmp_path / "oom.png", **FAST)
     small, big = result["points"]
@@ -328,7 +332,7 @@ def test_attention_kernel_names_and_cpu_profile():
     assert bench.kernel_category("void cutlass__5x_cudnn::Kernel<cutlass_tensorop_bf16_s16816fprop_optimized>") == (
         "convolution")
     assert bench.kernel_category("triton_poi_fused__to_copy_add_convolution_relu_37").startswith("other")
-    settings = bench._settings("cpu", None, 0, 1, False, None, None, True)
+    settings = _settings("cpu", None, 0, 1, False, None, None, True)
     q = torch.randn(1, 2, 8, 4)
     profile = bench.profile_forward(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q), settings)
     assert profile["backends"] == ["cpu-flash"]
@@ -350,7 +354,7 @@ def test_config_overrides_reach_every_jetvit_model(tmp_path):
     spec = bench.resolve_model_spec("tiny", config_overrides=overrides)
     assert spec.jetvit_config.window_size == 1 and spec.jetvit_config.kernel_impl == "torch"
     assert any("kernel_impl" in note for note in spec.notes)
-    factories = bench._model_factories(spec, ["window"] * 4, ["jetvit-full"])
+    factories = _model_factories(spec, ["window"] * 4, ["jetvit-full"])
     models = {name: factory(torch.device("cpu"), torch.float32) for name, (_, factory) in factories.items()}
     assert all(m.config.window_size == 1 and m.config.kernel_impl == "torch" for m in models.values())
     with pytest.raises(ValueError, match="cannot change"):
@@ -360,12 +364,13 @@ def test_config_overrides_reach_every_jetvit_model(tmp_path):
 
 
 def test_every_jetvit_kernel_has_its_profile_category():
-    """Each Triton kernel launched by kernels_jetvit.py is counted under JetViT's linear or window attention."""
+    """Each Triton kernel launched by kernels_jetvit_*.py is counted under JetViT's linear or window attention."""
     import re
 
-    from jetvit_hf.models.jetvit import ops_jetvit as kernels_jetvit
+    from jetvit_hf.models.jetvit import kernels_jetvit_linear, kernels_jetvit_window
 
-    source = open(kernels_jetvit.__file__).read()  # read, not imported: the kernels exist only where triton does
+    # read, not imported: the kernels exist only where triton does
+    source = "".join(open(module.__file__).read() for module in (kernels_jetvit_linear, kernels_jetvit_window))
     defined = set(re.findall(r"@triton\.jit\n    def (\w+)\(", source))
     launched = set(re.findall(r"(\w+_kernel)\[", source))
     assert launched <= defined

@@ -1,0 +1,238 @@
+"""Timing a model: `RunSettings` (device, dtype, warm-up and timed iterations, compilation, SDPA backend), the run
+context (inference mode, cuDNN autotuning, the preferred SDPA backend), torch.compile and CUDA-graph helpers,
+`measure`, and measuring one (model, batch, resolution) case with out-of-memory errors recorded instead of raised."""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .device import _free_memory, _is_oom, check_device, resolve_dtype
+
+SDPA_BACKENDS = ("default", "cudnn", "flash", "efficient", "math")
+DEFAULT_ITERS = {"cuda": 50, "cpu": 5}
+DEFAULT_WARMUP = {"cuda": 10, "cpu": 2}
+# transformers' model as it is usually run, left uncompiled when the run compiles, for same-run ratios
+NEVER_COMPILED = ("hf-eager",)
+
+
+@dataclass
+class RunSettings:
+    device: torch.device
+    dtype: torch.dtype
+    warmup: int
+    iters: int
+    compile: bool = False
+    compile_mode: str | None = None
+    sdpa_backend: str = "default"
+    profile: bool = True
+    fuse_qkv: bool = True
+
+    def timing_record(self) -> dict:
+        cuda = self.device.type == "cuda"
+        return {
+            "method": "cuda-events" if cuda else "time.perf_counter",
+            "statistic": "median",
+            "warmup": self.warmup,
+            "iters": self.iters,
+            "synchronize_each_iteration": True,
+            "inference_mode": True,
+            "cudnn_benchmark": cuda,
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        }
+
+    def compile_record(self) -> dict | None:
+        return {"mode": self.compile_mode or "default", "dynamic": False} if self.compile else None
+
+
+def _settings(device, dtype, warmup, iters, compile, compile_mode, sdpa_backend, profile, fuse_qkv=True) -> RunSettings:
+    dev = check_device(device)
+    if sdpa_backend is None:
+        sdpa_backend = "default"
+    if sdpa_backend not in SDPA_BACKENDS:
+        raise ValueError(f"unknown SDPA backend {sdpa_backend!r}; allowed: {', '.join(SDPA_BACKENDS)}")
+    warmup = DEFAULT_WARMUP[dev.type] if warmup is None else int(warmup)
+    iters = DEFAULT_ITERS[dev.type] if iters is None else int(iters)
+    if iters < 1 or warmup < 0:
+        raise ValueError(f"need iters >= 1 and warmup >= 0, got iters={iters}, warmup={warmup}")
+    if compile_mode is not None:  # --compile-mode implies --compile
+        compile = True
+    return RunSettings(dev, resolve_dtype(dtype, dev), warmup, iters, bool(compile), compile_mode, sdpa_backend,
+                       profile, bool(fuse_qkv))
+
+
+def _sdpa_context(name: str):
+    """Prefer one SDPA backend (others stay enabled as fallbacks, e.g. for masked window attention)."""
+    if name in (None, "default"):
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    first = order[name]
+    rest = [b for b in order.values() if b != first]
+    try:
+        return sdpa_kernel([first, *rest], set_priority=True)
+    except TypeError:  # torch without set_priority: only the requested backend
+        return sdpa_kernel([first])
+
+
+@contextlib.contextmanager
+def _run_context(settings: RunSettings):
+    saved = torch.backends.cudnn.benchmark
+    cuda = settings.device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    try:
+        # the CUDA events and the current stream belong to the benchmarked device
+        with torch.cuda.device(settings.device) if cuda else contextlib.nullcontext():
+            with torch.inference_mode(), _sdpa_context(settings.sdpa_backend):
+                yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
+
+
+def _maybe_compile(module: torch.nn.Module, settings: RunSettings, name: str = ""):
+    if not settings.compile or name in NEVER_COMPILED:
+        return module
+    import torch._dynamo
+
+    for option in ("recompile_limit", "cache_size_limit"):  # one graph per (resolution, batch) in sweeps
+        if hasattr(torch._dynamo.config, option):
+            setattr(torch._dynamo.config, option, max(getattr(torch._dynamo.config, option), 64))
+    mode = None if settings.compile_mode in (None, "default") else settings.compile_mode
+    return torch.compile(module, mode=mode, dynamic=False)
+
+
+def _cudagraph_step(settings: RunSettings):
+    if settings.compile and hasattr(torch, "compiler") and hasattr(torch.compiler, "cudagraph_mark_step_begin"):
+        return torch.compiler.cudagraph_mark_step_begin
+    return lambda: None
+
+
+def measure(fn: Callable[[], object], settings: RunSettings, sync_each_iteration: bool = True) -> dict:
+    """Time `fn()` (already inside the run context): warm-up, then `iters` timed iterations; peak memory.
+
+    With `sync_each_iteration` (latency) the device is idle when each iteration starts, so a time includes launching
+    the call. Without it (CUDA only; per-layer tables) the iterations are queued back to back and each is timed by
+    its own pair of events: the cost of the call inside a stream of work, as a layer sees it inside a model.
+    """
+    device = settings.device
+    cuda = device.type == "cuda"
+    step = _cudagraph_step(settings)
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(settings.warmup):
+        step()
+        fn()
+    times = []
+    if cuda and sync_each_iteration:
+        torch.cuda.synchronize(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        for _ in range(settings.iters):
+            step()
+            torch.cuda.synchronize(device)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    elif cuda:
+        torch.cuda.synchronize(device)
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(settings.iters)]
+        for start, end in events:
+            step()
+            start.record()
+            fn()
+            end.record()
+        torch.cuda.synchronize(device)
+        times = [start.elapsed_time(end) for start, end in events]
+    else:
+        for _ in range(settings.iters):
+            step()
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    record = {
+        "status": "ok",
+        "median_ms": statistics.median(times),
+        "mean_ms": statistics.fmean(times),
+        "min_ms": min(times),
+        "max_ms": max(times),
+        "std_ms": statistics.pstdev(times),
+        "iters": len(times),
+        "times_ms": [round(t, 4) for t in times],
+        "peak_memory_mib": None,
+        "peak_reserved_mib": None,
+    }
+    if cuda:
+        record["peak_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+        record["peak_reserved_mib"] = torch.cuda.max_memory_reserved(device) / 2**20
+    return record
+
+
+def _status(status: str, **extra) -> dict:
+    return {"status": status, "median_ms": None, "peak_memory_mib": None, **extra}
+
+
+def _random_pixels(config, batch_size: int, resolution: tuple[int, int], settings: RunSettings) -> torch.Tensor:
+    channels = getattr(config, "num_channels", 3)
+    generator = torch.Generator(device=settings.device).manual_seed(0)
+    return torch.randn(batch_size, channels, *resolution, device=settings.device, dtype=settings.dtype,
+                       generator=generator)
+
+
+def _measure_model(model_fn, config, batch_size: int, resolution, settings: RunSettings) -> dict:
+    """Measure one (model, batch, resolution) case; an out-of-memory error becomes `{"status": "oom"}`."""
+    oom = None
+    try:
+        pixels = _random_pixels(config, batch_size, resolution, settings)
+        record = measure(lambda: model_fn(pixel_values=pixels), settings)
+    except Exception as error:  # noqa: BLE001 - only OOM is recorded, everything else propagates
+        if not _is_oom(error):
+            raise
+        oom = str(error).splitlines()[0][:300]
+    finally:
+        pixels = None
+    if oom is not None:
+        _free_memory(settings.device)
+        return _status("oom", batch_size=batch_size, error=oom)
+    record["batch_size"] = batch_size
+    record["images_per_s"] = batch_size / (record["median_ms"] / 1e3) if record["median_ms"] > 0 else None
+    return record
+
+
+def _build_case(factory, settings: RunSettings):
+    """(model, None) or (None, status record) when building runs out of memory."""
+    try:
+        return factory(settings.device, settings.dtype), None
+    except Exception as error:  # noqa: BLE001
+        if not _is_oom(error):
+            raise
+        message = str(error).splitlines()[0][:300]
+    _free_memory(settings.device)
+    return None, _status("oom", error=f"while building: {message}")
+
+
+def _release(settings: RunSettings) -> None:
+    """Return a finished model's memory (the caller drops its references first), so the next model's peak memory
+    and build do not include it."""
+    if settings.compile:
+        import torch._dynamo
+
+        torch._dynamo.reset()  # compiled graphs and guards hold the module
+    _free_memory(settings.device)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, file=sys.stderr, leave=False, dynamic_ncols=True)
