@@ -17,8 +17,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from jetvit_hf.models.jetvit import ops_jetvit as kernels_jetvit
 from jetvit_hf.io import atomic_write_json
+from jetvit_hf.models.jetvit import kernels_jetvit_linear, torch_jetvit
 from jetvit_hf.models.jetvit.ops_jetvit import linear_attention_output, linear_attention_state
 
 
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sweep", action="store_true", help="also time the kernels' launch settings")
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available() or kernels_jetvit.triton is None:
+    if not torch.cuda.is_available() or kernels_jetvit_linear.triton is None:
         print("bench_linear_attention: needs a CUDA GPU and triton", file=sys.stderr)
         return 2
 
@@ -107,9 +107,10 @@ def main(argv=None) -> int:
         return linear_attention_output(q, v, state, key_sum, conv_weight, args.num_prefix, grid, 1e-6, cos, sin)
 
     def reference():
-        state, key_sum, value_sum = kernels_jetvit.state_reference(k, v, cos, sin, args.num_prefix)
+        state, key_sum, value_sum = torch_jetvit.linear_attention_state_torch(k, v, cos, sin, args.num_prefix)
         conv_weight = generator((value_sum.flatten(1) / num_patches).to(dtype)).view(batch, channels, 3, 3)
-        return kernels_jetvit.output_reference(q, v, state, key_sum, conv_weight, cos, sin, args.num_prefix, grid, 1e-6)
+        return torch_jetvit.linear_attention_output_torch(
+            q, v, state, key_sum, conv_weight, cos, sin, args.num_prefix, grid, 1e-6)
 
     def full_attention():
         return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
@@ -131,7 +132,7 @@ def main(argv=None) -> int:
             # the state kernel around the earlier sweep's best settings (block 32-64, 2-4 warps, 4 programs per SM)
             for block_n, warps, per_sm, stages in itertools.product((32, 64), (2, 4), (4, 8), (2, 3)):
                 try:
-                    ms = graph_ms(lambda: kernels_jetvit.state_triton(
+                    ms = graph_ms(lambda: kernels_jetvit_linear.linear_attention_state_triton(
                         k, v, cos, sin, args.num_prefix, block_n=block_n, num_warps=warps, programs_per_sm=per_sm,
                         num_stages=stages))
                 except Exception:  # e.g. out of shared memory for this setting
@@ -139,7 +140,7 @@ def main(argv=None) -> int:
                 sweep.append({"kernel": "state", "block_n": block_n, "warps": warps, "per_sm": per_sm,
                               "stages": stages, "ms": ms})
             for block_n, block_e, warps in itertools.product((32, 64, 128), (16, 32, 64), (2, 4, 8)):
-                ms = graph_ms(lambda: kernels_jetvit.output_triton(
+                ms = graph_ms(lambda: kernels_jetvit_linear.linear_attention_output_triton(
                     q, v, state, key_sum, conv_weight, cos, sin, args.num_prefix, grid, 1e-6,
                     block_n=block_n, block_e=block_e, num_warps=warps))
                 sweep.append({"kernel": "output", "block_n": block_n, "block_e": block_e, "warps": warps, "ms": ms})
@@ -154,7 +155,7 @@ def main(argv=None) -> int:
     result = {
         "command": " ".join(sys.argv),
         "gpu": torch.cuda.get_device_name(),
-        "versions": {"torch": torch.__version__, "triton": kernels_jetvit.triton.__version__},
+        "versions": {"torch": torch.__version__, "triton": kernels_jetvit_linear.triton.__version__},
         "shape": {"batch": batch, "tokens": tokens, "heads": heads, "head_dim": dim, "grid": grid, "dtype": args.dtype,
                   "rope": not args.no_rope},
         "relative_error_vs_pytorch_path": error,

@@ -20,7 +20,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from benchmarks.bench_linear_attention import graph_ms
 from jetvit_hf import JetViTConfig
-from jetvit_hf.models.jetvit import ops_jetvit as kernels_jetvit
+from jetvit_hf.models.jetvit import kernels_jetvit_window, torch_jetvit
 from jetvit_hf.io import atomic_write_json
 from jetvit_hf.models.jetvit.modeling_jetvit import JetViTRopePositionEmbedding, JetViTWindowAttention
 
@@ -67,15 +67,15 @@ def main(argv=None) -> int:
         tq, tk, tv = qkv.unbind(2)
         cos, sin = position_embeddings
         args_ = (tq, tk, tv, cos, sin, 5, grid, ws, 0.125)
-        reference = torch.compile(kernels_jetvit.window_attention_reference)
+        reference = torch.compile(torch_jetvit.window_attention_torch)
         reference(*args_)
         results["reference_compiled"] = graph_ms(lambda: reference(*args_))
         results["triton_default_without_rope"] = graph_ms(
-            lambda: kernels_jetvit.window_attention_triton(tq, tk, tv, None, None, 5, grid, ws, 0.125))
+            lambda: kernels_jetvit_window.window_attention_triton(tq, tk, tv, None, None, 5, grid, ws, 0.125))
         for block_m, block_n, warps, stages, registers in WINDOW_SETTINGS:
             name = f"triton_m{block_m}_n{block_n}_w{warps}_s{stages}" + (f"_r{registers}" if registers else "")
             try:
-                results[name] = graph_ms(lambda: kernels_jetvit.window_attention_triton(
+                results[name] = graph_ms(lambda: kernels_jetvit_window.window_attention_triton(
                     *args_, block_m=block_m, block_n=block_n, num_warps=warps, key_stages=stages,
                     max_registers=registers))
             except Exception as error:  # e.g. out of shared memory for this setting

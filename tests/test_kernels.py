@@ -7,8 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jetvit_hf.models.jetvit import ops_jetvit as kernels_jetvit
-from jetvit_hf.models.jetvit.ops_jetvit import linear_attention_output, linear_attention_state
+from jetvit_hf.models.jetvit import kernels_jetvit_linear
+from jetvit_hf.models.jetvit.kernels_jetvit_linear import linear_attention_output_triton, linear_attention_state_triton
+from jetvit_hf.models.jetvit.kernels_jetvit_window import window_attention_triton
+from jetvit_hf.models.jetvit.ops_jetvit import linear_attention_output, linear_attention_state, window_attention
+from jetvit_hf.models.jetvit.torch_jetvit import linear_attention_state_torch, window_attention_torch
 
 
 def rope_tables(num_patches, dim, seed=0):
@@ -105,7 +108,7 @@ def test_ops_compile_without_graph_breaks():
 
 
 def triton_device(dtype):
-    if kernels_jetvit.triton is None:
+    if kernels_jetvit_linear.triton is None:
         pytest.skip("triton is not installed")
     if torch.cuda.is_available():
         return "cuda"
@@ -123,13 +126,13 @@ def test_triton_kernels_match_the_pytorch_path(dtype, grid, num_prefix, heads, d
     device = triton_device(dtype)
     q, k, v, conv_weight = random_inputs(2, num_prefix, grid, heads, dim, 3, dtype=dtype, device=device, scale=3.0)
     cos, sin = (t.to(device) for t in rope_tables(grid[0] * grid[1], dim)) if rope else (None, None)
-    state, key_sum, value_sum = kernels_jetvit.state_triton(k, v, cos, sin, num_prefix)
-    ref_state, ref_key_sum, ref_value_sum = kernels_jetvit.state_reference(k, v, cos, sin, num_prefix)
+    state, key_sum, value_sum = linear_attention_state_triton(k, v, cos, sin, num_prefix)
+    ref_state, ref_key_sum, ref_value_sum = linear_attention_state_torch(k, v, cos, sin, num_prefix)
     # the kernel rounds rotated half-precision keys to their dtype before the product, the reference does not
     tolerance = 1e-5 if dtype == torch.float32 else 1e-2
     for actual, expected in ((state, ref_state), (key_sum, ref_key_sum), (value_sum, ref_value_sum)):
         assert ((actual - expected).norm() / expected.norm()).item() < tolerance
-    out = kernels_jetvit.output_triton(q, v, state, key_sum, conv_weight, cos, sin, num_prefix, grid, 1e-6)
+    out = linear_attention_output_triton(q, v, state, key_sum, conv_weight, cos, sin, num_prefix, grid, 1e-6)
     assert out.dtype == dtype and torch.isfinite(out).all()
     expected = reference_block(q, k, v, conv_weight, num_prefix, grid, 1e-6, cos, sin)
     error = ((out.double() - expected).norm() / expected.norm()).item()
@@ -142,11 +145,11 @@ def test_triton_state_sums_more_splits_than_one_load_holds():
     device = triton_device(torch.float32)
     grid, num_prefix, block_n, per_sm = (16, 17), 1, 16, 64
     q, k, v, _ = random_inputs(1, num_prefix, grid, 1, 32, 3, device=device, seed=7)
-    splits, _ = kernels_jetvit._sequence_splits(1, k.shape[1], block_n, k.device, per_sm)
-    assert splits > kernels_jetvit.FINALIZE_SPLITS
-    state, key_sum, value_sum = kernels_jetvit.state_triton(k, v, None, None, num_prefix, block_n=block_n,
-                                                            programs_per_sm=per_sm)
-    expected = kernels_jetvit.state_reference(k.double(), v.double(), None, None, num_prefix)
+    splits, _ = kernels_jetvit_linear._sequence_splits(1, k.shape[1], block_n, k.device, per_sm)
+    assert splits > kernels_jetvit_linear.FINALIZE_SPLITS
+    state, key_sum, value_sum = linear_attention_state_triton(k, v, None, None, num_prefix, block_n=block_n,
+                                                              programs_per_sm=per_sm)
+    expected = linear_attention_state_torch(k.double(), v.double(), None, None, num_prefix)
     for actual, reference in zip((state, key_sum, value_sum), expected):
         torch.testing.assert_close(actual.double(), reference.double(), rtol=1e-5, atol=1e-5)
 
@@ -155,8 +158,8 @@ def test_triton_state_sums_more_splits_than_one_load_holds():
 def test_triton_kernels_survive_large_activations(dtype):
     device = triton_device(dtype)
     q, k, v, conv_weight = random_inputs(1, 5, (32, 32), 2, 64, 3, dtype=dtype, device=device, scale=200.0)
-    state, key_sum, _ = kernels_jetvit.state_triton(k, v, None, None, 5)
-    out = kernels_jetvit.output_triton(q, v, state, key_sum, None, None, None, 5, (32, 32), 1e-6)
+    state, key_sum, _ = linear_attention_state_triton(k, v, None, None, 5)
+    out = linear_attention_output_triton(q, v, state, key_sum, None, None, None, 5, (32, 32), 1e-6)
     expected = reference_block(q, k, v, None, 5, (32, 32), 1e-6)
     assert torch.isfinite(out).all()
     assert ((out.double() - expected).norm() / expected.norm()).item() < 1e-2
@@ -179,7 +182,7 @@ def window_reference(q, k, v, cos, sin, num_prefix, grid, window, scale):
 def test_window_attention_op_matches_float64(grid, window, num_prefix, rope):
     q, k, v, _ = random_inputs(2, num_prefix, grid, 2, 8, 3, seed=3)
     cos, sin = rope_tables(grid[0] * grid[1], 8) if rope else (None, None)
-    out = kernels_jetvit.window_attention(q, k, v, num_prefix, grid, window, 8**-0.5, cos=cos, sin=sin)
+    out = window_attention(q, k, v, num_prefix, grid, window, 8**-0.5, cos=cos, sin=sin)
     expected = window_reference(q, k, v, cos, sin, num_prefix, grid, window, 8**-0.5)
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
 
@@ -189,7 +192,7 @@ def test_window_attention_op_backward_matches_float64():
     q, k, v, _ = random_inputs(1, num_prefix, grid, 2, 8, 3, seed=4)
     cos, sin = rope_tables(30, 8)
     leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
-    out = kernels_jetvit.window_attention(*leaves, num_prefix, grid, window, 0.3, cos=cos, sin=sin)
+    out = window_attention(*leaves, num_prefix, grid, window, 0.3, cos=cos, sin=sin)
     probe = torch.randn_like(out)
     (out * probe).sum().backward()
     reference_leaves = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
@@ -211,8 +214,8 @@ def test_triton_window_kernel_matches_the_pytorch_path(dtype, grid, window, num_
     q, k, v, _ = random_inputs(1, num_prefix, grid, heads, dim, 3, dtype=dtype, device=device, scale=2.0, seed=5)
     cos, sin = (t.to(device) for t in rope_tables(grid[0] * grid[1], dim)) if rope else (None, None)
     scale = dim**-0.5
-    out = kernels_jetvit.window_attention_triton(q, k, v, cos, sin, num_prefix, grid, window, scale)
-    expected = kernels_jetvit.window_attention_reference(
+    out = window_attention_triton(q, k, v, cos, sin, num_prefix, grid, window, scale)
+    expected = window_attention_torch(
         q.float(), k.float(), v.float(), cos, sin, num_prefix, grid, window, scale)
     assert out.dtype == dtype and torch.isfinite(out).all()
     error = ((out.float() - expected).norm() / expected.norm()).item()
@@ -227,8 +230,8 @@ def test_triton_window_kernel_launch_settings_share_the_prefix_queries(block_m, 
     grid, num_prefix = (16, 32), 5
     q, k, v, _ = random_inputs(1, num_prefix, grid, 2, 32, 3, device=device, scale=2.0, seed=6)
     cos, sin = (t.to(device) for t in rope_tables(grid[0] * grid[1], 32))
-    out = kernels_jetvit.window_attention_triton(q, k, v, cos, sin, num_prefix, grid, 16, 0.2,
-                                                 block_m=block_m, block_n=block_n, num_warps=8)
+    out = window_attention_triton(q, k, v, cos, sin, num_prefix, grid, 16, 0.2,
+                                  block_m=block_m, block_n=block_n, num_warps=8)
     expected = window_reference(q.cpu(), k.cpu(), v.cpu(), cos.cpu(), sin.cpu(), num_prefix, grid, 16, 0.2)
     torch.testing.assert_close(out.cpu().double(), expected, rtol=1e-4, atol=1e-5)
 
@@ -241,8 +244,8 @@ def test_triton_output_kernel_column_blocks(block_n, block_e):
     grid, num_prefix, dim = (6, 9), 2, 48  # 48 channels: the last column block is partly masked
     q, k, v, conv_weight = random_inputs(2, num_prefix, grid, 2, dim, 3, dtype=torch.float16, device=device, scale=3.0)
     cos, sin = (t.to(device) for t in rope_tables(grid[0] * grid[1], dim))
-    state, key_sum, _ = kernels_jetvit.state_triton(k, v, cos, sin, num_prefix)
-    out = kernels_jetvit.output_triton(q, v, state, key_sum, conv_weight, cos, sin, num_prefix, grid, 1e-6,
-                                       block_n=block_n, block_e=block_e)
+    state, key_sum, _ = linear_attention_state_triton(k, v, cos, sin, num_prefix)
+    out = linear_attention_output_triton(q, v, state, key_sum, conv_weight, cos, sin, num_prefix, grid, 1e-6,
+                                         block_n=block_n, block_e=block_e)
     expected = reference_block(q, k, v, conv_weight, num_prefix, grid, 1e-6, cos, sin)
     assert ((out.double() - expected).norm() / expected.norm()).item() < 1e-2

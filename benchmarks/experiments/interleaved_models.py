@@ -11,8 +11,9 @@ import sys
 import torch
 
 from benchmarks.experiments.common import interleaved_medians
-from jetvit_hf.bench import (_maybe_compile, _model_factories, _random_pixels, _run_context, _settings, measure,
-                             resolve_model_spec)
+from jetvit_hf.bench import measure, resolve_model_spec
+from jetvit_hf.bench.models import _model_factories
+from jetvit_hf.bench.timing import _maybe_compile, _random_pixels, _run_context, _settings
 from jetvit_hf.layouts import paper_2full_layout
 
 settings = _settings("cuda", None, 10, 20, True, "reduce-overhead", None, False)

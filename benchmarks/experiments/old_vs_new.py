@@ -9,29 +9,30 @@ import json, sys, torch
 from benchmarks.bench_linear_attention import cuda_median_ms, graphed
 from benchmarks.experiments import kernels_old as old
 from benchmarks.experiments.common import GRID as grid, NUM_PREFIX as P, interleaved_medians, vit_l_inputs
-from jetvit_hf.models.jetvit import ops_jetvit as new
+from jetvit_hf.models.jetvit import kernels_jetvit_linear as new
+from jetvit_hf.models.jetvit.kernels_jetvit_window import window_attention_triton
 torch.manual_seed(0)
 res = {}
 for B in (1, 8):
     q, k, v, cos, sin, w = vit_l_inputs(B)
     with torch.inference_mode():
-        s, ks, vs = new.state_triton(k, v, cos, sin, P)
+        s, ks, vs = new.linear_attention_state_triton(k, v, cos, sin, P)
         fns = {
             "state_old": lambda: old.state_triton(k, v, cos, sin, P),
-            "state_new": lambda: new.state_triton(k, v, cos, sin, P),
+            "state_new": lambda: new.linear_attention_state_triton(k, v, cos, sin, P),
             "output_old": lambda: old.output_triton(q, v, s, ks, w, cos, sin, P, grid, 1e-6),
-            "output_new": lambda: new.output_triton(q, v, s, ks, w, cos, sin, P, grid, 1e-6),
+            "output_new": lambda: new.linear_attention_output_triton(q, v, s, ks, w, cos, sin, P, grid, 1e-6),
             "split_only": lambda: new.split_state(s, torch.bfloat16),
             "output_old_noconv": lambda: old.output_triton(q, v, s, ks, None, cos, sin, P, grid, 1e-6),
-            "output_new_noconv": lambda: new.output_triton(q, v, s, ks, None, cos, sin, P, grid, 1e-6),
-            "output_new_norope": lambda: new.output_triton(q, v, s, ks, w, None, None, P, grid, 1e-6),
-            "output_new_noconv_norope": lambda: new.output_triton(q, v, s, ks, None, None, None, P, grid, 1e-6),
+            "output_new_noconv": lambda: new.linear_attention_output_triton(q, v, s, ks, None, cos, sin, P, grid, 1e-6),
+            "output_new_norope": lambda: new.linear_attention_output_triton(q, v, s, ks, w, None, None, P, grid, 1e-6),
+            "output_new_noconv_norope": lambda: new.linear_attention_output_triton(q, v, s, ks, None, None, None, P, grid, 1e-6),
             "window_old": lambda: old.window_attention_triton(q, k, v, cos, sin, P, grid, 16, 0.125),
-            "window_new_m256n64w8": lambda: new.window_attention_triton(q, k, v, cos, sin, P, grid, 16, 0.125, block_m=256, block_n=64, num_warps=8),
-            "window_new_m128n128w4": lambda: new.window_attention_triton(q, k, v, cos, sin, P, grid, 16, 0.125, block_m=128, block_n=128, num_warps=4),
-            "window_new_m128n64w4": lambda: new.window_attention_triton(q, k, v, cos, sin, P, grid, 16, 0.125, block_m=128, block_n=64, num_warps=4),
-            "window_new_m128n128w4_norope": lambda: new.window_attention_triton(q, k, v, None, None, P, grid, 16, 0.125, block_m=128, block_n=128, num_warps=4),
-            "window_new_m128n128w4_noprefix": lambda: new.window_attention_triton(q[:, P:], k[:, P:], v[:, P:], cos, sin, 0, grid, 16, 0.125, block_m=128, block_n=128, num_warps=4),
+            "window_new_m256n64w8": lambda: window_attention_triton(q, k, v, cos, sin, P, grid, 16, 0.125, block_m=256, block_n=64, num_warps=8),
+            "window_new_m128n128w4": lambda: window_attention_triton(q, k, v, cos, sin, P, grid, 16, 0.125, block_m=128, block_n=128, num_warps=4),
+            "window_new_m128n64w4": lambda: window_attention_triton(q, k, v, cos, sin, P, grid, 16, 0.125, block_m=128, block_n=64, num_warps=4),
+            "window_new_m128n128w4_norope": lambda: window_attention_triton(q, k, v, None, None, P, grid, 16, 0.125, block_m=128, block_n=128, num_warps=4),
+            "window_new_m128n128w4_noprefix": lambda: window_attention_triton(q[:, P:], k[:, P:], v[:, P:], cos, sin, 0, grid, 16, 0.125, block_m=128, block_n=128, num_warps=4),
         }
         graphs = {name: graphed(fn) for name, fn in fns.items()}
         res[f"bs{B}"], res[f"bs{B}_spread"] = interleaved_medians(

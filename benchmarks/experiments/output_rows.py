@@ -14,7 +14,7 @@ import torch
 from benchmarks.bench_linear_attention import graph_ms
 from benchmarks.experiments import kernels_rows as new
 from benchmarks.experiments.common import GRID, NUM_PREFIX, interleaved_medians, vit_l_inputs
-from jetvit_hf.models.jetvit import ops_jetvit as old
+from jetvit_hf.models.jetvit import kernels_jetvit_linear as old
 
 shape = sys.argv[2] if len(sys.argv) > 2 else "dinov3"
 torch.manual_seed(0)
@@ -27,13 +27,13 @@ for batch in (1, 8):
     with torch.inference_mode():
         s, ks, _ = new.state_triton(k, v, cos, sin, P)
         error = (new.output_triton(q, v, s, ks, w, cos, sin, P, grid, 1e-6).float()
-                 - old.output_triton(q, v, s, ks, w, cos, sin, P, grid, 1e-6).float()).abs().max().item()
+                 - old.linear_attention_output_triton(q, v, s, ks, w, cos, sin, P, grid, 1e-6).float()).abs().max().item()
         ops = {
-            "output_old": lambda: old.output_triton(q, v, s, ks, w, cos, sin, P, grid, 1e-6),
+            "output_old": lambda: old.linear_attention_output_triton(q, v, s, ks, w, cos, sin, P, grid, 1e-6),
             "output_new": lambda: new.output_triton(q, v, s, ks, w, cos, sin, P, grid, 1e-6),
             "output_new_c16": lambda: new.output_triton(q, v, s, ks, w, cos, sin, P, grid, 1e-6, block_c=16),
             "output_new_c32": lambda: new.output_triton(q, v, s, ks, w, cos, sin, P, grid, 1e-6, block_c=32),
-            "output_old_noconv": lambda: old.output_triton(q, v, s, ks, None, cos, sin, P, grid, 1e-6),
+            "output_old_noconv": lambda: old.linear_attention_output_triton(q, v, s, ks, None, cos, sin, P, grid, 1e-6),
             "output_new_noconv": lambda: new.output_triton(q, v, s, ks, None, cos, sin, P, grid, 1e-6),
             "state": lambda: new.state_triton(k, v, cos, sin, P),
         }

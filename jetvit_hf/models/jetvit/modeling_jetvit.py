@@ -4,8 +4,9 @@ Paper: "JetViT: Efficient High-Resolution Vision Transformer with Post-Training 
 Every attention type keeps the base layer's q/k/v/o projections under the same names, so a full-attention checkpoint
 loads into any mix of types; only the linear type adds parameters (the squeeze dynamic convolution's kernel generator).
 
-This file is copied next to every saved checkpoint for `trust_remote_code=True`: it imports only torch, transformers
-and flat siblings.
+The attention ops are in `ops_jetvit.py`, the task heads (DPT neck and depth head, linear probe) in
+`modeling_jetvit_heads.py`. This file and its siblings are copied next to every saved checkpoint for
+`trust_remote_code=True`: they import only torch, transformers and flat siblings.
 """
 
 import math
@@ -27,15 +28,12 @@ from transformers.modeling_outputs import (
     SemanticSegmenterOutput,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_jetvit import JetViTConfig
-from .ops_jetvit import (
-    apply_rope,
-    linear_attention_output,
-    linear_attention_state,
-    window_attention,
-    window_attention_reference,
-)
+from .modeling_jetvit_heads import JetViTDepthHead, JetViTDepthNeck, JetViTLinearProbeHead
+from .ops_jetvit import linear_attention_output, linear_attention_state, window_attention
+from .torch_jetvit import apply_rope, window_attention_torch
 
 
 @dataclass
@@ -321,7 +319,7 @@ class JetViTWindowAttention(JetViTAttention):
         cos, sin = position_embeddings if position_embeddings is not None else (None, None)
         settings = (self.num_prefix_tokens, grid_size, self.config.window_size, self.scaling)
         if self.training and self.dropout > 0:  # the fused op has no dropout
-            attn_output = window_attention_reference(query, key, value, cos, sin, *settings, self.dropout)
+            attn_output = window_attention_torch(query, key, value, cos, sin, *settings, self.dropout)
         else:
             attn_output = window_attention(query, key, value, *settings, cos=cos, sin=sin)
         return self.o_proj(attn_output), None
@@ -358,7 +356,7 @@ class JetViTLinearAttention(JetViTAttention):
 
     `out_i = relu(q_i) (sum_j relu(k_j)^T v_j) / (relu(q_i) . sum_j relu(k_j) + N eps) + [patch i] DWConv(V)_i`, with
     the state and normalizer in fp32. Prefix tokens are ordinary queries, keys and values; only patch tokens get the
-    convolution term, added before `o_proj`. Runs as two fused ops (`kernels_jetvit`): Triton on CUDA, PyTorch on CPU.
+    convolution term, added before `o_proj`. Runs as two fused ops (`ops_jetvit`): Triton on CUDA, PyTorch on CPU.
     """
 
     attention_type = "linear"
@@ -490,6 +488,9 @@ class JetViTLayer(GradientCheckpointingLayer):
 
 
 class JetViTEncoder(nn.Module):
+    """The layers. Hidden states and attention maps are collected here rather than by transformers' output hooks,
+    which skip the `None` maps of window and linear layers and so would misalign `attentions[i]` with layer i."""
+
     def __init__(self, config: JetViTConfig):
         super().__init__()
         self.layer = nn.ModuleList([JetViTLayer(config, idx) for idx in range(config.num_hidden_layers)])
@@ -510,9 +511,7 @@ class JetViTEncoder(nn.Module):
                 all_hidden_states += (hidden_states,)
             if output_attentions:
                 all_attentions += (attn_weights,)
-        return BaseModelOutput(
-            last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=all_attentions
-        )
+        return BaseModelOutput(last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=all_attentions)
 
 
 class JetViTPreTrainedModel(PreTrainedModel):
@@ -597,15 +596,15 @@ class JetViTModel(JetViTPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.embeddings.patch_embeddings
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         bool_masked_pos: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPooling | tuple:
+    ) -> BaseModelOutputWithPooling:
         r"""
         bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*):
             Patches to replace by the mask token.
@@ -613,7 +612,6 @@ class JetViTModel(JetViTPreTrainedModel):
         config = self.config
         output_hidden_states = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
         output_attentions = output_attentions if output_attentions is not None else config.output_attentions
-        return_dict = return_dict if return_dict is not None else config.return_dict
         grid_size = check_pixel_values(pixel_values, config)
 
         hidden_states = self.embeddings(pixel_values, bool_masked_pos=bool_masked_pos)
@@ -624,13 +622,12 @@ class JetViTModel(JetViTPreTrainedModel):
             hidden_states, position_embeddings, grid_size, output_hidden_states, output_attentions
         )
         sequence_output = self.layernorm(encoder_outputs.last_hidden_state)
-        output = BaseModelOutputWithPooling(
+        return BaseModelOutputWithPooling(
             last_hidden_state=sequence_output,
             pooler_output=sequence_output[:, 0],
             hidden_states=encoder_outputs.hidden_states,
             attentions=encoder_outputs.attentions,
         )
-        return output if return_dict else output.to_tuple()
 
 
 class JetViTBackbone(BackboneMixin, JetViTPreTrainedModel):
@@ -653,18 +650,17 @@ class JetViTBackbone(BackboneMixin, JetViTPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.embeddings.patch_embeddings
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> JetViTBackboneOutput | tuple:
+    ) -> JetViTBackboneOutput:
         config = self.config
         output_hidden_states = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
         output_attentions = output_attentions if output_attentions is not None else config.output_attentions
-        return_dict = return_dict if return_dict is not None else config.return_dict
         grid_size = check_pixel_values(pixel_values, config)
 
         hidden_states = self.embeddings(pixel_values)
@@ -687,139 +683,18 @@ class JetViTBackbone(BackboneMixin, JetViTPreTrainedModel):
                 hidden_state = patches.reshape(patches.shape[0], *grid_size, -1).permute(0, 3, 1, 2).contiguous()
             feature_maps += (hidden_state,)
 
-        output = JetViTBackboneOutput(
+        return JetViTBackboneOutput(
             feature_maps=feature_maps,
             cls_tokens=cls_tokens if config.return_class_token else None,
             hidden_states=encoder_outputs.hidden_states if output_hidden_states else None,
             attentions=encoder_outputs.attentions,
         )
-        return output if return_dict else output.to_tuple()
-
-
-class JetViTReassembleLayer(nn.Module):
-    def __init__(self, config: JetViTConfig, channels: int, factor: float):
-        super().__init__()
-        self.projection = nn.Conv2d(config.hidden_size, channels, kernel_size=1)
-        if factor > 1:
-            self.resize = nn.ConvTranspose2d(channels, channels, kernel_size=int(factor), stride=int(factor))
-        elif factor == 1:
-            self.resize = nn.Identity()
-        else:
-            self.resize = nn.Conv2d(channels, channels, kernel_size=3, stride=int(1 / factor), padding=1)
-
-    def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
-        return self.resize(self.projection(hidden_state))
-
-
-class JetViTReassembleStage(nn.Module):
-    def __init__(self, config: JetViTConfig):
-        super().__init__()
-        self.layers = nn.ModuleList(
-            JetViTReassembleLayer(config, channels, factor)
-            for channels, factor in zip(config.neck_hidden_sizes, config.reassemble_factors)
-        )
-
-    def forward(self, feature_maps: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
-        return [layer(feature_map) for layer, feature_map in zip(self.layers, feature_maps)]
-
-
-class JetViTPreActResidualLayer(nn.Module):
-    def __init__(self, config: JetViTConfig):
-        super().__init__()
-        channels = config.fusion_hidden_size
-        self.activation1 = nn.ReLU()
-        self.convolution1 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
-        self.activation2 = nn.ReLU()
-        self.convolution2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
-
-    def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
-        residual = hidden_state
-        hidden_state = self.convolution1(self.activation1(hidden_state))
-        hidden_state = self.convolution2(self.activation2(hidden_state))
-        return hidden_state + residual
-
-
-class JetViTFeatureFusionLayer(nn.Module):
-    def __init__(self, config: JetViTConfig):
-        super().__init__()
-        self.projection = nn.Conv2d(config.fusion_hidden_size, config.fusion_hidden_size, kernel_size=1)
-        self.residual_layer1 = JetViTPreActResidualLayer(config)
-        self.residual_layer2 = JetViTPreActResidualLayer(config)
-
-    def forward(
-        self, hidden_state: torch.Tensor, residual: torch.Tensor | None = None, size: tuple[int, int] | None = None
-    ) -> torch.Tensor:
-        if residual is not None:
-            if hidden_state.shape != residual.shape:
-                residual = F.interpolate(residual, size=hidden_state.shape[2:], mode="bilinear", align_corners=False)
-            hidden_state = hidden_state + self.residual_layer1(residual)
-        hidden_state = self.residual_layer2(hidden_state)
-        resize = {"scale_factor": 2} if size is None else {"size": size}
-        hidden_state = F.interpolate(hidden_state, **resize, mode="bilinear", align_corners=True)
-        return self.projection(hidden_state)
-
-
-class JetViTFeatureFusionStage(nn.Module):
-    def __init__(self, config: JetViTConfig):
-        super().__init__()
-        self.layers = nn.ModuleList(JetViTFeatureFusionLayer(config) for _ in config.neck_hidden_sizes)
-
-    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        features = features[::-1]
-        fused_features, fused = [], None
-        for idx, (feature, layer) in enumerate(zip(features, self.layers)):
-            size = features[idx + 1].shape[2:] if idx != len(features) - 1 else None
-            fused = layer(feature, size=size) if fused is None else layer(fused, feature, size=size)
-            fused_features.append(fused)
-        return fused_features
-
-
-class JetViTDepthNeck(nn.Module):
-    """Depth Anything's DPT neck: reassemble four feature maps to four scales, project, and fuse coarse to fine."""
-
-    def __init__(self, config: JetViTConfig):
-        super().__init__()
-        self.reassemble_stage = JetViTReassembleStage(config)
-        self.convs = nn.ModuleList(
-            nn.Conv2d(channels, config.fusion_hidden_size, kernel_size=3, padding=1, bias=False)
-            for channels in config.neck_hidden_sizes
-        )
-        self.fusion_stage = JetViTFeatureFusionStage(config)
-
-    def forward(self, feature_maps: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
-        features = self.reassemble_stage(feature_maps)
-        features = [conv(feature) for conv, feature in zip(self.convs, features)]
-        return self.fusion_stage(features)
-
-
-class JetViTDepthHead(nn.Module):
-    """Depth Anything's head: conv, upsample to the input size, conv, ReLU, 1x1 conv, then ReLU (relative) or
-    Sigmoid times `max_depth` (metric)."""
-
-    def __init__(self, config: JetViTConfig):
-        super().__init__()
-        self.head_in_index = config.head_in_index
-        self.patch_size = config.patch_size
-        self.max_depth = config.max_depth
-        features = config.fusion_hidden_size
-        self.conv1 = nn.Conv2d(features, features // 2, kernel_size=3, padding=1)
-        self.conv2 = nn.Conv2d(features // 2, config.head_hidden_size, kernel_size=3, padding=1)
-        self.activation1 = nn.ReLU()
-        self.conv3 = nn.Conv2d(config.head_hidden_size, 1, kernel_size=1)
-        self.activation2 = nn.ReLU() if config.depth_estimation_type == "relative" else nn.Sigmoid()
-
-    def forward(self, features: list[torch.Tensor], grid_size: tuple[int, int]) -> torch.Tensor:
-        predicted_depth = self.conv1(features[self.head_in_index])
-        output_size = (grid_size[0] * self.patch_size, grid_size[1] * self.patch_size)
-        predicted_depth = F.interpolate(predicted_depth, output_size, mode="bilinear", align_corners=True)
-        predicted_depth = self.conv3(self.activation1(self.conv2(predicted_depth)))
-        predicted_depth = self.activation2(predicted_depth) * self.max_depth
-        return predicted_depth.squeeze(dim=1)
 
 
 class JetViTForDepthEstimation(JetViTPreTrainedModel):
     """JetViT backbone with Depth Anything's DPT neck and head; `predicted_depth` is `[batch, height, width]`
-    (relative disparity, or metric depth up to `max_depth`)."""
+    (relative disparity, or metric depth up to `max_depth`), in float32 whatever the model's dtype: depth
+    post-processing converts it to numpy, which has no bfloat16."""
 
     def __init__(self, config: JetViTConfig):
         super().__init__(config)
@@ -836,44 +711,29 @@ class JetViTForDepthEstimation(JetViTPreTrainedModel):
         self.head = JetViTDepthHead(config)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> DepthEstimatorOutput | tuple:
+    ) -> DepthEstimatorOutput:
         if labels is not None:
             raise ValueError(
                 "JetViTForDepthEstimation does not compute a loss from `labels`; depth losses live in "
                 "`jetvit_hf.losses` and `training/finetune.py`."
             )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         grid_size = check_pixel_values(pixel_values, self.config)
         outputs = self.jetvit(
             pixel_values, output_hidden_states=output_hidden_states, output_attentions=output_attentions, return_dict=True
         )
         features = self.neck(outputs.feature_maps)
-        predicted_depth = self.head(features, grid_size)
-        output = DepthEstimatorOutput(
+        predicted_depth = self.head(features, grid_size).float()
+        return DepthEstimatorOutput(
             predicted_depth=predicted_depth, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
-        return output if return_dict else output.to_tuple()
-
-
-class JetViTLinearProbeHead(nn.Module):
-    """DINOv3's linear segmentation probe: Dropout2d -> BatchNorm -> 1x1 convolution on the patch-feature map."""
-
-    def __init__(self, config: JetViTConfig):
-        super().__init__()
-        self.dropout = nn.Dropout2d(config.semantic_head_dropout)
-        self.batchnorm = nn.BatchNorm2d(config.hidden_size)
-        self.classifier = nn.Conv2d(config.hidden_size, config.num_labels, kernel_size=1)
-
-    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.batchnorm(self.dropout(feature_map)))
 
 
 class JetViTForSemanticSegmentation(JetViTPreTrainedModel):
@@ -889,20 +749,19 @@ class JetViTForSemanticSegmentation(JetViTPreTrainedModel):
         self.head = JetViTLinearProbeHead(config)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> SemanticSegmenterOutput | tuple:
+    ) -> SemanticSegmenterOutput:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
             Class index per pixel; `config.semantic_loss_ignore_index` marks pixels without a label.
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         grid_size = check_pixel_values(pixel_values, self.config)
         outputs = self.jetvit(
             pixel_values, output_hidden_states=output_hidden_states, output_attentions=output_attentions, return_dict=True
@@ -918,10 +777,9 @@ class JetViTForSemanticSegmentation(JetViTPreTrainedModel):
             upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
             loss = F.cross_entropy(upsampled.float(), labels, ignore_index=self.config.semantic_loss_ignore_index)
 
-        output = SemanticSegmenterOutput(
+        return SemanticSegmenterOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
-        return output if return_dict else output.to_tuple()
 
 
 JetViTConfig.register_for_auto_class()

@@ -1,0 +1,223 @@
+"""Triton kernels for JetViT's window attention with global prefix tokens, and their launcher; `ops_jetvit.py` calls
+`window_attention_triton` on CUDA tensors when Triton is installed.
+
+Each patch query attends to the patches of its `window_size` x `window_size` window plus every prefix token (CLS,
+registers), and each prefix query attends to every token. The window kernel reads q/k/v straight from the projection
+output (`[batch, tokens, heads, head_dim]`, strided views are fine), applies RoPE on load, runs an online softmax over
+the prefix keys and the window's keys, and writes `[batch, tokens, heads * head_dim]`: no partition, padding or
+prefix-concatenation copies. The prefix queries ride along: each program also accumulates them over the keys it has
+loaded, and a small kernel merges those partial softmaxes.
+
+Uses the RoPE-on-load tile loader and the launch helpers of `kernels_jetvit_linear.py`. Shipped with every saved
+checkpoint for `trust_remote_code`; Triton is optional (without it nothing here is launched).
+"""
+
+import torch
+
+from .kernels_jetvit_linear import _block_d, _rope_tables
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: ops_jetvit.py uses the PyTorch path
+    triton = None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Triton kernels
+# ----------------------------------------------------------------------------------------------------------------------
+
+if triton is not None:
+    from .kernels_jetvit_linear import _load_rotated
+
+    @triton.jit
+    def _online_softmax_step(q, k, v, valid, m_i, l_i, acc, qk_scale, PRECISION: tl.constexpr,
+                             MASKED: tl.constexpr = True):
+        """One block of keys `k` / values `v` (masked by `valid` when MASKED) into a flash-attention running max `m_i`
+        (in units of log2, scaled), sum `l_i` and unnormalised output `acc`; `qk_scale` includes log2(e) and is applied
+        inside the exponent's fused multiply-add. A finite initial `m_i` keeps fully masked blocks at p = 0."""
+        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        if MASKED:
+            scores = tl.where(valid[None, :], scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, axis=1) * qk_scale)
+        p = tl.math.exp2(scores * qk_scale - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        return m_new, l_i, acc
+
+    @triton.jit
+    def _online_softmax_start(q, k, v, valid, qk_scale, PRECISION: tl.constexpr):
+        """`_online_softmax_step` from an empty state: no running output to rescale."""
+        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        scores = tl.where(valid[None, :], scores, float("-inf"))
+        m_i = tl.maximum(tl.max(scores, axis=1) * qk_scale, -1.0e30)
+        p = tl.math.exp2(scores * qk_scale - m_i[:, None])
+        return m_i, tl.sum(p, axis=1), tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+
+    @triton.jit
+    def _window_kernel(
+        q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, o_ptr, prefix_acc_ptr, prefix_stats_ptr,
+        num_heads, num_prefix, grid_h, grid_w, window_cols, windows_per_image, qk_scale,
+        stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,
+        stride_ob, stride_on,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, WINDOW: tl.constexpr, BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, HAS_ROPE: tl.constexpr, PRECISION: tl.constexpr,
+        KEY_STAGES: tl.constexpr, HAS_PREFIX: tl.constexpr, EVEN: tl.constexpr,
+    ):
+        """One block of BLOCK_M patch queries of one window and head: online softmax over the prefix keys and the
+        window's keys (padding outside the grid masked), reading and writing the token-major tensors directly.
+
+        The prefix queries attend to every key. Each program also runs them over its share of the window's key blocks
+        (key block b goes to query block b % query_blocks; the prefix keys to window 0's first block), reusing the
+        rotated keys it has loaded, and stores that partial softmax for `_prefix_merge_kernel`: no second pass over K/V.
+        EVEN (windows tile the grid, blocks tile the windows) drops the key masks.
+        """
+        query_blocks: tl.constexpr = (WINDOW * WINDOW + BLOCK_M - 1) // BLOCK_M
+        key_blocks: tl.constexpr = (WINDOW * WINDOW + BLOCK_N - 1) // BLOCK_N
+        pid = tl.program_id(0)
+        head = tl.program_id(1)
+        block = pid % query_blocks
+        window = (pid // query_blocks) % windows_per_image
+        batch = pid // (query_blocks * windows_per_image)
+        top = (window // window_cols) * WINDOW
+        left = (window % window_cols) * WINDOW
+        offs_d = tl.arange(0, BLOCK_D)
+        d_mask = offs_d < HEAD_DIM
+
+        t = block * BLOCK_M + tl.arange(0, BLOCK_M)
+        row, col = top + t // WINDOW, left + t % WINDOW
+        q_valid = (t < WINDOW * WINDOW) & (row < grid_h) & (col < grid_w)
+        q_tokens = num_prefix + row * grid_w + col
+        q_mask = q_valid[:, None] & d_mask[None, :]
+        q_base = q_ptr + batch * stride_qb + head * stride_qh
+        q = _load_rotated(q_base, q_tokens, stride_qn, offs_d, q_mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM,
+                          HAS_ROPE, RELU=False)
+
+        k_base = k_ptr + batch * stride_kb + head * stride_kh
+        v_base = v_ptr + batch * stride_vb + head * stride_vh
+        # the prefix keys (never rotated) first, then the window's keys
+        offs_p = tl.arange(0, BLOCK_P)
+        p_valid = offs_p < num_prefix
+        p_mask = p_valid[:, None] & d_mask[None, :]
+        prefix_k = tl.load(k_base + offs_p[:, None] * stride_kn + offs_d[None, :], mask=p_mask, other=0.0)
+        prefix_v = tl.load(v_base + offs_p[:, None] * stride_vn + offs_d[None, :], mask=p_mask, other=0.0)
+        m_i, l_i, acc = _online_softmax_start(q, prefix_k, prefix_v, p_valid, qk_scale, PRECISION)
+        # the prefix queries' partial softmax over this program's keys (none yet)
+        prefix_q = tl.load(q_base + offs_p[:, None] * stride_qn + offs_d[None, :], mask=p_mask, other=0.0)
+        prefix_m = tl.full((BLOCK_P,), -1.0e30, dtype=tl.float32)
+        prefix_l = tl.zeros((BLOCK_P,), dtype=tl.float32)
+        prefix_acc = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
+        if HAS_PREFIX:
+            if (window == 0) & (block == 0):
+                prefix_m, prefix_l, prefix_acc = _online_softmax_step(
+                    prefix_q, prefix_k, prefix_v, p_valid, prefix_m, prefix_l, prefix_acc, qk_scale, PRECISION)
+
+        for key_block in tl.range(0, key_blocks, num_stages=KEY_STAGES):  # software-pipelined key/value loads
+            t_k = key_block * BLOCK_N + tl.arange(0, BLOCK_N)
+            row_k, col_k = top + t_k // WINDOW, left + t_k % WINDOW
+            k_valid = (t_k < WINDOW * WINDOW) & (row_k < grid_h) & (col_k < grid_w)  # read only when not EVEN
+            k_tokens = num_prefix + row_k * grid_w + col_k
+            if EVEN:
+                kv_mask = d_mask[None, :]
+            else:
+                kv_mask = k_valid[:, None] & d_mask[None, :]
+            k = _load_rotated(k_base, k_tokens, stride_kn, offs_d, kv_mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM,
+                              HAS_ROPE, RELU=False)
+            v = tl.load(v_base + k_tokens[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
+            m_i, l_i, acc = _online_softmax_step(q, k, v, k_valid, m_i, l_i, acc, qk_scale, PRECISION, not EVEN)
+            if HAS_PREFIX:
+                if key_block % query_blocks == block:
+                    prefix_m, prefix_l, prefix_acc = _online_softmax_step(
+                        prefix_q, k, v, k_valid, prefix_m, prefix_l, prefix_acc, qk_scale, PRECISION, not EVEN)
+
+        out = acc / l_i[:, None]
+        tl.store(o_ptr + batch * stride_ob + q_tokens[:, None] * stride_on + head * HEAD_DIM + offs_d[None, :],
+                 out.to(o_ptr.dtype.element_ty), mask=q_mask)
+        if HAS_PREFIX:
+            splits = windows_per_image * query_blocks
+            partial = (batch * num_heads + head) * splits + pid % splits
+            tl.store(prefix_acc_ptr + (partial * BLOCK_P + offs_p[:, None]) * BLOCK_D + offs_d[None, :], prefix_acc)
+            tl.store(prefix_stats_ptr + (partial * 2) * BLOCK_P + offs_p, prefix_m)
+            tl.store(prefix_stats_ptr + (partial * 2 + 1) * BLOCK_P + offs_p, prefix_l)
+
+    @triton.jit
+    def _prefix_merge_kernel(acc_ptr, stats_ptr, o_ptr, num_heads, splits, stride_ob, stride_on,
+                             HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr,
+                             BLOCK_S: tl.constexpr):
+        """One prefix query of one (image, head): combines its partial softmaxes from all of `_window_kernel`'s
+        programs, BLOCK_S at a time (few dependent loads), and writes its row of `o`."""
+        batch_head = tl.program_id(0)
+        row = tl.program_id(1)
+        batch = batch_head // num_heads
+        head = batch_head % num_heads
+        offs_d = tl.arange(0, BLOCK_D)
+        offs_s = tl.arange(0, BLOCK_S)
+        m = tl.max(tl.full((BLOCK_S,), -1.0e30, dtype=tl.float32), axis=0)
+        l_sum = tl.sum(tl.zeros((BLOCK_S,), dtype=tl.float32), axis=0)
+        acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        for start in range(0, splits, BLOCK_S):
+            valid = start + offs_s < splits
+            partial = batch_head * splits + start + offs_s
+            m_split = tl.load(stats_ptr + (partial * 2) * BLOCK_P + row, mask=valid, other=-1.0e30)
+            l_split = tl.load(stats_ptr + (partial * 2 + 1) * BLOCK_P + row, mask=valid, other=0.0)
+            acc_split = tl.load(acc_ptr + (partial[:, None] * BLOCK_P + row) * BLOCK_D + offs_d[None, :],
+                                mask=valid[:, None], other=0.0)
+            m_new = tl.maximum(m, tl.max(m_split, axis=0))
+            alpha = tl.math.exp2(m - m_new)
+            weight = tl.math.exp2(m_split - m_new)
+            l_sum = l_sum * alpha + tl.sum(l_split * weight, axis=0)
+            acc = acc * alpha + tl.sum(acc_split * weight[:, None], axis=0)
+            m = m_new
+        tl.store(o_ptr + batch * stride_ob + row * stride_on + head * HEAD_DIM + offs_d,
+                 (acc / l_sum).to(o_ptr.dtype.element_ty), mask=offs_d < HEAD_DIM)
+
+
+# Launch settings, chosen by `benchmarks/bench_window_attention.py` (bf16, ViT-L, 8197 tokens, on an H100; results in
+# benchmarks/results/).
+WINDOW_BLOCK_M, WINDOW_BLOCK_N, WINDOW_WARPS, WINDOW_KEY_STAGES, WINDOW_MAX_REGISTERS = 128, 128, 4, 1, None
+
+
+def _precision(tensor: torch.Tensor) -> str:
+    """fp32 products in fp32 (Triton's default for fp32 would be tf32); half types use the tensor cores as they are."""
+    return "ieee" if tensor.dtype == torch.float32 else "tf32"
+
+
+def _register_cap(max_registers):
+    """Launch option capping registers per thread (more programs per multiprocessor, at the price of some spills)."""
+    return {"maxnreg": max_registers} if max_registers else {}
+
+
+def window_attention_triton(query, key, value, cos, sin, num_prefix: int, grid_size, window_size: int, scale: float,
+                            block_m=None, block_n=None, num_warps=None, key_stages=None, max_registers=None):
+    """`window_attention_torch` on the GPU (forward only, no dropout), `[batch, tokens, heads * head_dim]` in the dtype
+    of `query`. The keyword arguments override the launch settings above (benchmarks and tests sweep them)."""
+    batch, num_tokens, heads, head_dim = query.shape
+    window_tokens = max(16, triton.next_power_of_2(window_size * window_size))  # no query rows past a small window
+    block_m, block_n = block_m or min(WINDOW_BLOCK_M, window_tokens), block_n or min(WINDOW_BLOCK_N, window_tokens)
+    block_d, block_p = _block_d(head_dim), max(16, triton.next_power_of_2(max(num_prefix, 1)))
+    out = torch.empty(batch, num_tokens, heads * head_dim, device=query.device, dtype=query.dtype)
+    window_rows, window_cols = -(-grid_size[0] // window_size), -(-grid_size[1] // window_size)
+    splits = window_rows * window_cols * triton.cdiv(window_size * window_size, block_m)  # programs per image and head
+    # the prefix queries' partial softmaxes: unnormalised outputs and (running max, sum) per program
+    prefix_acc = torch.empty(batch * heads, splits, block_p, block_d, device=query.device, dtype=torch.float32)
+    prefix_stats = torch.empty(batch * heads, splits, 2, block_p, device=query.device, dtype=torch.float32)
+    tables = _rope_tables(cos, sin, query)
+    _window_kernel[(batch * splits, heads)](
+        query, key, value, *tables, out, prefix_acc, prefix_stats,
+        heads, num_prefix, grid_size[0], grid_size[1], window_cols, window_rows * window_cols, scale * 1.4426950408889634,
+        query.stride(0), query.stride(1), query.stride(2), key.stride(0), key.stride(1), key.stride(2),
+        value.stride(0), value.stride(1), value.stride(2), out.stride(0), out.stride(1),
+        HEAD_DIM=head_dim, BLOCK_D=block_d, WINDOW=window_size, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_P=block_p,
+        HAS_ROPE=tables[0] is not query, PRECISION=_precision(query), KEY_STAGES=key_stages or WINDOW_KEY_STAGES,
+        HAS_PREFIX=num_prefix > 0, num_warps=num_warps or WINDOW_WARPS,
+        EVEN=grid_size[0] % window_size == 0 and grid_size[1] % window_size == 0
+        and (window_size * window_size) % block_n == 0,
+        **_register_cap(max_registers or WINDOW_MAX_REGISTERS),
+    )
+    if num_prefix:
+        _prefix_merge_kernel[(batch * heads, num_prefix)](
+            prefix_acc, prefix_stats, out, heads, splits, out.stride(0), out.stride(1),
+            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_P=block_p, BLOCK_S=32, num_warps=4,
+        )
+    return out

@@ -1,0 +1,150 @@
+"""JetViT's task heads: Depth Anything's DPT neck and depth head (`JetViTForDepthEstimation`) and DINOv3's linear
+segmentation probe (`JetViTForSemanticSegmentation`); the models that use them are in `modeling_jetvit.py`.
+
+The DPT neck reassembles four backbone feature maps (`[batch, hidden, height / patch, width / patch]`) to four scales,
+projects them to `fusion_hidden_size` channels and fuses them coarse to fine; the head upsamples the finest fused map
+to the input resolution and predicts one depth value per pixel. Module names mirror transformers' Depth Anything neck
+and head, so a converted Depth Anything checkpoint keeps their parameter names.
+
+Shipped with every saved checkpoint for `trust_remote_code`: imports only torch and its flat siblings.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .configuration_jetvit import JetViTConfig
+
+
+class JetViTReassembleLayer(nn.Module):
+    def __init__(self, config: JetViTConfig, channels: int, factor: float):
+        super().__init__()
+        self.projection = nn.Conv2d(config.hidden_size, channels, kernel_size=1)
+        if factor > 1:
+            self.resize = nn.ConvTranspose2d(channels, channels, kernel_size=int(factor), stride=int(factor))
+        elif factor == 1:
+            self.resize = nn.Identity()
+        else:
+            self.resize = nn.Conv2d(channels, channels, kernel_size=3, stride=int(1 / factor), padding=1)
+
+    def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
+        return self.resize(self.projection(hidden_state))
+
+
+class JetViTReassembleStage(nn.Module):
+    def __init__(self, config: JetViTConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            JetViTReassembleLayer(config, channels, factor)
+            for channels, factor in zip(config.neck_hidden_sizes, config.reassemble_factors)
+        )
+
+    def forward(self, feature_maps: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        return [layer(feature_map) for layer, feature_map in zip(self.layers, feature_maps)]
+
+
+class JetViTPreActResidualLayer(nn.Module):
+    def __init__(self, config: JetViTConfig):
+        super().__init__()
+        channels = config.fusion_hidden_size
+        self.activation1 = nn.ReLU()
+        self.convolution1 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.activation2 = nn.ReLU()
+        self.convolution2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+
+    def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
+        residual = hidden_state
+        hidden_state = self.convolution1(self.activation1(hidden_state))
+        hidden_state = self.convolution2(self.activation2(hidden_state))
+        return hidden_state + residual
+
+
+class JetViTFeatureFusionLayer(nn.Module):
+    def __init__(self, config: JetViTConfig):
+        super().__init__()
+        self.projection = nn.Conv2d(config.fusion_hidden_size, config.fusion_hidden_size, kernel_size=1)
+        self.residual_layer1 = JetViTPreActResidualLayer(config)
+        self.residual_layer2 = JetViTPreActResidualLayer(config)
+
+    def forward(
+        self, hidden_state: torch.Tensor, residual: torch.Tensor | None = None, size: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        if residual is not None:
+            if hidden_state.shape != residual.shape:
+                residual = F.interpolate(residual, size=hidden_state.shape[2:], mode="bilinear", align_corners=False)
+            hidden_state = hidden_state + self.residual_layer1(residual)
+        hidden_state = self.residual_layer2(hidden_state)
+        resize = {"scale_factor": 2} if size is None else {"size": size}
+        hidden_state = F.interpolate(hidden_state, **resize, mode="bilinear", align_corners=True)
+        return self.projection(hidden_state)
+
+
+class JetViTFeatureFusionStage(nn.Module):
+    def __init__(self, config: JetViTConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(JetViTFeatureFusionLayer(config) for _ in config.neck_hidden_sizes)
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        features = features[::-1]
+        fused_features, fused = [], None
+        for idx, (feature, layer) in enumerate(zip(features, self.layers)):
+            size = features[idx + 1].shape[2:] if idx != len(features) - 1 else None
+            fused = layer(feature, size=size) if fused is None else layer(fused, feature, size=size)
+            fused_features.append(fused)
+        return fused_features
+
+
+class JetViTDepthNeck(nn.Module):
+    """Depth Anything's DPT neck: reassemble four feature maps to four scales, project, and fuse coarse to fine."""
+
+    def __init__(self, config: JetViTConfig):
+        super().__init__()
+        self.reassemble_stage = JetViTReassembleStage(config)
+        self.convs = nn.ModuleList(
+            nn.Conv2d(channels, config.fusion_hidden_size, kernel_size=3, padding=1, bias=False)
+            for channels in config.neck_hidden_sizes
+        )
+        self.fusion_stage = JetViTFeatureFusionStage(config)
+
+    def forward(self, feature_maps: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        features = self.reassemble_stage(feature_maps)
+        features = [conv(feature) for conv, feature in zip(self.convs, features)]
+        return self.fusion_stage(features)
+
+
+class JetViTDepthHead(nn.Module):
+    """Depth Anything's head: conv, upsample to the input size, conv, ReLU, 1x1 conv, then ReLU (relative) or
+    Sigmoid times `max_depth` (metric)."""
+
+    def __init__(self, config: JetViTConfig):
+        super().__init__()
+        self.head_in_index = config.head_in_index
+        self.patch_size = config.patch_size
+        self.max_depth = config.max_depth
+        features = config.fusion_hidden_size
+        self.conv1 = nn.Conv2d(features, features // 2, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(features // 2, config.head_hidden_size, kernel_size=3, padding=1)
+        self.activation1 = nn.ReLU()
+        self.conv3 = nn.Conv2d(config.head_hidden_size, 1, kernel_size=1)
+        self.activation2 = nn.ReLU() if config.depth_estimation_type == "relative" else nn.Sigmoid()
+
+    def forward(self, features: list[torch.Tensor], grid_size: tuple[int, int]) -> torch.Tensor:
+        predicted_depth = self.conv1(features[self.head_in_index])
+        output_size = (grid_size[0] * self.patch_size, grid_size[1] * self.patch_size)
+        predicted_depth = F.interpolate(predicted_depth, output_size, mode="bilinear", align_corners=True)
+        predicted_depth = self.conv3(self.activation1(self.conv2(predicted_depth)))
+        predicted_depth = self.activation2(predicted_depth) * self.max_depth
+        return predicted_depth.squeeze(dim=1)
+
+
+class JetViTLinearProbeHead(nn.Module):
+    """DINOv3's linear segmentation probe: Dropout2d -> BatchNorm -> 1x1 convolution on the patch-feature map."""
+
+    def __init__(self, config: JetViTConfig):
+        super().__init__()
+        self.dropout = nn.Dropout2d(config.semantic_head_dropout)
+        self.batchnorm = nn.BatchNorm2d(config.hidden_size)
+        self.classifier = nn.Conv2d(config.hidden_size, config.num_labels, kernel_size=1)
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.batchnorm(self.dropout(feature_map)))
