@@ -12,6 +12,7 @@ from jetvit_hf.models.jetvit.kernels_jetvit_linear import linear_attention_outpu
 from jetvit_hf.models.jetvit.kernels_jetvit_window import window_attention_triton
 from jetvit_hf.models.jetvit.ops_jetvit import linear_attention_output, linear_attention_state, window_attention
 from jetvit_hf.models.jetvit.torch_jetvit import linear_attention_state_torch, window_attention_torch
+from helpers import relative_error
 
 
 def rope_tables(num_patches, dim, seed=0):
@@ -131,11 +132,11 @@ def test_triton_kernels_match_the_pytorch_path(dtype, grid, num_prefix, heads, d
     # the kernel rounds rotated half-precision keys to their dtype before the product, the reference does not
     tolerance = 1e-5 if dtype == torch.float32 else 1e-2
     for actual, expected in ((state, ref_state), (key_sum, ref_key_sum), (value_sum, ref_value_sum)):
-        assert ((actual - expected).norm() / expected.norm()).item() < tolerance
+        assert relative_error(actual, expected) < tolerance
     out = linear_attention_output_triton(q, v, state, key_sum, conv_weight, cos, sin, num_prefix, grid, 1e-6)
     assert out.dtype == dtype and torch.isfinite(out).all()
     expected = reference_block(q, k, v, conv_weight, num_prefix, grid, 1e-6, cos, sin)
-    error = ((out.double() - expected).norm() / expected.norm()).item()
+    error = relative_error(out, expected)
     assert error < (1e-5 if dtype == torch.float32 else 1e-2), error
 
 
@@ -162,7 +163,7 @@ def test_triton_kernels_survive_large_activations(dtype):
     out = linear_attention_output_triton(q, v, state, key_sum, None, None, None, 5, (32, 32), 1e-6)
     expected = reference_block(q, k, v, None, 5, (32, 32), 1e-6)
     assert torch.isfinite(out).all()
-    assert ((out.double() - expected).norm() / expected.norm()).item() < 1e-2
+    assert relative_error(out, expected) < 1e-2
 
 
 def window_reference(q, k, v, cos, sin, num_prefix, grid, window, scale):
@@ -218,7 +219,7 @@ def test_triton_window_kernel_matches_the_pytorch_path(dtype, grid, window, num_
     expected = window_attention_torch(
         q.float(), k.float(), v.float(), cos, sin, num_prefix, grid, window, scale)
     assert out.dtype == dtype and torch.isfinite(out).all()
-    error = ((out.float() - expected).norm() / expected.norm()).item()
+    error = relative_error(out, expected)
     assert error < (1e-5 if dtype == torch.float32 else 1e-2), error
 
 
@@ -248,4 +249,4 @@ def test_triton_output_kernel_column_blocks(block_n, block_e):
     out = linear_attention_output_triton(q, v, state, key_sum, conv_weight, cos, sin, num_prefix, grid, 1e-6,
                                          block_n=block_n, block_e=block_e)
     expected = reference_block(q, k, v, conv_weight, num_prefix, grid, 1e-6, cos, sin)
-    assert ((out.double() - expected).norm() / expected.norm()).item() < 1e-2
+    assert relative_error(out, expected) < 1e-2
