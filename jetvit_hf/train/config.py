@@ -58,7 +58,8 @@ class TrainConfig:
     data: str = field(
         default="scenes:1000",
         metadata=_help(
-            "The images: an image folder, a saved or local dataset dir, or 'scenes:<count>' for procedural scenes."
+            "The images: an image folder, a saved or local dataset dir, 'scenes:<count>' for procedural scenes, or "
+            "'render:train[:<scenes per epoch>]' for batches the scene renderer draws on the training device."
         ),
     )
     image_column: str | None = field(default=None, metadata=_help("The dataset's image column (default: found)."))
