@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from ..layouts import summarize_types
-from .device import _dtype_name
+from .device import dtype_name
 from .specs import ModelSpec, _config_with
 
 MODEL_NAMES = ("hf", "hf-eager", "jetvit-full", "jetvit")
@@ -48,7 +48,7 @@ def _check_fits_on_cpu(model_class, config, dtype: torch.dtype, device: torch.de
         return
     if nbytes > ram / 2:
         raise ValueError(
-            f"{model_class.__name__} needs {nbytes / 2**30:.1f} GiB of {_dtype_name(dtype)} weights, more than half of "
+            f"{model_class.__name__} needs {nbytes / 2**30:.1f} GiB of {dtype_name(dtype)} weights, more than half of "
             f"this machine's {ram / 2**30:.1f} GiB of RAM; CPU mode is a smoke test, use a smaller preset (e.g. tiny)."
         )
 

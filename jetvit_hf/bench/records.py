@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 
 from ..layouts import summarize_types
-from .device import CPU_SMOKE_NOTE, _dtype_name, environment
+from .device import CPU_SMOKE_NOTE, dtype_name, environment
 from .specs import ModelSpec
 from .timing import RunSettings
 
@@ -45,7 +45,7 @@ def _header(kind: str, spec: ModelSpec, settings: RunSettings, attention_types, 
         "versions": {k: env[k] for k in ("torch", "transformers", "triton", "jetvit_hf", "cuda", "cudnn", "python")},
         "gpu": env["gpu"],
         "device": settings.device.type,
-        "dtype": _dtype_name(settings.dtype),
+        "dtype": dtype_name(settings.dtype),
         "model": _model_record(spec),
         "attention_types": list(attention_types),
         "attention_layout": layout,

@@ -1,12 +1,14 @@
-"""Depth evaluation: `DepthMetrics` set up for a set of targets, and ordinal accuracy on pairs of pixels in DA-2K's
-format, from DA-2K's annotations or sampled where the teacher's disparities differ by more than `ORDINAL_RATIO`.
+"""Depth evaluation: a depth model's predicted disparity (`predicted_depth`, in a placement's autocast), `DepthMetrics`
+set up for a set of targets, and ordinal accuracy on pairs of pixels in DA-2K's format, from DA-2K's annotations or
+sampled where the teacher's disparities differ by more than `ORDINAL_RATIO`.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from ..device import Placement, resolve_placement
 from ..models.jetvit.modeling_jetvit import JetViTForDepthEstimation
 from ..train.targets import task_features, unwrap
 from .images import EvalImages, model_inputs, resize_map
@@ -61,22 +63,39 @@ def sample_ordinal_pairs(disparity: torch.Tensor, num_pairs: int, generator: tor
     return pairs
 
 
-def ordinal_accuracy(model: torch.nn.Module, images: EvalImages, pairs: list[list[dict]],
-                     progress: bool = False) -> float:
+def predicted_depth(model: torch.nn.Module, pixel_values: torch.Tensor, placement: Placement) -> torch.Tensor:
+    """`[B, H, W]` float32 predicted disparity of a depth model at its input resolution, on the model's device; the
+    forward runs in `placement`'s autocast."""
+    with placement.autocast():
+        prediction = task_features(model, model_inputs(pixel_values, model), with_prediction=True).prediction
+    return prediction.float()
+
+
+def ordinal_hits(predictions: Iterable[torch.Tensor], images: EvalImages, pairs: list[list[dict]]) -> tuple[float, int]:
+    """(correctly ranked pairs, pairs) of `[B, H, W]` disparity batches in the order of `images`, each map upsampled to
+    its image's original resolution, where the pairs (DA-2K format, one list per image) lie."""
+    correct, total, index = 0.0, 0, 0
+    for batch in predictions:
+        for prediction in batch:
+            if pairs[index]:
+                disparity = resize_map(prediction, images.original_sizes[index])
+                correct += ordinal_pair_accuracy(disparity, pairs[index]) * len(pairs[index])
+                total += len(pairs[index])
+            index += 1
+    return correct, total
+
+
+def ordinal_accuracy(model: torch.nn.Module, images: EvalImages, pairs: list[list[dict]], progress: bool = False,
+                     placement: Placement | None = None) -> float:
     """Fraction of all pairs (DA-2K format, per image, at its original resolution) that `model`'s disparity, upsampled
-    to the original resolution, ranks right."""
-    correct = total = 0
-    model.eval()
+    to the original resolution, ranks right. The model (put in eval mode) and the images run on `placement` (default:
+    `resolve_placement()`, a GPU when there is one)."""
+    placement = placement or resolve_placement()
+    placement.module(model).eval()
+    images = images.to(placement.device)
     with torch.inference_mode():
-        batches = tqdm(list(images.batch_slices()), desc="ordinal accuracy", disable=not progress, leave=False)
-        for pixel_values, first in batches:
-            predictions = task_features(model, model_inputs(pixel_values, model), with_prediction=True).prediction
-            for offset, prediction in enumerate(predictions):
-                image_pairs = pairs[first + offset]
-                if image_pairs:
-                    disparity = resize_map(prediction.float().cpu(), images.original_sizes[first + offset])
-                    correct += ordinal_pair_accuracy(disparity, image_pairs) * len(image_pairs)
-                    total += len(image_pairs)
+        batches = tqdm(images.batches, desc="ordinal accuracy", disable=not progress, leave=False)
+        correct, total = ordinal_hits((predicted_depth(model, pixels, placement) for pixels in batches), images, pairs)
     if total == 0:
         raise ValueError("Ordinal accuracy needs at least one pair.")
     return correct / total

@@ -11,10 +11,14 @@ a plain-text table of the report's headline numbers (`format_report`).
   with their final LayerNorm.
 
 Evaluation images are resized for the model (`images.model_input_size`); predictions are compared with ground truth at
-the image's original resolution (bilinear upsampling) and with the teacher at the model's resolution.
+the image's original resolution (bilinear upsampling) and with the teacher at the model's resolution. Both models and
+the images run on one device, the forwards in one compute dtype (`jetvit_hf.device`: by default a GPU with bfloat16
+autocast when there is one, else the CPU in float32); metrics are computed in float32/float64 on that device. The
+report records the device, the dtype and the wall-clock seconds.
 """
 
 import os
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,6 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..convert import load_jetvit
+from ..device import Placement, resolve_placement
 from ..io import atomic_write_json
 from ..models.jetvit.modeling_jetvit import (
     JetViTForDepthEstimation,
@@ -30,7 +35,14 @@ from ..models.jetvit.modeling_jetvit import (
     JetViTLinearProbeHead,
 )
 from ..train.targets import check_teacher_student, unwrap
-from .depth import ORDINAL_RATIO, is_depth_model, make_depth_metrics, ordinal_accuracy, sample_ordinal_pairs
+from .depth import (
+    ORDINAL_RATIO,
+    is_depth_model,
+    make_depth_metrics,
+    ordinal_accuracy,
+    ordinal_hits,
+    sample_ordinal_pairs,
+)
 from .images import (
     IGNORE_INDEX,
     EvalImages,
@@ -41,7 +53,7 @@ from .images import (
     require_labels,
     resize_map,
 )
-from .metrics import DEPTH_MODES, SegmentationMetrics, ordinal_pair_accuracy
+from .metrics import DEPTH_MODES, SegmentationMetrics
 from .probe import check_probe, load_linear_probe, probe_features, probe_logits, train_linear_probe
 
 EVAL_TASKS = ("features", "depth", "segmentation")
@@ -84,7 +96,9 @@ def _resolve_tasks(tasks, model, images: EvalImages | None, probe) -> list[str]:
 def evaluate_model(model: torch.nn.Module, teacher: torch.nn.Module, images: EvalImages | None = None, *,
                    tasks=None, depth_modes: Sequence[str] = DEPTH_MODES, da2k: str | os.PathLike | None = None,
                    probe: JetViTLinearProbeHead | None = None, num_labels: int | None = None,
-                   probe_steps: int = 1000, pairs_per_image: int = 64, seed: int = 0, progress: bool = True) -> dict:
+                   probe_steps: int = 1000, pairs_per_image: int = 64, seed: int = 0, progress: bool = True,
+                   device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
+                   batch_size: int | None = None) -> dict:
     """Evaluate `model` against `teacher` (both JetViT models of one source) on `images`; returns the report dict.
 
     Args:
@@ -95,8 +109,10 @@ def evaluate_model(model: torch.nn.Module, teacher: torch.nn.Module, images: Eva
             ordinal accuracy uses `pairs_per_image` pairs sampled where the teacher's disparity ratio exceeds 1.1.
         probe: A linear probe (`load_linear_probe`), applied to both models. Without one, a probe is trained on the
             teacher's features of `images` (against their labels) for `probe_steps` steps.
+        device, dtype: Where the models run and the dtype of their forwards (`device.resolve_placement`).
+        batch_size: DA-2K images per forward (default `Placement.batch_size()`); `images` come batched.
 
-    Both models are put in eval mode.
+    Both models (and the probe) are put in eval mode and moved to the device.
     """
     check_teacher_student(unwrap(teacher).config, unwrap(model).config)
     tasks = _resolve_tasks(tasks, model, images, probe)
@@ -104,59 +120,52 @@ def evaluate_model(model: torch.nn.Module, teacher: torch.nn.Module, images: Eva
         raise ValueError("DA-2K ordinal accuracy needs a depth model (JetViTForDepthEstimation).")
     if images is None and (da2k is None or any(task != "depth" for task in tasks)):
         raise ValueError("Evaluation needs images (--data) unless it is only the depth task with --da2k.")
-    config = unwrap(model).config
-    report = {"schema": REPORT_SCHEMA, "tasks": tasks, "attention_types": list(config.attention_types),
-              "layer_indexing": "0-based"}
+    placement = resolve_placement(device, dtype)
+    began = time.perf_counter()
+    for network in (model, teacher):
+        placement.module(network).eval()
+    images = images.to(placement.device) if images is not None else None
+    report = {"schema": REPORT_SCHEMA, "tasks": tasks, "attention_types": list(unwrap(model).config.attention_types),
+              "layer_indexing": "0-based", "device": placement.describe()}
     if "segmentation" in tasks:
         if probe is None:
             require_labels(images, "Segmentation without a given probe")
-            probe = train_linear_probe(teacher, images, num_labels, steps=probe_steps, seed=seed, progress=progress)
+            probe = train_linear_probe(teacher, images, num_labels, steps=probe_steps, seed=seed, progress=progress,
+                                       placement=placement)
             source = f"trained on the teacher's features of the evaluation images ({probe_steps} steps)"
         else:
             source = "given"
         check_probe(probe, model)
-        report["segmentation"] = _segmentation_report(model, teacher, images, probe, source, progress)
+        report["segmentation"] = _segmentation_report(model, teacher, images, probe.to(placement.device).eval(),
+                                                      source, progress, placement)
     if images is not None:
         report["num_images"] = len(images)
     if images is not None and ("features" in tasks or "depth" in tasks):
         report.update(_main_pass(model, teacher, images, tasks, depth_modes, da2k is None, pairs_per_image, seed,
-                                 progress))
+                                 progress, placement))
     if da2k is not None:
-        report["ordinal"] = _da2k_report(model, teacher, da2k, progress)
+        report["ordinal"] = _da2k_report(model, teacher, da2k, progress, placement, placement.batch_size(batch_size))
+    report["seconds"] = time.perf_counter() - began
     return report
 
 
 def _main_pass(model, teacher, images: EvalImages, tasks, depth_modes, teacher_pairs: bool, pairs_per_image: int,
-               seed: int, progress: bool) -> dict:
+               seed: int, progress: bool, placement: Placement) -> dict:
     """Per-layer cosine, depth metrics and teacher-pair ordinal accuracy, from one forward of each model per batch."""
-    depth_task = "depth" in tasks
-    num_layers = unwrap(model).config.num_hidden_layers
-    cosine_sums, token_count = torch.zeros(num_layers, dtype=torch.float64), 0
+    cosine_sums = torch.zeros(unwrap(model).config.num_hidden_layers, dtype=torch.float64, device=placement.device)
+    token_count = 0
     student_depth, teacher_depth = [], []
-    correct = total = 0
-    generator = torch.Generator().manual_seed(seed)
-    model.eval()
-    teacher.eval()
     with torch.inference_mode():
-        for pixel_values, first in tqdm(list(images.batch_slices()), desc="jetvit eval", disable=not progress):
-            student_layers, student_prediction = _layer_outputs(model, model_inputs(pixel_values, model))
-            teacher_layers, teacher_prediction = _layer_outputs(teacher, model_inputs(pixel_values, teacher))
+        for pixel_values in tqdm(images.batches, desc="jetvit eval", disable=not progress):
+            with placement.autocast():
+                student_layers, student_prediction = _layer_outputs(model, model_inputs(pixel_values, model))
+                teacher_layers, teacher_prediction = _layer_outputs(teacher, model_inputs(pixel_values, teacher))
             for layer, (student, reference) in enumerate(zip(student_layers, teacher_layers)):
-                cosine = F.cosine_similarity(student.double().cpu(), reference.double().cpu(), dim=-1)
-                cosine_sums[layer] += cosine.sum()
+                cosine_sums[layer] += F.cosine_similarity(student.double(), reference.double(), dim=-1).sum()
             token_count += student_layers[0].shape[0] * student_layers[0].shape[1]
-            if not depth_task:
-                continue
-            for offset, (prediction, reference) in enumerate(zip(student_prediction, teacher_prediction)):
-                prediction, reference = prediction.float().cpu(), reference.float().cpu()
-                student_depth.append(prediction)
-                teacher_depth.append(reference)
-                if teacher_pairs:  # at the original resolution, as DA-2K's pairs
-                    size = images.original_sizes[first + offset]
-                    pairs = sample_ordinal_pairs(resize_map(reference, size), pairs_per_image, generator)
-                    if pairs:
-                        correct += ordinal_pair_accuracy(resize_map(prediction, size), pairs) * len(pairs)
-                        total += len(pairs)
+            if "depth" in tasks:
+                student_depth += list(student_prediction.float())
+                teacher_depth += list(teacher_prediction.float())
     result = {}
     if "features" in tasks:
         per_layer = (cosine_sums / token_count).tolist()
@@ -167,8 +176,16 @@ def _main_pass(model, teacher, images: EvalImages, tasks, depth_modes, teacher_p
                           "student's and the teacher's hidden states after that layer, each normed with its final "
                           "LayerNorm",
         }
-    if not depth_task:
-        return result
+    if "depth" in tasks:
+        result["depth"] = _depth_report(student_depth, teacher_depth, images, depth_modes)
+    if "depth" in tasks and teacher_pairs:
+        result["ordinal"] = _teacher_pair_ordinal(student_depth, teacher_depth, images, pairs_per_image, seed)
+    return result
+
+
+def _depth_report(student_depth: list[torch.Tensor], teacher_depth: list[torch.Tensor], images: EvalImages,
+                  depth_modes) -> dict:
+    """Depth metrics of the student against the teacher and, where the images have depth, of both against it."""
     depth = {"vs_teacher": {}}
     for mode in depth_modes:
         metric = make_depth_metrics(mode, teacher_depth, target_is_depth=False)
@@ -184,25 +201,33 @@ def _main_pass(model, teacher, images: EvalImages, tasks, depth_modes, teacher_p
                 for prediction, target in zip(predictions, images.depth):
                     metric.update(resize_map(prediction, target.shape), target)
                 depth["vs_ground_truth"][model_name][mode] = metric.compute()
-    result["depth"] = depth
-    if teacher_pairs:  # without any pair (a nearly flat teacher prediction) the accuracy is undefined, not an error
-        result["ordinal"] = {"source": f"pairs sampled where the teacher's disparity ratio > {ORDINAL_RATIO}",
-                             "accuracy": correct / total if total else None, "num_pairs": total}
-    return result
+    return depth
 
 
-def _segmentation_report(model, teacher, images: EvalImages, probe, source: str, progress: bool) -> dict:
+def _teacher_pair_ordinal(student_depth: list[torch.Tensor], teacher_depth: list[torch.Tensor], images: EvalImages,
+                          pairs_per_image: int, seed: int) -> dict:
+    """Ordinal accuracy of the student on pairs sampled (at the original resolution, as DA-2K's) where the teacher's
+    disparity ratio exceeds `ORDINAL_RATIO`. Without any pair (a nearly flat teacher) the accuracy is undefined."""
+    generator = torch.Generator().manual_seed(seed)
+    pairs = [sample_ordinal_pairs(resize_map(reference, size), pairs_per_image, generator)
+             for reference, size in zip(teacher_depth, images.original_sizes)]
+    correct, total = ordinal_hits([student_depth], images, pairs)
+    return {"source": f"pairs sampled where the teacher's disparity ratio > {ORDINAL_RATIO}",
+            "accuracy": correct / total if total else None, "num_pairs": total}
+
+
+def _segmentation_report(model, teacher, images: EvalImages, probe, source: str, progress: bool,
+                         placement: Placement) -> dict:
     num_labels = probe.classifier.out_channels
     names = ("student", "teacher", "student_vs_teacher") if images.labels is not None else ("student_vs_teacher",)
     metrics = {name: SegmentationMetrics(num_labels, IGNORE_INDEX) for name in names}
-    model.eval()
-    teacher.eval()
     with torch.inference_mode():
         for pixel_values, first in tqdm(list(images.batch_slices()), desc="jetvit eval: segmentation",
                                         disable=not progress):
-            student_maps = probe_features(model, model_inputs(pixel_values, model)).cpu()
-            teacher_maps = probe_features(teacher, model_inputs(pixel_values, teacher)).cpu()
-            for offset, (student_map, teacher_map) in enumerate(zip(student_maps, teacher_maps)):
+            with placement.autocast():
+                student_maps = probe_features(model, model_inputs(pixel_values, model))
+                teacher_maps = probe_features(teacher, model_inputs(pixel_values, teacher))
+            for offset, (student_map, teacher_map) in enumerate(zip(student_maps.float(), teacher_maps.float())):
                 size = images.original_sizes[first + offset]
                 student = probe_logits(probe, student_map, size).argmax(0)
                 reference = probe_logits(probe, teacher_map, size).argmax(0)
@@ -217,22 +242,28 @@ def _segmentation_report(model, teacher, images: EvalImages, probe, source: str,
     return report
 
 
-def _da2k_report(model, teacher, annotations_path, progress: bool) -> dict:
+def _da2k_report(model, teacher, annotations_path, progress: bool, placement: Placement, batch_size: int) -> dict:
     config = unwrap(model).config
-    images, pairs = load_da2k_images(annotations_path, config.patch_size, default_image_size(config))
+    images, pairs = load_da2k_images(annotations_path, config.patch_size, default_image_size(config), batch_size)
+    images = images.to(placement.device)
     result = {"source": f"DA-2K annotations {annotations_path}", "num_pairs": sum(len(p) for p in pairs)}
     for name, network in (("accuracy", model), ("teacher_accuracy", teacher)):
-        result[name] = ordinal_accuracy(network, images, pairs, progress)
+        result[name] = ordinal_accuracy(network, images, pairs, progress, placement)
     return result
 
 
 def run_evaluation(model, teacher, data=None, *, output: str | os.PathLike | None = None, tasks=None,
                    depth_modes: Sequence[str] = DEPTH_MODES, da2k=None, probe=None, num_labels: int | None = None,
-                   probe_steps: int = 1000, num_images: int | None = None, image_size=None, batch_size: int = 8,
-                   pairs_per_image: int = 64, seed: int = 0, progress: bool = True) -> dict:
+                   probe_steps: int = 1000, num_images: int | None = None, image_size=None,
+                   batch_size: int | None = None, pairs_per_image: int = 64, seed: int = 0, progress: bool = True,
+                   device: str | torch.device = "auto", dtype: str | torch.dtype = "auto") -> dict:
     """`evaluate_model` from paths (or models): `model` and `teacher` through `load_jetvit`, `data` through
-    `load_eval_images` (resized for the model, default size its config's `image_size`), `probe` through
-    `load_linear_probe`. The report records its inputs; with `output`, it is written there atomically as JSON."""
+    `load_eval_images` (resized for the model, default size its config's `image_size`; `batch_size` images per
+    forward, default 16 on a GPU, 8 on the CPU), `probe` through `load_linear_probe`, on `device` in `dtype`
+    (`device.resolve_placement`; an unusable device fails before anything is loaded). The report records its inputs;
+    with `output`, it is written there atomically as JSON."""
+    placement = resolve_placement(device, dtype)
+    batch_size = placement.batch_size(batch_size)
     sources = {"model": model, "teacher": teacher, "data": data, "da2k": da2k, "probe": probe}
     model = model if isinstance(model, torch.nn.Module) else load_jetvit(model)
     teacher = teacher if isinstance(teacher, torch.nn.Module) else load_jetvit(teacher)
@@ -245,10 +276,12 @@ def run_evaluation(model, teacher, data=None, *, output: str | os.PathLike | Non
         probe = load_linear_probe(probe)
     report = evaluate_model(model, teacher, images, tasks=tasks, depth_modes=depth_modes, da2k=da2k, probe=probe,
                             num_labels=num_labels, probe_steps=probe_steps, pairs_per_image=pairs_per_image,
-                            seed=seed, progress=progress)
+                            seed=seed, progress=progress, device=placement.device, dtype=placement.dtype,
+                            batch_size=batch_size)
     report["inputs"] = {name: str(value) if isinstance(value, (str, os.PathLike)) else type(value).__name__
                         for name, value in sources.items() if value is not None}
     report["image_size"] = list(image_size) if isinstance(image_size, (tuple, list)) else image_size
+    report["batch_size"] = batch_size
     if output is not None:
         atomic_write_json(output, report)
     return report

@@ -1,7 +1,8 @@
 """DINOv3's linear segmentation probe on frozen features: a BatchNorm + 1x1 convolution head on the layer-normed
-last-layer patch tokens (the head of `JetViTForSemanticSegmentation`), its training (`train_linear_probe`), saving and
-loading (`probe.safetensors` and `probe.json`), and its mIoU and pixel accuracy over a labelled evaluation set (ignore
-index 255).
+last-layer patch tokens (the head of `JetViTForSemanticSegmentation`), its training (`train_linear_probe` from a model,
+`fit_linear_probe` from features already computed), saving and loading (`probe.safetensors` and `probe.json`), and its
+mIoU and pixel accuracy over a labelled evaluation set (ignore index 255). Models run where `jetvit_hf.device`
+places them.
 """
 
 import json
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..device import Placement, resolve_placement
 from ..io import atomic_directory, atomic_write_json
 from ..models.jetvit.configuration_jetvit import JetViTConfig
 from ..models.jetvit.modeling_jetvit import JetViTLinearProbeHead
@@ -61,44 +63,79 @@ def infer_num_labels(labels: Sequence[torch.Tensor], ignore_index: int = IGNORE_
     return largest + 1
 
 
+def probe_feature_maps(model: torch.nn.Module, images: EvalImages, placement: Placement,
+                       progress: bool = False) -> list[torch.Tensor]:
+    """Per batch of `images` (already on the placement's device), `model`'s float32 `probe_features`; the forwards run
+    without gradients in the placement's autocast."""
+    maps = []
+    with torch.inference_mode():
+        for pixels in tqdm(images.batches, desc="linear probe: features", disable=not progress, leave=False):
+            with placement.autocast():
+                features = probe_features(model, model_inputs(pixels, model))
+            maps.append(features.float())
+    return maps
+
+
+def _check_probe_training(steps: int, batch_size: int) -> None:
+    if steps <= 0 or batch_size <= 0:
+        raise ValueError(f"steps and batch_size must be positive, got {steps} and {batch_size}.")
+
+
 def train_linear_probe(model: torch.nn.Module, dataset, num_labels: int | None = None, *, image_size=None,
                        num_images: int | None = None, steps: int = 1000, batch_size: int = 16, lr: float = 1e-3,
                        weight_decay: float = 1e-3, warmup_steps: int | None = None, dropout: float = 0.1,
-                       ignore_index: int = IGNORE_INDEX, seed: int = 0, progress: bool = True):
-    """Train DINOv3's linear segmentation probe on `model`'s frozen, layer-normed last-layer patch tokens.
-
-    The features of every image are computed once (no augmentation). Each step draws `batch_size` images (a seeded
-    permutation per epoch), upsamples the probe's logits bilinearly to each image's label size and minimises the
-    cross-entropy over labelled pixels (`ignore_index` dropped), with AdamW (`lr`, `weight_decay`, betas (0.9, 0.999)),
-    linear warm-up for `warmup_steps` (default DINOv3's 1500 of 40k, scaled to `steps`) then cosine decay to 0.
+                       ignore_index: int = IGNORE_INDEX, seed: int = 0, progress: bool = True,
+                       placement: Placement | None = None):
+    """Train DINOv3's linear segmentation probe on `model`'s frozen, layer-normed last-layer patch tokens
+    (`fit_linear_probe` on the features of every image, computed once).
 
     Args:
-        model: Any JetViT (or a supernet with a subnet set); it is not changed.
+        model: Any JetViT (or a supernet with a subnet set); its weights are not changed, it is moved to the device.
         dataset: `EvalImages` or data for `load_eval_images` with a `labels` column. All images must share one model
             input size (pass `image_size=(H, W)` for data of mixed sizes).
         num_labels: Default: one more than the largest label.
+        placement: Where the features are computed and the probe trained (default `resolve_placement()`: a GPU when
+            there is one); the forwards run in its autocast, the probe trains in float32.
 
-    Returns the trained probe (a `JetViTLinearProbeHead`, in eval mode) with `probe.training_info` (a dict).
+    Returns the trained probe (a `JetViTLinearProbeHead` on the placement's device, in eval mode) with
+    `probe.training_info` (a dict).
     """
     base = unwrap(model)
     images = load_eval_images(dataset, base.config.patch_size, image_size or default_image_size(base.config),
                               num_images, batch_size=batch_size)
     require_labels(images, "Linear-probe training")
-    if len({tuple(batch.shape[-2:]) for batch in images.batches}) > 1:
-        raise ValueError("Linear-probe training needs one model input size for every image; pass image_size=(H, W).")
-    if steps <= 0 or batch_size <= 0:
-        raise ValueError(f"steps and batch_size must be positive, got {steps} and {batch_size}.")
-    num_labels = num_labels or infer_num_labels(images.labels, ignore_index)
-    warmup_steps = round(steps * 1500 / 40000) if warmup_steps is None else warmup_steps
+    _check_probe_training(steps, batch_size)
+    placement = placement or resolve_placement()
+    images = images.to(placement.device)
     was_training = model.training
-    model.eval()
-    with torch.inference_mode():
-        batches = tqdm(images.batches, desc="linear probe: features", disable=not progress, leave=False)
-        features = torch.cat([probe_features(model, model_inputs(pixels, model)).float().cpu() for pixels in batches])
+    placement.module(model).eval()
+    maps = probe_feature_maps(model, images, placement, progress)
     model.train(was_training)
+    return fit_linear_probe(maps, images.labels, num_labels, steps=steps, batch_size=batch_size, lr=lr,
+                            weight_decay=weight_decay, warmup_steps=warmup_steps, dropout=dropout,
+                            ignore_index=ignore_index, seed=seed, progress=progress)
 
+
+def fit_linear_probe(maps: Sequence[torch.Tensor], labels: Sequence[torch.Tensor], num_labels: int | None = None, *,
+                     steps: int = 1000, batch_size: int = 16, lr: float = 1e-3, weight_decay: float = 1e-3,
+                     warmup_steps: int | None = None, dropout: float = 0.1, ignore_index: int = IGNORE_INDEX,
+                     seed: int = 0, progress: bool = True):
+    """DINOv3's linear segmentation probe fitted to frozen feature maps (`[B, C, h, w]` batches of one size, one
+    `[H, W]` label map per image, on one device), trained there in float32.
+
+    Each step draws `batch_size` images (a seeded permutation per epoch), upsamples the probe's logits bilinearly to
+    each image's label size and minimises the cross-entropy over labelled pixels (`ignore_index` dropped), with AdamW
+    (`lr`, `weight_decay`, betas (0.9, 0.999)), linear warm-up for `warmup_steps` (default DINOv3's 1500 of 40k,
+    scaled to `steps`) then cosine decay to 0. Returns the probe in eval mode with `probe.training_info` (a dict).
+    """
+    if len({tuple(batch.shape[-2:]) for batch in maps}) > 1:
+        raise ValueError("Linear-probe training needs one model input size for every image; pass image_size=(H, W).")
+    _check_probe_training(steps, batch_size)
+    features = torch.cat(list(maps))
+    num_labels = num_labels or infer_num_labels(labels, ignore_index)
+    warmup_steps = round(steps * 1500 / 40000) if warmup_steps is None else warmup_steps
     generator = torch.Generator().manual_seed(seed)
-    probe = make_linear_probe(features.shape[1], num_labels, dropout)
+    probe = make_linear_probe(features.shape[1], num_labels, dropout).to(features.device)
     optimizer = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
 
     def schedule(step: int) -> float:
@@ -107,21 +144,20 @@ def train_linear_probe(model: torch.nn.Module, dataset, num_labels: int | None =
         return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, steps - warmup_steps)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    order, position, losses = torch.randperm(len(images), generator=generator), 0, []
+    labelled = [int((label != ignore_index).sum()) for label in labels]
+    order, position, losses = torch.randperm(len(labels), generator=generator), 0, []
     probe.train()
     for _ in tqdm(range(steps), desc="linear probe: training", disable=not progress, leave=False):
         if position + batch_size > len(order):
-            order, position = torch.randperm(len(images), generator=generator), 0
+            order, position = torch.randperm(len(labels), generator=generator), 0
         indices = order[position : position + batch_size].tolist()
         position += batch_size
-        logits = probe(features[indices])
-        loss_sum, count = 0.0, 0
-        for map_logits, index in zip(logits, indices):
-            label = images.labels[index]
-            upsampled = F.interpolate(map_logits[None], size=label.shape, mode="bilinear", align_corners=False)
-            loss_sum = loss_sum + F.cross_entropy(upsampled, label[None], ignore_index=ignore_index, reduction="sum")
-            count += int((label != ignore_index).sum())
-        loss = loss_sum / max(count, 1)
+        loss_sum = 0.0
+        for map_logits, index in zip(probe(features[indices]), indices):
+            upsampled = F.interpolate(map_logits[None], size=labels[index].shape, mode="bilinear", align_corners=False)
+            loss_sum = loss_sum + F.cross_entropy(upsampled, labels[index][None], ignore_index=ignore_index,
+                                                  reduction="sum")
+        loss = loss_sum / max(sum(labelled[index] for index in indices), 1)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -130,7 +166,7 @@ def train_linear_probe(model: torch.nn.Module, dataset, num_labels: int | None =
     probe.eval()
     probe.training_info = {
         "features": "layer-normed last-layer patch tokens (frozen)",
-        "num_images": len(images), "steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+        "num_images": len(labels), "steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
         "warmup_steps": warmup_steps, "schedule": "linear warm-up, cosine decay to 0", "optimizer": "AdamW",
         "dropout": dropout, "ignore_index": ignore_index, "seed": seed,
         "final_loss": float(np.mean(losses[-max(1, steps // 20):])),
@@ -174,15 +210,26 @@ def check_probe(probe: JetViTLinearProbeHead, model: torch.nn.Module) -> None:
                          f"{hidden_size}.")
 
 
-def probe_segmentation_metrics(model: torch.nn.Module, probe: JetViTLinearProbeHead, images: EvalImages) -> dict:
+def probe_segmentation_metrics(model: torch.nn.Module, probe: JetViTLinearProbeHead, images: EvalImages,
+                               placement: Placement | None = None) -> dict:
     """`{"mean_iou", "pixel_accuracy", "mean_accuracy"}` over the whole set of `probe` applied to `model`'s features
-    (logits upsampled to each label map), against the labels (ignore index 255). `model` should be in eval mode."""
+    (logits upsampled to each label map), against the labels (ignore index 255). `model` should be in eval mode; it,
+    the probe and the images are moved to `placement` (default `resolve_placement()`: a GPU when there is one)."""
     require_labels(images, "Segmentation metrics")
     check_probe(probe, model)
+    placement = placement or resolve_placement()
+    images = images.to(placement.device)
+    maps = probe_feature_maps(placement.module(model), images, placement)
+    return probe_map_metrics(probe.to(placement.device), maps, images)
+
+
+def probe_map_metrics(probe: JetViTLinearProbeHead, maps: Sequence[torch.Tensor], images: EvalImages) -> dict:
+    """`{"mean_iou", "pixel_accuracy", "mean_accuracy"}` of `probe` on per-batch feature maps of `images` (on the
+    probe's device), against the labels (ignore index 255)."""
     metrics = SegmentationMetrics(probe.classifier.out_channels, IGNORE_INDEX)
     with torch.inference_mode():
-        for pixels, first in images.batch_slices():
-            for offset, feature_map in enumerate(probe_features(model, model_inputs(pixels, model)).float().cpu()):
+        for feature_maps, (_, first) in zip(maps, images.batch_slices()):
+            for offset, feature_map in enumerate(feature_maps):
                 index = first + offset
                 prediction = probe_logits(probe, feature_map, images.original_sizes[index]).argmax(0)
                 metrics.update(prediction, images.labels[index])

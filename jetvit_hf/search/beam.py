@@ -10,12 +10,15 @@ Each round expands every member of the beam by one move and keeps the `beam_widt
 assignment is evaluated once. With a per-layer latency table (`jetvit bench --layer-table`) each assignment gets an
 estimated latency, children over `latency_budget_ms` are skipped, and the Pareto front is score against latency
 (otherwise against the number of non-linear layers). Scores are the objective's own numbers; "better" follows
-`objective.higher_is_better`.
+`objective.higher_is_better`. The log holds the wall-clock seconds of each candidate, each round and the stage, and
+the device and dtype the objective ran on.
 """
 
 import json
 import math
 import os
+import statistics
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,6 +57,8 @@ class SearchResult:
     max_full: int | None = None
     max_changes: int | None = None
     latency_budget_ms: float | None = None
+    timing: dict = field(default_factory=dict)
+    device: dict | None = None
     metadata: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -63,6 +68,22 @@ class SearchResult:
         """Write the log atomically as JSON (NaN gains are written as null)."""
         atomic_write_json(path, _json_safe(self.to_dict()))
         return Path(path)
+
+    def timing_summary(self) -> str:
+        """Two lines: where the objective ran and the stage's wall-clock seconds (set-up, teacher outputs, per
+        candidate), then each round's seconds."""
+        timing, where = self.timing, ""
+        if self.device is not None:
+            gpu = f" ({self.device['gpu']})" if self.device["gpu"] else ""
+            where = f" on {self.device['device']}{gpu} in {self.device['dtype']}"
+        parts = [f"set-up {timing['setup_seconds']:.1f} s"] if "setup_seconds" in timing else []
+        if timing["teacher_outputs_seconds"] is not None:
+            parts.append(f"teacher outputs {timing['teacher_outputs_seconds']:.2f} s")
+        each = timing["seconds_per_candidate"]
+        parts.append(f"stage {timing['stage_seconds']:.1f} s for {timing['num_candidates']} candidates "
+                     f"({each['median']:.3f} s each (median), the first {each['first']:.3f} s)")
+        rounds = ", ".join(f"{r['round']}: {r['seconds']:.2f}" for r in self.rounds)
+        return f"  time{where}: {'; '.join(parts)}\n  seconds per round (0: the start): {rounds}"
 
 
 def _json_safe(value):
@@ -130,7 +151,8 @@ def beam_search(supernet: JetViTSupernet, objective: Objective, *, stage: int, b
 
     Args:
         supernet: The supernet whose candidates define the moves.
-        objective: Scores the subnet the supernet has set (`Objective.evaluate`).
+        objective: Scores the subnet the supernet has set (`Objective.evaluate`; one with a placement moves the
+            supernet to its device once and leaves it there).
         stage: 1 (linear -> window) or 2 (-> full).
         beam_width: How many assignments each round keeps (k).
         start: The first assignment; default `default_start(supernet.candidates, stage)`.
@@ -206,6 +228,7 @@ class _StageSearch:
         """The record of `assignment`, scored (and logged) on its first evaluation only."""
         key = tuple(assignment)
         if key not in self.records:
+            start = time.perf_counter()
             self.supernet.set(assignment)
             record = {
                 "assignment": list(assignment),
@@ -218,6 +241,7 @@ class _StageSearch:
                 "num_nonlinear_layers": sum(t != "linear" for t in assignment),
                 "num_full_layers": assignment.count("full"),
             }
+            record["seconds"] = time.perf_counter() - start
             self.records[key] = record
             self.evaluations.append(record)
             self.bar.update(1)
@@ -226,6 +250,7 @@ class _StageSearch:
     def run(self, start: list[str], teacher_score: float | None) -> SearchResult:
         """Score the start (and, in stage 2 without `teacher_score`, the all-full assignment where every layer has
         one), run the rounds, set the supernet to the chosen assignment and return the stage's result."""
+        began = time.perf_counter()
         self.bar.total += 1
         start_record = self.evaluate(start, 0, "start")
         if self.stage == 2 and teacher_score is None and all("full" in layer for layer in self.candidates):
@@ -234,21 +259,26 @@ class _StageSearch:
         target = None
         if self.stage == 2 and teacher_score is not None:
             target = _goodness(teacher_score, self.objective.higher_is_better) - self.tolerance
-        chosen, rounds, stop_reason = self.run_rounds(start_record, target)
+        chosen, rounds, stop_reason = self.run_rounds(start_record, target, time.perf_counter() - began)
         self.bar.close()
         self.supernet.set(chosen["assignment"])
-        return self.result(start_record, chosen, rounds, stop_reason, teacher_score)
+        result = self.result(start_record, chosen, rounds, stop_reason, teacher_score)
+        result.timing = _timing(self.evaluations, time.perf_counter() - began, self.objective.reference_seconds)
+        return result
 
-    def run_rounds(self, start_record: dict, target: float | None) -> tuple[dict, list[dict], str]:
-        """The chosen record, one record per round (round 0: the start) and why the search stopped."""
+    def run_rounds(self, start_record: dict, target: float | None,
+                   start_seconds: float) -> tuple[dict, list[dict], str]:
+        """The chosen record, one record per round (round 0: the start, which took `start_seconds`) and why the
+        search stopped."""
         beam, chosen = [start_record], start_record
-        rounds = [_round_record(0, beam, 0, 0)]
+        rounds = [_round_record(0, beam, 0, 0, start_seconds)]
         round_index = 0
         while True:
             stop_reason = self.limit_reached(chosen, beam, round_index, target)
             if stop_reason is not None:
                 break
             round_index += 1
+            began = time.perf_counter()
             children, over_budget = self.moves(beam)
             if not children:
                 stop_reason = "no_moves_within_budget" if over_budget else "no_moves"
@@ -258,7 +288,9 @@ class _StageSearch:
             scored = [self.evaluate(list(child), round_index, "move", layer) for child, layer in children.items()]
             # best first; ties go to the cheaper assignment, then to the order of generation (stable sort)
             beam = sorted(scored, key=lambda r: (-self.goodness(r), r[self.cost]))[:self.beam_width]
-            rounds.append(_round_record(round_index, beam, len(self.evaluations) - new_before, len(over_budget)))
+            rounds.append(_round_record(round_index, beam, len(self.evaluations) - new_before, len(over_budget),
+                                        time.perf_counter() - began))
+            self.report_round(rounds[-1])
             top = beam[0]
             if self.stage == 1 and self.goodness(top) - self.goodness(chosen) <= self.tolerance:
                 stop_reason = "plateau"
@@ -267,6 +299,14 @@ class _StageSearch:
                 chosen = top
             self.bar.set_postfix_str(f"best {chosen['score']:.4g}")
         return chosen, rounds, stop_reason
+
+    def report_round(self, record: dict) -> None:
+        """One line per round under the progress bar (when it is shown): candidates, seconds, best score."""
+        if self.bar.disable:
+            return
+        each = record["seconds"] / record["evaluated"] if record["evaluated"] else math.nan
+        self.bar.write(f"stage {self.stage} round {record['round']}: {record['evaluated']} candidates in "
+                       f"{record['seconds']:.2f} s ({each:.3f} s each), best {record['best_score']:.6g}")
 
     def limit_reached(self, chosen: dict, beam: list[dict], round_index: int, target: float | None) -> str | None:
         """The stop reason that holds before round `round_index + 1`, or None to go on."""
@@ -334,14 +374,33 @@ class _StageSearch:
             max_full=self.max_full,
             max_changes=self.max_changes,
             latency_budget_ms=self.latency_budget_ms,
+            device=self.objective.placement.describe() if self.objective.placement is not None else None,
         )
 
 
-def _round_record(round_index: int, beam: list[dict], evaluated: int, skipped: int) -> dict:
+def _round_record(round_index: int, beam: list[dict], evaluated: int, skipped: int, seconds: float) -> dict:
     return {
         "round": round_index,
         "beam": [{"assignment": r["assignment"], "score": r["score"]} for r in beam],
         "best_score": beam[0]["score"],
         "evaluated": evaluated,
         "skipped_over_budget": skipped,
+        "seconds": seconds,
+    }
+
+
+def _timing(evaluations: list[dict], stage_seconds: float, reference_seconds: float | None) -> dict:
+    """The stage's wall-clock times: the whole stage, the objective's one teacher pass (made before the stage) and the
+    candidates' (setting the subnet and scoring it on every image; the first also warms the device up)."""
+    seconds = [record["seconds"] for record in evaluations]
+    return {
+        "stage_seconds": stage_seconds,
+        "teacher_outputs_seconds": reference_seconds,
+        "num_candidates": len(seconds),
+        "seconds_per_candidate": {"first": seconds[0], "mean": statistics.fmean(seconds),
+                                  "median": statistics.median(seconds), "max": max(seconds)},
+        "definition": "wall-clock seconds: stage = every evaluation of the stage and the moves between them; a "
+                      "candidate = setting the subnet and scoring it on every image (the first includes the "
+                      "device's warm-up); teacher outputs = the objective's one pass of the teacher, made before the "
+                      "stage",
     }

@@ -1,14 +1,23 @@
-"""Search objectives: each scores the subnet a supernet has set (or any JetViT) on a fixed held-out set whose
-reference outputs are computed once. `"feature"` (the negated feature-distillation loss against the teacher, the fast
-proxy), `"depth"` (a depth metric against ground truth or the teacher's prediction), `"segmentation"` (a linear probe's
-mIoU) and `"ordinal"` (pairwise ordinal accuracy in DA-2K's format); `make_objective` builds one by name.
+"""Search objectives: each scores the subnet a supernet has set (or any JetViT) on a fixed held-out set whose reference
+outputs are computed once. `"feature"` (the negated feature-distillation loss against the teacher, the fast proxy),
+`"depth"` (a depth metric against ground truth or the teacher's prediction), `"segmentation"` (a linear probe's mIoU)
+and `"ordinal"` (pairwise ordinal accuracy in DA-2K's format); `make_objective` builds one by name.
+
+An objective with a teacher runs on one `Placement` (`jetvit_hf.device`; by default a GPU with bfloat16 autocast when
+there is one, else the CPU in float32): its images are moved to the device once, the teacher runs over them exactly
+once and what is kept of its outputs stays there, so scoring a candidate is one forward of the candidate per batch
+plus float32/float64 metrics on the device. The teacher's own score comes from those kept outputs.
 """
 
+import contextlib
 import os
+import time
+from collections.abc import Iterable
 
 import torch
 
-from ..evaluation.depth import is_depth_model, make_depth_metrics, ordinal_accuracy, sample_ordinal_pairs
+from ..device import Placement, resolve_placement
+from ..evaluation.depth import is_depth_model, make_depth_metrics, ordinal_hits, predicted_depth, sample_ordinal_pairs
 from ..evaluation.images import (
     EvalImages,
     default_image_size,
@@ -19,7 +28,7 @@ from ..evaluation.images import (
     resize_map,
 )
 from ..evaluation.metrics import DEPTH_METRIC_NAMES
-from ..evaluation.probe import check_probe, probe_segmentation_metrics, train_linear_probe
+from ..evaluation.probe import check_probe, fit_linear_probe, probe_feature_maps, probe_map_metrics
 from ..train.losses import FeatureDistillationLoss
 from ..train.targets import check_teacher_student, resolve_targets, task_features, unwrap
 
@@ -28,13 +37,19 @@ OBJECTIVES = ("feature", "depth", "segmentation", "ordinal")
 
 class Objective:
     """A search objective: `evaluate(model)` scores the subnet a supernet has set (or any JetViT) on a fixed held-out
-    set whose reference outputs were computed once. Subclasses set `name`, `higher_is_better` and `score`."""
+    set whose reference outputs were computed once. Subclasses set `name`, `higher_is_better` and `score`; one with a
+    `placement` runs the models it scores there."""
 
     name = "objective"
     higher_is_better = True
+    placement: Placement | None = None  # where `evaluate` moves the model first; None: it runs where it is
+    reference_seconds: float | None = None  # wall-clock seconds of the one pass of the teacher, where there is one
 
     def evaluate(self, model: torch.nn.Module) -> float:
-        """The score of `model` in eval mode without gradients (its training flag is restored afterwards)."""
+        """The score of `model` in eval mode without gradients (its training flag is restored afterwards). With a
+        `placement`, the model is moved to its device first and left there."""
+        if self.placement is not None:
+            self.placement.module(model)
         was_training = model.training
         model.eval()
         try:
@@ -46,25 +61,43 @@ class Objective:
     def score(self, model: torch.nn.Module) -> float:
         raise NotImplementedError
 
+    def teacher_score(self) -> float | None:
+        """The score of the teacher the objective was built with, from its kept outputs (no forward pass); None for an
+        objective without a teacher."""
+        return None
+
     def describe(self) -> dict:
         return {"name": self.name, "higher_is_better": self.higher_is_better}
 
 
 class _TeacherObjective(Objective):
-    """An objective with a teacher and a fixed `EvalImages` set; students must match the teacher's shape."""
+    """An objective with a teacher and a fixed `EvalImages` set on one placement (default `resolve_placement()`);
+    students must match the teacher's shape. Subclasses compute what they keep of the teacher in `reference_pass`."""
 
-    def __init__(self, teacher: torch.nn.Module, images: EvalImages):
+    def __init__(self, teacher: torch.nn.Module, images: EvalImages, placement: Placement | None = None):
         if len(images) == 0:
             raise ValueError("The evaluation set is empty.")
-        self.teacher = teacher.eval()
-        self.images = images
+        self.placement = placement or resolve_placement()
+        self.teacher = self.placement.module(teacher).eval()
+        self.images = images.to(self.placement.device)
+
+    @contextlib.contextmanager
+    def reference_pass(self):
+        """The one pass of the teacher over the images: without gradients, its wall-clock time in
+        `reference_seconds`."""
+        start = time.perf_counter()
+        with torch.inference_mode():
+            yield
+        self.placement.synchronize()
+        self.reference_seconds = time.perf_counter() - start
 
     def check(self, model: torch.nn.Module) -> None:
         check_teacher_student(unwrap(self.teacher).config, unwrap(model).config)
 
     def describe(self) -> dict:
         sizes = sorted({tuple(batch.shape[-2:]) for batch in self.images.batches})
-        return {**super().describe(), "num_images": len(self.images), "input_sizes": [list(s) for s in sizes]}
+        return {**super().describe(), "num_images": len(self.images), "input_sizes": [list(s) for s in sizes],
+                "batch_size": max(len(batch) for batch in self.images.batches)}
 
 
 class FeatureObjective(_TeacherObjective):
@@ -73,31 +106,40 @@ class FeatureObjective(_TeacherObjective):
 
     name = "feature"
 
-    def __init__(self, teacher, images: EvalImages, targets: str = "auto", loss: torch.nn.Module | None = None):
-        super().__init__(teacher, images)
+    def __init__(self, teacher, images: EvalImages, targets: str = "auto", loss: torch.nn.Module | None = None,
+                 placement: Placement | None = None):
+        super().__init__(teacher, images, placement)
         self.targets = resolve_targets(teacher, targets)
         self.loss = loss if loss is not None else FeatureDistillationLoss()
-        with torch.inference_mode():
-            self.teacher_features = [
-                [tap.cpu() for tap in task_features(teacher, model_inputs(pixels, teacher), self.targets).features]
-                for pixels in images.batches
-            ]
+        with self.reference_pass():
+            self.teacher_features = [self._features(self.teacher, pixels) for pixels in self.images.batches]
+
+    def _features(self, model: torch.nn.Module, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """`model`'s float32 task features of one batch (the forward in the placement's autocast)."""
+        with self.placement.autocast():
+            features = task_features(model, model_inputs(pixels, model), self.targets).features
+        return [tap.float() for tap in features]
+
+    def _negated_loss(self, features: Iterable[list[torch.Tensor]]) -> float:
+        total = 0.0
+        for student, reference, pixels in zip(features, self.teacher_features, self.images.batches):
+            total += self.loss(student, reference).item() * len(pixels)
+        return -total / len(self.images)
 
     def score(self, model) -> float:
         self.check(model)
-        total = 0.0
-        for pixels, reference in zip(self.images.batches, self.teacher_features):
-            student = task_features(model, model_inputs(pixels, model), self.targets).features
-            total += self.loss(student, [tap.to(s.device) for tap, s in zip(reference, student)]).item() * len(pixels)
-        return -total / len(self.images)
+        return self._negated_loss(self._features(model, pixels) for pixels in self.images.batches)
+
+    def teacher_score(self) -> float:
+        return self._negated_loss(self.teacher_features)
 
     def describe(self) -> dict:
         return {**super().describe(), "targets": self.targets, "loss": repr(self.loss)}
 
 
-def _predicted_depth(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    """`[B, H, W]` float32 predicted disparity on the CPU, at the model's input resolution."""
-    return task_features(model, model_inputs(pixel_values, model), with_prediction=True).prediction.float().cpu()
+def _one_batch(maps: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    """`[B, H, W]` when the maps share a size (one metric update per batch), else the maps."""
+    return torch.stack(maps) if len({tuple(m.shape) for m in maps}) == 1 else maps
 
 
 class DepthObjective(_TeacherObjective):
@@ -106,8 +148,7 @@ class DepthObjective(_TeacherObjective):
     resolution), in `mode` `"disparity"` (Depth Anything's) or `"depth"` (MiDaS/Marigold's)."""
 
     def __init__(self, teacher, images: EvalImages, metric: str = "delta1", mode: str = "disparity",
-                 reference: str = "auto"):
-        super().__init__(teacher, images)
+                 reference: str = "auto", placement: Placement | None = None):
         if not is_depth_model(teacher):
             raise ValueError(f"The depth objective needs a depth model (JetViTForDepthEstimation), got "
                              f"{type(unwrap(teacher)).__name__}.")
@@ -119,28 +160,39 @@ class DepthObjective(_TeacherObjective):
             raise ValueError(f"reference must be 'auto', 'teacher' or 'ground_truth', got {reference!r}.")
         if reference == "ground_truth" and images.depth is None:
             raise ValueError("reference='ground_truth' needs a `depth` column in the data.")
+        super().__init__(teacher, images, placement)
         self.metric, self.mode, self.reference = metric, mode, reference
         self.name = f"depth_{metric}"
         self.higher_is_better = metric != "abs_rel"
+        with self.reference_pass():
+            self.teacher_predictions = [predicted_depth(self.teacher, pixels, self.placement)
+                                        for pixels in self.images.batches]
         if reference == "teacher":
-            with torch.inference_mode():
-                self.targets = [
-                    prediction
-                    for pixels in images.batches
-                    for prediction in _predicted_depth(teacher, pixels)
-                ]
+            targets = [prediction for batch in self.teacher_predictions for prediction in batch]
+            self.batch_targets = self.teacher_predictions
         else:
-            self.targets = images.depth
-        self.metrics = make_depth_metrics(mode, self.targets, target_is_depth=reference == "ground_truth")
+            targets = self.images.depth
+            self.batch_targets = [_one_batch(targets[first : first + len(pixels)])
+                                  for pixels, first in self.images.batch_slices()]
+        self.metrics = make_depth_metrics(mode, targets, target_is_depth=reference == "ground_truth")
+
+    def _metric(self, predictions: Iterable[torch.Tensor]) -> float:
+        """The metric over the whole set, from `[B, H, W]` disparity batches in the order of the images."""
+        self.metrics.reset()
+        for prediction, target in zip(predictions, self.batch_targets):
+            if isinstance(target, torch.Tensor):
+                self.metrics.update(resize_map(prediction, target.shape[-2:]), target)
+                continue
+            for image_prediction, image_target in zip(prediction, target):
+                self.metrics.update(resize_map(image_prediction, image_target.shape), image_target)
+        return self.metrics.compute()[self.metric]
 
     def score(self, model) -> float:
         self.check(model)
-        self.metrics.reset()
-        for pixels, first in self.images.batch_slices():
-            for offset, prediction in enumerate(_predicted_depth(model, pixels)):
-                target = self.targets[first + offset]
-                self.metrics.update(resize_map(prediction, target.shape), target)
-        return self.metrics.compute()[self.metric]
+        return self._metric(predicted_depth(model, pixels, self.placement) for pixels in self.images.batches)
+
+    def teacher_score(self) -> float:
+        return self._metric(self.teacher_predictions)
 
     def describe(self) -> dict:
         return {**super().describe(), "metric": self.metric, "mode": self.mode, "reference": self.reference}
@@ -148,23 +200,30 @@ class DepthObjective(_TeacherObjective):
 
 class SegmentationObjective(_TeacherObjective):
     """mIoU (against the ground-truth `labels`, ignore index 255, over the whole set) of a linear probe applied to the
-    model's normed last-layer patch tokens. The probe is given, or trained once on the TEACHER's features."""
+    model's normed last-layer patch tokens. The probe is given, or fitted once to the TEACHER's features."""
 
     name = "segmentation_miou"
 
     def __init__(self, teacher, images: EvalImages, probe=None, num_labels: int | None = None,
-                 probe_steps: int = 1000, seed: int = 0, progress: bool = True):
-        super().__init__(teacher, images)
+                 probe_steps: int = 1000, seed: int = 0, progress: bool = True, placement: Placement | None = None):
         require_labels(images, "The segmentation objective")
+        super().__init__(teacher, images, placement)
         self.probe_source = "given" if probe is not None else f"trained on the teacher's features ({probe_steps} steps)"
+        with self.reference_pass():
+            self.teacher_maps = probe_feature_maps(self.teacher, self.images, self.placement, progress)
         if probe is None:
-            probe = train_linear_probe(teacher, images, num_labels, steps=probe_steps, seed=seed, progress=progress)
+            probe = fit_linear_probe(self.teacher_maps, self.images.labels, num_labels, steps=probe_steps, seed=seed,
+                                     progress=progress)
         check_probe(probe, teacher)
-        self.probe = probe.eval()
+        self.probe = probe.to(self.placement.device).eval()
 
     def score(self, model) -> float:
         self.check(model)
-        return probe_segmentation_metrics(model, self.probe, self.images)["mean_iou"]
+        maps = probe_feature_maps(model, self.images, self.placement)
+        return probe_map_metrics(self.probe, maps, self.images)["mean_iou"]
+
+    def teacher_score(self) -> float:
+        return probe_map_metrics(self.probe, self.teacher_maps, self.images)["mean_iou"]
 
     def describe(self) -> dict:
         return {**super().describe(), "probe": self.probe_source, "num_labels": self.probe.classifier.out_channels}
@@ -177,56 +236,73 @@ class OrdinalObjective(_TeacherObjective):
     name = "ordinal_accuracy"
 
     def __init__(self, teacher, images: EvalImages, pairs: list[list[dict]] | None = None, pairs_per_image: int = 64,
-                 seed: int = 0):
-        super().__init__(teacher, images)
+                 seed: int = 0, placement: Placement | None = None):
         if not is_depth_model(teacher):
             raise ValueError("The ordinal objective needs a depth model (JetViTForDepthEstimation).")
+        super().__init__(teacher, images, placement)
         self.pairs_source = "given (DA-2K format)" if pairs is not None else "sampled from the teacher's disparity"
+        with self.reference_pass():
+            self.teacher_predictions = [predicted_depth(self.teacher, pixels, self.placement)
+                                        for pixels in self.images.batches]
         if pairs is None:
-            generator = torch.Generator().manual_seed(seed)
-            pairs = []
-            with torch.inference_mode():
-                for pixels, first in images.batch_slices():
-                    for offset, prediction in enumerate(_predicted_depth(teacher, pixels)):
-                        size = images.original_sizes[first + offset]
-                        pairs.append(sample_ordinal_pairs(resize_map(prediction, size), pairs_per_image, generator))
-            if not any(pairs):
-                raise ValueError("No ordinal pair: the teacher's disparity never differs by more than 10% between "
-                                 "two pixels.")
+            pairs = self._sample_pairs(pairs_per_image, seed)
         if len(pairs) != len(images) or not any(pairs):
             raise ValueError(f"Expected one list of pairs per image ({len(images)}), at least one pair in all; got "
                              f"{len(pairs)} lists with {sum(map(len, pairs))} pairs.")
         self.pairs = pairs
 
+    def _sample_pairs(self, pairs_per_image: int, seed: int) -> list[list[dict]]:
+        generator = torch.Generator().manual_seed(seed)
+        pairs = []
+        for batch, (_, first) in zip(self.teacher_predictions, self.images.batch_slices()):
+            for offset, prediction in enumerate(batch):
+                size = self.images.original_sizes[first + offset]
+                pairs.append(sample_ordinal_pairs(resize_map(prediction, size), pairs_per_image, generator))
+        if not any(pairs):
+            raise ValueError("No ordinal pair: the teacher's disparity never differs by more than 10% between two "
+                             "pixels.")
+        return pairs
+
+    def _accuracy(self, predictions: Iterable[torch.Tensor]) -> float:
+        correct, total = ordinal_hits(predictions, self.images, self.pairs)
+        return correct / total
+
     def score(self, model) -> float:
         self.check(model)
-        return ordinal_accuracy(model, self.images, self.pairs)
+        return self._accuracy(predicted_depth(model, pixels, self.placement) for pixels in self.images.batches)
+
+    def teacher_score(self) -> float:
+        return self._accuracy(self.teacher_predictions)
 
     def describe(self) -> dict:
         return {**super().describe(), "pairs": self.pairs_source, "num_pairs": sum(len(p) for p in self.pairs)}
 
 
 def make_objective(name: str, teacher: torch.nn.Module, data=None, *, image_size=None, num_images: int | None = None,
-                   batch_size: int = 8, metric: str = "delta1", depth_mode: str = "disparity",
+                   batch_size: int | None = None, metric: str = "delta1", depth_mode: str = "disparity",
                    reference: str = "auto", da2k: str | os.PathLike | None = None, probe=None,
                    num_labels: int | None = None, probe_steps: int = 1000, feature_targets: str = "auto",
-                   seed: int = 0, progress: bool = True) -> Objective:
+                   seed: int = 0, progress: bool = True, device: str | torch.device = "auto",
+                   dtype: str | torch.dtype = "auto") -> Objective:
     """The objective `name` (one of `OBJECTIVES`) for `teacher` on `data` (anything `evaluation.images.load_eval_images`
-    reads; for `"ordinal"`, a DA-2K `annotations.json` in `da2k` replaces it)."""
+    reads; for `"ordinal"`, a DA-2K `annotations.json` in `da2k` replaces it), running on `device` in `dtype`
+    (`device.resolve_placement`), `batch_size` images per forward (default: `Placement.batch_size()`)."""
     if name not in OBJECTIVES:
         raise ValueError(f"Unknown objective {name!r}; allowed: {list(OBJECTIVES)}.")
+    placement = resolve_placement(device, dtype)
+    batch_size = placement.batch_size(batch_size)
     config = unwrap(teacher).config
     image_size = image_size or default_image_size(config)
     if name == "ordinal" and da2k is not None:
         images, pairs = load_da2k_images(da2k, config.patch_size, image_size, batch_size)
-        return OrdinalObjective(teacher, images, pairs)
+        return OrdinalObjective(teacher, images, pairs, placement=placement)
     if data is None:
         raise ValueError(f"The {name} objective needs evaluation images (data).")
     images = load_eval_images(data, config.patch_size, image_size, num_images, batch_size)
     if name == "feature":
-        return FeatureObjective(teacher, images, feature_targets)
+        return FeatureObjective(teacher, images, feature_targets, placement=placement)
     if name == "depth":
-        return DepthObjective(teacher, images, metric, depth_mode, reference)
+        return DepthObjective(teacher, images, metric, depth_mode, reference, placement=placement)
     if name == "segmentation":
-        return SegmentationObjective(teacher, images, probe, num_labels, probe_steps, seed, progress)
-    return OrdinalObjective(teacher, images, seed=seed)
+        return SegmentationObjective(teacher, images, probe, num_labels, probe_steps, seed, progress, placement)
+    return OrdinalObjective(teacher, images, seed=seed, placement=placement)

@@ -1,14 +1,17 @@
 """`jetvit search` end to end: one stage of the beam search on a supernet (or the stage-2 supernet built from stage 1's
 choice), writing the log, the chosen attention types, the plots and the extracted model into one directory atomically.
+The objective, the teacher and the supernet run on one device in one compute dtype (`jetvit_hf.device`).
 """
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import torch
 
 from ..convert import load_jetvit
+from ..device import resolve_placement
 from ..evaluation.probe import load_linear_probe
 from ..io import atomic_directory, atomic_write_json
 from ..layouts import read_attention_types, stage2_candidates
@@ -47,7 +50,8 @@ def run_search(supernet, teacher, data=None, *, output: str | os.PathLike, objec
                tolerance: float = 0.0, latency_table=None, latency_budget_ms: float | None = None,
                metric: str = "delta1", depth_mode: str = "disparity", da2k=None, probe=None,
                num_labels: int | None = None, probe_steps: int = 1000, num_images: int | None = None,
-               image_size=None, batch_size: int = 8, overwrite: bool = False, progress: bool = True) -> SearchResult:
+               image_size=None, batch_size: int | None = None, device: str | torch.device = "auto",
+               dtype: str | torch.dtype = "auto", overwrite: bool = False, progress: bool = True) -> SearchResult:
     """Search one stage and write `output` atomically: `search_log.json` (`SearchResult.to_dict`),
     `attention_types.json`, `<type>_attention_gain.png` (`full_attention_gain.png` in stage 2), `pareto.png` and
     `model/` (the chosen subnet extracted as an ordinary JetViT, with the source's `preprocessor_config.json`).
@@ -55,13 +59,22 @@ def run_search(supernet, teacher, data=None, *, output: str | os.PathLike, objec
     `supernet` is a `JetViTSupernet` or a directory for `JetViTSupernet.from_pretrained` (a saved supernet, a converted
     JetViT or a source checkpoint); `teacher` a JetViT model or a directory for `convert.load_jetvit`; `objective`
     an `Objective` or a name for `make_objective` (with `data` and the remaining options). Stage 2 without a
-    teacher-score-giving all-full subnet scores the teacher model itself as the target.
+    teacher-score-giving all-full subnet takes the teacher's own score (`Objective.teacher_score`, from the outputs
+    the objective kept) as the target.
+
+    A named objective runs on `device` (auto, cpu, cuda, cuda:N) with forwards in `dtype` (auto, float32, bfloat16,
+    float16; `device.resolve_placement`: auto is a GPU with bfloat16 autocast when there is one, else the CPU in
+    float32), `batch_size` images per forward (default 16 on a GPU, 8 on the CPU); the supernet and the teacher are
+    moved there. The log records the device and dtype and the wall-clock seconds of the set-up (loading, the
+    teacher's one pass), of every candidate, of every round and of the stage.
     """
     if stage not in STAGES:
         raise ValueError(f"Unknown search stage {stage!r}; allowed: {list(STAGES)}.")
     if isinstance(objective, str) and objective not in OBJECTIVES:
         raise ValueError(f"Unknown objective {objective!r}; allowed: {list(OBJECTIVES)}.")
+    placement = resolve_placement(device, dtype)  # an unusable device fails here, before anything is loaded
     sources = {"supernet": supernet, "teacher": teacher, "data": data}
+    began = time.perf_counter()
     with atomic_directory(output, overwrite=overwrite) as staging:
         teacher_model = teacher if isinstance(teacher, torch.nn.Module) else load_jetvit(teacher)
         search_supernet, start = prepare_supernet(supernet, teacher_model, stage, start)
@@ -71,16 +84,20 @@ def run_search(supernet, teacher, data=None, *, output: str | os.PathLike, objec
                 objective, teacher_model, data, image_size=image_size, num_images=num_images, batch_size=batch_size,
                 metric=metric, depth_mode=depth_mode, da2k=da2k,
                 probe=load_linear_probe(probe) if isinstance(probe, (str, os.PathLike)) else probe,
-                num_labels=num_labels, probe_steps=probe_steps, progress=progress,
+                num_labels=num_labels, probe_steps=probe_steps, progress=progress, device=placement.device,
+                dtype=placement.dtype,
             )
         teacher_score = None
         if stage == 2 and not all("full" in layer for layer in search_supernet.candidates):
-            teacher_score = objective.evaluate(teacher_model)
+            teacher_score = objective.teacher_score()
+            teacher_score = objective.evaluate(teacher_model) if teacher_score is None else teacher_score
+        setup_seconds = time.perf_counter() - began
         result = beam_search(
             search_supernet, objective, stage=stage, beam_width=beam_width, start=start, max_changes=max_changes,
             max_full=max_full, tolerance=tolerance, teacher_score=teacher_score, latency_table=latency_table,
             latency_budget_ms=latency_budget_ms, progress=progress,
         )
+        result.timing["setup_seconds"] = setup_seconds
         result.metadata = {name: str(value) if isinstance(value, (str, os.PathLike)) else type(value).__name__
                            for name, value in sources.items() if value is not None}
         result.save(staging / "search_log.json")
