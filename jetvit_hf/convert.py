@@ -16,7 +16,8 @@ import torch
 from transformers import AutoConfig
 from transformers.utils import logging
 
-from .io import atomic_directory, atomic_write_json
+from .errors import JetViTUserError
+from .io import atomic_directory, atomic_write_json, check_safetensors, read_json
 from .models.jetvit.configuration_jetvit import JetViTConfig
 from .models.jetvit.modeling_jetvit import (
     JetViTBackbone,
@@ -122,11 +123,13 @@ def resolve_source(source: str | os.PathLike) -> Path:
 
 
 def load_source_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint directory, by their on-disk names (safetensors, sharded or not, else PyTorch bins)."""
+    """All tensors of a checkpoint directory, by their on-disk names (safetensors, sharded or not, else PyTorch bins).
+    A file that does not read is a `JetViTUserError` naming it."""
     from safetensors.torch import load_file
 
     safetensors_files = sorted(path.glob("*.safetensors"))
     if safetensors_files:
+        check_safetensors(safetensors_files)
         state_dict = {}
         for file in safetensors_files:
             state_dict.update(load_file(file))
@@ -135,9 +138,42 @@ def load_source_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if bin_files:
         state_dict = {}
         for file in bin_files:
-            state_dict.update(torch.load(file, map_location="cpu", weights_only=True))
+            try:
+                state_dict.update(torch.load(file, map_location="cpu", weights_only=True))
+            except Exception as error:  # torch raises several types for a truncated or foreign file
+                raise JetViTUserError(f"{file}: not a readable PyTorch weights file ({error})") from error
         return state_dict
     raise ValueError(f"No weights found in {path}: expected *.safetensors or pytorch_model*.bin files.")
+
+
+def check_checkpoint_files(path: Path) -> dict:
+    """A checkpoint directory's `config.json`, after checking that each of its JSON files parses and each
+    safetensors file is whole; a missing config or a broken file is a `JetViTUserError` naming it."""
+    if not (path / "config.json").is_file():
+        raise JetViTUserError(f"{path} holds no config.json, so it is not a transformers checkpoint.")
+    contents = {file.name: read_json(file) for file in sorted(path.glob("*.json"))}
+    check_safetensors(sorted(path.glob("*.safetensors")))
+    if not isinstance(contents["config.json"], dict):
+        raise JetViTUserError(f"{path / 'config.json'}: expected a JSON object of config fields")
+    return contents["config.json"]
+
+
+def check_output_apart(source_path: Path, output: str | os.PathLike) -> None:
+    """Refuse an output directory that is the source checkpoint, lies inside it or contains it (paths resolved,
+    symlinks included): writing there would replace or mix into the source."""
+    source_real, output_real = source_path.resolve(), Path(output).expanduser().resolve()
+    if output_real == source_real:
+        relation = "is"
+    elif source_real in output_real.parents:
+        relation = "is inside"
+    elif output_real in source_real.parents:
+        relation = "contains"
+    else:
+        return
+    raise JetViTUserError(
+        f"the output directory {output} {relation} the source checkpoint {source_path}: writing it would replace or "
+        "alter the source; choose a directory outside it"
+    )
 
 
 def _square(value, name: str) -> int:
@@ -343,7 +379,7 @@ def _jetvit_state_dict(
 
 
 def jetvit_config_from_source(
-    source_config, attention_types: list[str] | None = None, **config_overrides
+    source_config, attention_types: list[str] | str | None = None, **config_overrides
 ) -> tuple[JetViTConfig, str, str, type[JetViTPreTrainedModel]]:
     """The JetViTConfig equivalent to a source transformers config, plus its family, architecture and JetViT class."""
     model_type = getattr(source_config, "model_type", None)
@@ -368,14 +404,16 @@ def jetvit_config_from_source(
     if unknown:
         raise ValueError(f"Unknown JetViTConfig override(s) {unknown}; known fields: {sorted(allowed)}.")
     kwargs.update(config_overrides)
-    if attention_types is not None:
+    if isinstance(attention_types, str):  # one type for every layer
+        kwargs["attention_types"] = [attention_types] * kwargs["num_hidden_layers"]
+    elif attention_types is not None:
         kwargs["attention_types"] = list(attention_types)
     return JetViTConfig(**kwargs), family, architecture, jetvit_class
 
 
 def convert_to_jetvit(
     source: str | os.PathLike,
-    attention_types: list[str] | None = None,
+    attention_types: list[str] | str | None = None,
     *,
     dtype: torch.dtype | str | None = None,
     output_loading_info: bool = False,
@@ -385,8 +423,8 @@ def convert_to_jetvit(
 
     Args:
         source: A local checkpoint directory or a Hub repo id.
-        attention_types: One of `"full"`, `"window"`, `"linear"` per layer; default all `"full"`, which reproduces the
-            source model.
+        attention_types: One of `"full"`, `"window"`, `"linear"` per layer, or one of them for every layer; default all
+            `"full"`, which reproduces the source model.
         dtype: Dtype of the returned model (default: float32).
         output_loading_info: Also return a `ConversionInfo` naming the new (not inherited) parameters.
         **config_overrides: Any other `JetViTConfig` field, e.g. `window_size=14`.
@@ -396,10 +434,7 @@ def convert_to_jetvit(
         `output_loading_info=True` a `(model, ConversionInfo)` pair.
     """
     path = resolve_source(source)
-    if not (path / "config.json").is_file():
-        raise ValueError(f"{path} holds no config.json, so it is not a transformers checkpoint.")
-    with open(path / "config.json") as handle:
-        model_type = json.load(handle).get("model_type")
+    model_type = check_checkpoint_files(path).get("model_type")
     if model_type not in _DEFAULT_ARCHITECTURE:
         raise ValueError(
             f"Unsupported source: found model_type={model_type!r} in {path / 'config.json'}. Supported model types: "
@@ -463,8 +498,7 @@ def load_jetvit(source: str | os.PathLike, **kwargs) -> JetViTPreTrainedModel:
     path = resolve_source(source)
     if (path / SUPERNET_FILE).is_file():
         raise ValueError(f"{path} is a saved supernet; extract one subnet first (`jetvit search` writes DIR/model).")
-    config_file = path / "config.json"
-    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    config = check_checkpoint_files(path)
     if config.get("model_type") == "jetvit":
         architecture = (config.get("architectures") or ["JetViTModel"])[0]
         return getattr(modeling_jetvit, architecture).from_pretrained(path, **kwargs).eval()
@@ -513,12 +547,13 @@ def save_converted(
     overwrite: bool = False,
 ) -> Path:
     """Write a complete HF model directory atomically: safetensors, config with `auto_map`, the modeling code files,
-    the image-processor config (the source's, else its family's defaults) and `jetvit_conversion.json`."""
+    the image-processor config (the source's, else its family's defaults) and `jetvit_conversion.json`. An output
+    that is, lies inside or contains the source checkpoint is refused (`check_output_apart`)."""
     source_path = resolve_source(source)
+    check_output_apart(source_path, output_dir)
     source_processor = source_path / "preprocessor_config.json"
     if source_processor.is_file():
-        with open(source_processor) as handle:
-            processor_config = json.load(handle)
+        processor_config = read_json(source_processor)
     else:
         processor_config = _default_image_processor_config(info.family, model.config)
     with atomic_directory(output_dir, overwrite=overwrite) as staging:
@@ -526,3 +561,30 @@ def save_converted(
         atomic_write_json(staging / "preprocessor_config.json", processor_config)
         atomic_write_json(staging / "jetvit_conversion.json", info.to_dict())
     return Path(output_dir)
+
+
+def trained_conversion_info(model: JetViTPreTrainedModel, origins) -> ConversionInfo | None:
+    """The `jetvit_conversion.json` of a model trained from converted weights (a supernet, a fine-tuned model).
+
+    The source is named by the first of `origins` (directories or Hub ids; None is skipped) that knows it: a JetViT
+    directory or saved supernet through its own `jetvit_conversion.json`, a supported source checkpoint as itself
+    (local directories by their absolute path). The JetViT class and the inherited and new tensors are `model`'s own.
+    None when no origin names a source.
+    """
+    for origin in origins:
+        if origin is None:
+            continue
+        path = resolve_source(origin)
+        config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
+        if (path / "jetvit_conversion.json").is_file():
+            carried = json.loads((path / "jetvit_conversion.json").read_text())
+            source, family, architecture = carried["source"], carried["family"], carried["source_architecture"]
+        elif config.get("model_type") in _DEFAULT_ARCHITECTURE:
+            _, family, architecture, _ = jetvit_config_from_source(AutoConfig.from_pretrained(path))
+            source = str(path.resolve()) if Path(origin).expanduser().is_dir() else str(origin)
+        else:
+            continue
+        names = list(model.state_dict())
+        new = sorted(name for name in names if ".dynamic_conv." in name)
+        return ConversionInfo(source, family, architecture, type(model).__name__, len(names) - len(new), new)
+    return None

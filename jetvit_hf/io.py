@@ -1,4 +1,6 @@
-"""Crash-safe writes: a saved model or checkpoint is either the old one or the complete new one, never half of each."""
+"""Files: crash-safe writes (a saved model, checkpoint, JSON or figure is either the old one or the complete new one,
+never half of each, with ordinary permissions), and reads that name a broken file instead of failing deep inside a
+library."""
 
 import contextlib
 import json
@@ -7,6 +9,8 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from .errors import JetViTUserError
 
 
 def _umask() -> int:
@@ -35,6 +39,7 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    _ordinary_permissions(staging)
     retired = None
     if path.exists():
         retired = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
@@ -44,20 +49,74 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
         shutil.rmtree(retired, ignore_errors=True)
 
 
-def atomic_write_json(path: str | os.PathLike, data, **json_kwargs) -> None:
-    """Write JSON through a temporary file and `os.replace`, so readers never see a partial file."""
+def _ordinary_permissions(root: Path) -> None:
+    """Give every file under `root` the permissions of an ordinary new file (writers such as safetensors create
+    private 0600 files); executables stay executable."""
+    umask = _umask()
+    for file in root.rglob("*"):
+        if file.is_file() and not file.is_symlink():
+            os.chmod(file, (0o777 if file.stat().st_mode & 0o100 else 0o666) & ~umask)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path` to write a file to; when the block ends without error the file is synced
+    to disk, given ordinary permissions (not mkstemp's private 0600) and renamed to `path` (`os.replace`), so readers
+    never see a partial file. On error the temporary file is removed and `path` is left untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    staging = Path(name)
     try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, **{"indent": 2, **json_kwargs})
-            handle.write("\n")
-            handle.flush()
+        yield staging
+        with open(staging, "rb") as handle:
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # an ordinary file, not mkstemp's private 0600
-        os.replace(tmp, path)
+        os.chmod(staging, 0o666 & ~_umask())
+        os.replace(staging, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        staging.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_json(path: str | os.PathLike, data, **json_kwargs) -> None:
+    """Write JSON through `atomic_file`."""
+    with atomic_file(path) as staging, open(staging, "w") as handle:
+        json.dump(data, handle, **{"indent": 2, **json_kwargs})
+        handle.write("\n")
+
+
+def atomic_save_figure(figure, path: str | os.PathLike, **savefig_kwargs) -> Path:
+    """Save a matplotlib figure through `atomic_file`, in the format its suffix names (PNG without one)."""
+    path = Path(path)
+    with atomic_file(path) as staging:
+        figure.savefig(staging, format=path.suffix.lstrip(".").lower() or "png", **savefig_kwargs)
+    return path
+
+
+def read_json(path: str | os.PathLike):
+    """The content of a JSON file; a missing file or one that is not valid UTF-8 JSON is a `JetViTUserError` naming
+    it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise JetViTUserError(f"{path}: no such file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise JetViTUserError(f"{path}: not valid JSON ({error})") from error
+
+
+def check_safetensors(files) -> None:
+    """Read the header of each safetensors file in `files`: an empty, truncated or corrupt one is a `JetViTUserError`
+    naming it (safetensors checks that the header is whole and that the tensors cover the file exactly)."""
+    from safetensors import SafetensorError, safe_open
+
+    for file in files:
+        try:
+            with safe_open(file, framework="pt"):
+                pass
+        except SafetensorError as error:
+            raise JetViTUserError(
+                f"{file}: not a complete safetensors file ({error}); it is truncated or corrupt, save or download it "
+                "again"
+            ) from error

@@ -98,3 +98,12 @@ def test_bad_candidates_and_assignments_are_clear_errors(depth_supernet):
         supernet.set(["full"] * 6)
     with pytest.raises(ValueError, match="one attention type per layer"):
         supernet.set(["linear"] * 5)
+
+
+def test_a_truncated_supernet_file_is_an_error_that_names_it(depth_supernet, tmp_path):
+    _, _, supernet = depth_supernet
+    supernet.save_pretrained(tmp_path / "supernet")
+    weights = tmp_path / "supernet" / "supernet.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="supernet.safetensors"):
+        JetViTSupernet.from_pretrained(tmp_path / "supernet")

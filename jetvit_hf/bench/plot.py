@@ -1,10 +1,11 @@
-"""The sweep's figure: latency against tokens, log-log, and the hybrid's speed-up over each baseline."""
+"""The sweep's figure: latency against tokens, log-log, and the hybrid's speed-up over each baseline, written
+atomically (`io.atomic_save_figure`)."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
+from ..io import atomic_save_figure
 from .device import CPU_SMOKE_NOTE
 from .models import MODEL_NAMES
 
@@ -54,11 +55,10 @@ def plot_sweep(result: dict, path: str | os.PathLike) -> str | None:
     fig.suptitle(f"{result['model']['name']}: full vs hybrid ({result['attention_summary']}) - {where}, "
                  f"{result['dtype']}{compiled}", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return str(path)
+    try:
+        return str(atomic_save_figure(fig, path, dpi=120))
+    finally:
+        plt.close(fig)
 
 
 def _plot_latencies(ax, result: dict) -> None:

@@ -5,6 +5,7 @@ seed: the crop and flip of item `i` in epoch `e` depend only on `(seed, e, i)`, 
 `(seed, e)`, so a resumed run sees exactly the batches the interrupted run would have seen.
 """
 
+import logging
 import math
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -17,6 +18,10 @@ import torch
 from datasets.exceptions import DatasetsError
 from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 from PIL import Image
+
+from ..errors import JetViTUserError
+
+logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -111,6 +116,7 @@ def _load_directory(path: Path, split: str) -> datasets.Dataset:
             if not suffixes:
                 raise ValueError(f"Image source {path} is empty (no readable files).")
             if suffixes & _IMAGE_SUFFIXES and not suffixes & _TABLE_SUFFIXES:
+                _check_image_folder(path)
                 loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
             else:
                 loaded = datasets.load_dataset(str(path))
@@ -119,6 +125,40 @@ def _load_directory(path: Path, split: str) -> datasets.Dataset:
     if isinstance(loaded, datasets.DatasetDict):
         return _select_split(loaded, split, str(path))
     return loaded
+
+
+def _check_image_folder(path: Path) -> None:
+    """Before the `imagefolder` builder reads `path`: warn about the files it skips (not images and not its metadata,
+    e.g. a README) and refuse a file with an image suffix that PIL cannot identify, naming it. Hidden files and
+    `__*` folders are skipped silently, as the builder does."""
+    skipped = []
+    for file in sorted(path.rglob("*")):
+        relative = file.relative_to(path)
+        if not file.is_file() or any(part.startswith((".", "__")) for part in relative.parts):
+            continue
+        if file.suffix.lower() not in _IMAGE_SUFFIXES:
+            if file.name not in ImageFolder.METADATA_FILENAMES:
+                skipped.append(str(relative))
+            continue
+        try:
+            with Image.open(file):  # reads the header only
+                pass
+        except (OSError, SyntaxError) as error:
+            raise JetViTUserError(f"{file}: not an image ({error}); remove it from {path} or replace it") from error
+    if skipped:
+        names = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        logger.warning(f"{path}: ignoring {len(skipped)} file(s) that are not images: {names}")
+
+
+def decoded_row(dataset: datasets.Dataset, index: int, image_column: str) -> dict:
+    """Row `index` of `dataset` with its image decoded; an image that does not decode (truncated, corrupt) is a
+    `JetViTUserError` naming its file, or its row for an image stored in the dataset."""
+    try:
+        return dataset[index]
+    except (OSError, SyntaxError) as error:  # PIL's errors for unreadable image data
+        raw = dataset.cast_column(image_column, datasets.Image(decode=False))[index][image_column]
+        where = raw.get("path") or f"image {index} of the dataset"
+        raise JetViTUserError(f"{where}: not a readable image ({error})") from error
 
 
 def _select_split(dataset_dict: datasets.DatasetDict, split: str, origin: str) -> datasets.Dataset:
@@ -350,7 +390,7 @@ class DistillationImages(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < len(self):
             raise IndexError(f"Index {index} is out of range for {len(self)} images.")
-        image = self.dataset[index][self.image_column]
+        image = decoded_row(self.dataset, index, self.image_column)[self.image_column]
         generator = torch.Generator().manual_seed(item_seed(self.seed, self.epoch, index))
         return {"pixel_values": self.transform(image, generator)}
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import JetViTUserError
 from ..models.jetvit.configuration_jetvit import JetViTConfig
 from .metrics import load_da2k_annotations
 
@@ -43,6 +44,14 @@ class EvalImages:
         for pixel_values in self.batches:
             yield pixel_values, start
             start += len(pixel_values)
+
+    def to(self, device: torch.device) -> "EvalImages":
+        """The same set with its batches and ground truth on `device` (copied once, not at every use)."""
+
+        def moved(maps):
+            return None if maps is None else [tensor.to(device) for tensor in maps]
+
+        return EvalImages(moved(self.batches), self.original_sizes, moved(self.depth), moved(self.labels))
 
 
 def model_input_size(height: int, width: int, image_size, patch_size: int) -> tuple[int, int]:
@@ -90,10 +99,10 @@ def load_eval_images(data, patch_size: int, image_size, num_images: int | None =
                      image_column: str | None = None) -> EvalImages:
     """The first `num_images` images of `data` (anything `data.load_images` reads, e.g. `scenes.scene_dataset`),
     with its `depth` and `labels` columns as ground truth when it has them."""
-    from ..data.images import find_image_column, load_images
-
-    if isinstance(data, EvalImages):
+    if isinstance(data, EvalImages):  # before importing `datasets`, which a machine given only tensors may lack
         return data
+    from ..data.images import decoded_row, find_image_column, load_images
+
     dataset = load_images(data, image_column=image_column)
     column = find_image_column(dataset, image_column)
     if num_images is not None:
@@ -103,7 +112,8 @@ def load_eval_images(data, patch_size: int, image_size, num_images: int | None =
     truth = [name for name in ("depth", "labels") if name in dataset.column_names]
     rows = dataset.select_columns([column, *truth]).with_format("numpy", columns=truth, output_all_columns=True)
     images, depth, labels = [], [], []
-    for row in rows:
+    for index in range(len(rows)):
+        row = decoded_row(rows, index, column)
         images.append(row[column].convert("RGB"))
         if "depth" in truth:
             depth.append(torch.as_tensor(np.asarray(row["depth"], dtype=np.float32)))
@@ -125,7 +135,11 @@ def load_da2k_images(annotations_path: str | os.PathLike, patch_size: int, image
     for name in annotations:
         if not (root / name).is_file():
             raise ValueError(f"{annotations_path}: image {name!r} not found under {root}.")
-        images.append(Image.open(root / name).convert("RGB"))
+        try:
+            with Image.open(root / name) as image:
+                images.append(image.convert("RGB"))
+        except (OSError, SyntaxError) as error:  # PIL's errors for unreadable image data
+            raise JetViTUserError(f"{root / name}: not a readable image ({error})") from error
     eval_images = build_eval_images(images, patch_size, image_size, batch_size)
     return eval_images, list(annotations.values())
 

@@ -1,32 +1,22 @@
 """Plots of one search stage's `SearchResult`: the per-layer gain heatmap and score against cost with the Pareto front.
-Images are written atomically (a reader never sees a partial file)."""
+Images are written atomically (a reader never sees a partial file; `io.atomic_save_figure`)."""
 
 import os
 from pathlib import Path
 
+from ..io import atomic_save_figure
 from .beam import SearchResult
 
 
 def _save_figure(figure, path: str | os.PathLike) -> Path:
-    """Save through a temporary file beside `path` and `os.replace`, so a reader never sees a partial image."""
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        figure.savefig(tmp, dpi=150, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    """Both plots' settings (150 dpi, a tight bounding box), saved atomically."""
+    return atomic_save_figure(figure, path, dpi=150, bbox_inches="tight")
 
 
 def plot_layer_gain(result: SearchResult, path: str | os.PathLike) -> Path:
-    """A 1 x L heatmap like the paper's Fig. 7: per layer (0-based), the objective's gain from switching only that
-    layer of the start to the stage's new type (full attention in stage 2); blank where not evaluated."""
+    """A 1 x L heatmap: per layer (0-based), the objective's gain from switching only that layer of the start to the
+    stage's new type (full attention in stage 2); blank where not evaluated. Each layer's tick names its type in the
+    start (l linear, w window, f full): in stage 2 a gain over a window layer costs less than one over a linear layer."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,9 +27,9 @@ def plot_layer_gain(result: SearchResult, path: str | os.PathLike) -> Path:
     num_layers = len(gains)
     figure, axes = plt.subplots(figsize=(max(6.0, 0.42 * num_layers + 2.5), 2.0))
     image = axes.imshow(np.ma.masked_invalid(gains)[None], cmap="viridis", aspect="equal")
-    axes.set_xticks(range(num_layers), [str(i) for i in range(num_layers)], fontsize=8)
+    axes.set_xticks(range(num_layers), [f"{i}\n{kind[0]}" for i, kind in enumerate(result.start)], fontsize=8)
     axes.set_yticks([])
-    axes.set_xlabel("layer (0-based)")
+    axes.set_xlabel("layer (0-based), type in the start (l linear, w window, f full)")
     kind = result.layer_gain["attention_type"]
     axes.set_title(f"Gain of {kind} attention per layer (stage {result.stage}, {result.objective['name']})",
                    fontsize=10)
@@ -59,7 +49,8 @@ def plot_layer_gain(result: SearchResult, path: str | os.PathLike) -> Path:
 
 def plot_pareto(result: SearchResult, path: str | os.PathLike) -> Path:
     """Score against cost (estimated latency, or the number of non-linear layers) of every evaluated assignment, the
-    Pareto front, and the chosen assignment."""
+    Pareto front, and the chosen assignment. A layer count counts window and full layers alike, so each point of the
+    front and the chosen one are labelled with their window and full layers."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -81,8 +72,12 @@ def plot_pareto(result: SearchResult, path: str | os.PathLike) -> Path:
     if cost == "estimated_latency_ms":
         axes.set_xlabel("estimated latency (ms)")
     else:
-        axes.set_xlabel("non-linear layers")
+        axes.set_xlabel("non-linear layers: window + full, counted alike (labels: w window, f full)")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        for record in result.pareto + ([] if chosen in result.pareto else [chosen]):
+            window = record["num_nonlinear_layers"] - record["num_full_layers"]
+            axes.annotate(f"{window}w {record['num_full_layers']}f", (record[cost], record["score"]),
+                          textcoords="offset points", xytext=(5, -10), fontsize=7)
     direction = "higher" if result.objective["higher_is_better"] else "lower"
     axes.set_ylabel(f"{result.objective['name']} ({direction} is better)")
     axes.set_title(f"Attention search, stage {result.stage}: accuracy / cost", fontsize=10)

@@ -7,7 +7,6 @@ JetViT model of the same head class whose outputs equal the supernet's for that 
 """
 
 import copy
-import json
 import os
 import random
 from collections.abc import Sequence
@@ -16,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..io import atomic_directory, atomic_write_json
-from ..convert import SUPERNET_FILE, load_jetvit
+from ..convert import SUPERNET_FILE, check_checkpoint_files, load_jetvit
+from ..io import atomic_directory, atomic_write_json, read_json
 from ..layouts import normalize_candidates
 from ..models.jetvit.modeling_jetvit import JETVIT_ATTENTION_CLASSES, JetViTPreTrainedModel
 
@@ -169,7 +168,8 @@ class JetViTSupernet(nn.Module):
         if (path / SUPERNET_FILE).is_file():
             from safetensors.torch import load_file
 
-            meta = json.loads((path / SUPERNET_FILE).read_text())
+            check_checkpoint_files(path)  # a broken file is an error that names it
+            meta = read_json(path / SUPERNET_FILE)
             config = JetViTConfig.from_pretrained(path)
             model = getattr(modeling_jetvit, meta["model_class"])(config)
             supernet = cls(model, meta["candidates"])
