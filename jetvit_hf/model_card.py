@@ -31,9 +31,16 @@ def _read_json(path) -> dict | None:
 
 def _hub_id(source: str | None) -> str | None:
     """`org/name` when `source` looks like a Hub repo id rather than a local path."""
-    if not source or os.path.isabs(source) or source.startswith(".") or source.count("/") != 1:
+    if not source or os.path.isabs(source) or source.startswith(".") or source.count("/") != 1 or Path(source).exists():
         return None
     return source
+
+
+def _title(repo_id: str | None, base_name: str | None) -> str:
+    """The repo's name, else what the model is: a JetViT hybrid of its base model."""
+    if repo_id:
+        return repo_id.split("/")[-1]
+    return f"JetViT (hybrid of {base_name})" if base_name else "JetViT (hybrid attention)"
 
 
 def _search_section(logs: list[dict]) -> dict | None:
@@ -116,13 +123,20 @@ def render_model_card(model_dir: str | os.PathLike, *, repo_id: str | None = Non
                       search_logs=(), eval_report=None, bench_report=None) -> ModelCard:
     """The card of the JetViT checkpoint in `model_dir`; logs and reports are paths or already-loaded dicts."""
     if not TEMPLATE.is_file():
-        raise FileNotFoundError(f"The model-card template {TEMPLATE} is missing (install jetvit-hf from its source tree).")
+        raise FileNotFoundError(
+            f"The model-card template {TEMPLATE} is missing (install jetvit-hf from its source tree)."
+        )
     model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise ValueError(f"{model_dir} is not a model directory (no config.json).")
     config = json.loads((model_dir / "config.json").read_text())
     if config.get("model_type") != "jetvit":
         raise ValueError(f"{model_dir} is not a JetViT checkpoint (model_type {config.get('model_type')!r}).")
-    conversion = _read_json(model_dir / "jetvit_conversion.json") if (model_dir / "jetvit_conversion.json").is_file() else {}
-    base_model = base_model or _hub_id(conversion.get("source"))
+    conversion_file = model_dir / "jetvit_conversion.json"  # the provenance: which source it was converted from
+    conversion = _read_json(conversion_file) if conversion_file.is_file() else {}
+    source = conversion.get("source")
+    base_model = base_model or _hub_id(source)
+    base_name = base_model or (Path(source).name if source else None)  # a local source by its directory's name
     architecture = (config.get("architectures") or ["JetViTModel"])[0]
     auto_class, pipeline_tag = HEADS.get(architecture, HEADS["JetViTModel"])
     attention_types = config.get("attention_types") or ["full"] * config["num_hidden_layers"]
@@ -133,9 +147,11 @@ def render_model_card(model_dir: str | os.PathLike, *, repo_id: str | None = Non
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE),
-        model_name=repo_id.split("/")[-1] if repo_id else model_dir.name,
+        title=_title(repo_id, base_name),
         repo_id=repo_id or str(model_dir),
         base_model=base_model,
+        base_name=base_name,
+        source_architecture=conversion.get("source_architecture"),
         attention_types=attention_types,
         num_layers=len(attention_types),
         num_linear=attention_types.count("linear"),

@@ -138,6 +138,25 @@ def test_depth_pipeline_on_a_real_photo(converted_depth, coffee_image):
     assert torch.isfinite(depth).all() and depth.std() > 0
 
 
+def test_depth_pipeline_on_a_bf16_checkpoint(depth_source, coffee_image, tmp_path):
+    """A checkpoint converted with `--dtype bfloat16` runs in bf16 under `pipeline` (`dtype="auto"`), whose
+    post-processing converts `predicted_depth` to numpy, which has no bfloat16."""
+    directory, _ = depth_source  # its disparity varies by tens of percent across the photo, bf16's error by ~1%
+    results = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model, info = convert_to_jetvit(directory, HYBRID, window_size=2, dtype=dtype, output_loading_info=True)
+        output = save_converted(model, tmp_path / str(dtype), directory, info)
+        estimator = pipeline("depth-estimation", model=str(output), trust_remote_code=True)
+        assert estimator.model.dtype == dtype
+        results[dtype] = estimator(coffee_image)
+    result, reference = results[torch.bfloat16], results[torch.float32]
+    assert result["depth"].size == coffee_image.size
+    depth = result["predicted_depth"]
+    assert depth.dtype == torch.float32 and depth.shape == (coffee_image.height, coffee_image.width)
+    expected = reference["predicted_depth"]
+    torch.testing.assert_close(depth, expected, rtol=0, atol=0.03 * expected.abs().max().item())
+
+
 def _snapshot_cache(cache: Path, repo_id: str, files_from: Path) -> None:
     """Lay out `files_from` as the `main` snapshot of `repo_id` in a huggingface_hub cache."""
     commit = "0123456789abcdef0123456789abcdef01234567"

@@ -5,6 +5,7 @@ references, and `jetvit search` end to end (log, plots, extracted model)."""
 import copy
 import itertools
 import json
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -142,6 +143,26 @@ def test_stage2_stops_at_the_teacher_score_or_max_full(tiny_jetvit, tmp_path):
     assert Image.open(plot_pareto(untargeted, tmp_path / "pareto.png")).size[0] > 100
     untargeted.save(tmp_path / "log.json")
     assert json.loads((tmp_path / "log.json").read_text())["layer_gain"]["gains"][0] is None
+
+
+def test_stage2_plots_tell_window_and_full_layers_apart(tiny_jetvit, tmp_path, monkeypatch):
+    """Without a latency table the cost is the count of non-linear layers, in which a window and a full layer weigh
+    the same: the Pareto plot labels its points with their window and full layers, the gain plot each layer with its
+    start type."""
+    supernet = supernet_with(tiny_jetvit, [["linear", "full"], ["window", "full"]] * 2)
+    result = beam_search(supernet, TableObjective(FULL_VALUES), stage=2, beam_width=2, teacher_score=1.6,
+                         progress=False)
+    assert result.pareto_cost == "num_nonlinear_layers"
+    axes = {}
+    monkeypatch.setattr("jetvit_hf.search.plots._save_figure",
+                        lambda figure, path: axes.setdefault(Path(path).stem, figure.axes[0]))
+    plot_pareto(result, tmp_path / "pareto.png")
+    plot_layer_gain(result, tmp_path / "gain.png")
+    pareto = axes["pareto"]
+    assert "window + full" in pareto.get_xlabel()
+    # at a cost of 2, both window layers made full (0w 2f) "costs" what the start (2w 0f) does
+    assert [text.get_text() for text in pareto.texts] == ["0w 2f", "1w 2f"]
+    assert [label.get_text() for label in axes["gain"].get_xticklabels()] == ["0\nl", "1\nw", "2\nl", "3\nw"]
 
 
 def test_stage2_scores_the_all_full_teacher_once_when_the_supernet_has_it(tiny_jetvit):

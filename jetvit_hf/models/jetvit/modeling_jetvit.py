@@ -692,9 +692,8 @@ class JetViTBackbone(BackboneMixin, JetViTPreTrainedModel):
 
 
 class JetViTForDepthEstimation(JetViTPreTrainedModel):
-    """JetViT backbone with Depth Anything's DPT neck and head; `predicted_depth` is `[batch, height, width]`
-    (relative disparity, or metric depth up to `max_depth`), in float32 whatever the model's dtype: depth
-    post-processing converts it to numpy, which has no bfloat16."""
+    """JetViT backbone with Depth Anything's DPT neck and head; `predicted_depth` is `[batch, height, width]` (relative
+    disparity, or metric depth up to `max_depth`) in float32 in any dtype: post-processing makes it numpy (no bf16)."""
 
     def __init__(self, config: JetViTConfig):
         super().__init__(config)
