@@ -3,6 +3,7 @@
 import argparse
 import re
 import sys
+import traceback
 
 from .io import atomic_write_json
 from .layouts import parse_attention_types, summarize_types
@@ -25,24 +26,20 @@ def _torch_dtype(name: str | None):
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    """`jetvit convert`: refuse an output that would replace the source or an existing directory, then convert."""
     from pathlib import Path
 
-    from transformers import AutoConfig
+    from .convert import check_output_apart, convert_to_jetvit, resolve_source, save_converted
 
-    from .convert import convert_to_jetvit, resolve_source, save_converted
-
+    check_output_apart(resolve_source(args.source), args.output)
     output = Path(args.output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not args.overwrite:
-        raise FileExistsError(f"{output} already exists; pass --overwrite to replace it.")
+        raise FileExistsError(f"--output {output} already exists; pass --overwrite to replace it.")
     overrides = {}
     if args.window_size is not None:
         overrides["window_size"] = args.window_size
-    attention_types = args.attention_types
-    if isinstance(attention_types, str):  # one type for every layer
-        num_layers = _num_layers(AutoConfig.from_pretrained(resolve_source(args.source)))
-        attention_types = [attention_types] * num_layers
     model, info = convert_to_jetvit(
-        args.source, attention_types, dtype=_torch_dtype(args.dtype), output_loading_info=True, **overrides
+        args.source, args.attention_types, dtype=_torch_dtype(args.dtype), output_loading_info=True, **overrides
     )
     save_converted(model, args.output, args.source, info, overwrite=args.overwrite)
     types = model.config.attention_types
@@ -53,11 +50,6 @@ def run_convert(args: argparse.Namespace) -> int:
         layers = sorted({int(re.search(r"layer\.(\d+)\.", name).group(1)) for name in info.new_parameters})
         print(f"  new: the squeeze dynamic convolution's kernel generator (fc1, fc2) in layers {layers}")
     return 0
-
-
-def _num_layers(source_config) -> int:
-    backbone = getattr(source_config, "backbone_config", None)
-    return (backbone or source_config).num_hidden_layers
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -267,15 +259,18 @@ def parse_image_size(text: str) -> int | tuple[int, int]:
 
 def run_search(args: argparse.Namespace) -> int:
     """`jetvit search`: one stage of the beam search, writing the log, plots and the extracted model."""
+    from .device import resolve_placement
     from .search.stage import run_search as search
 
+    placement = resolve_placement(args.device, args.dtype)  # refuse an unusable --device before loading anything
     result = search(
         args.supernet, args.teacher, args.data, output=args.output, objective=args.objective, stage=args.stage,
         beam_width=args.beam_width, start=args.start, max_changes=args.max_changes, max_full=args.max_full,
         tolerance=args.tolerance, latency_table=args.latency_table, latency_budget_ms=args.latency_budget_ms,
         metric=args.metric, depth_mode=args.depth_mode, da2k=args.da2k, probe=args.probe, num_labels=args.num_labels,
         probe_steps=args.probe_steps, num_images=args.num_images, image_size=args.image_size,
-        batch_size=args.batch_size, overwrite=args.overwrite, progress=not args.no_progress,
+        batch_size=args.batch_size, device=placement.device, dtype=placement.dtype, overwrite=args.overwrite,
+        progress=not args.no_progress,
     )
     direction = "higher" if result.objective["higher_is_better"] else "lower"
     print(f"jetvit search stage {result.stage}: {len(result.evaluations)} assignments evaluated in "
@@ -286,6 +281,7 @@ def run_search(args: argparse.Namespace) -> int:
     if result.best_latency_ms is not None:
         print(f"  estimated latency {result.best_latency_ms:.3f} ms")
     print(f"  attention types (0-based layers): {','.join(result.best)}")
+    print(result.timing_summary())
     print(f"wrote {args.output} (search_log.json, attention_types.json, plots, model/)")
     return 0
 
@@ -297,6 +293,17 @@ def _add_evaluation_data_arguments(parser) -> None:
                         help="model input size: 518 (short side, aspect kept) or HxW (default: the config's)")
     parser.add_argument("--num-labels", type=int, default=None, help="probe classes (default: largest label + 1)")
     parser.add_argument("--probe-steps", type=int, default=1000, help="probe training steps (default 1000)")
+
+
+def _add_placement_arguments(parser) -> None:
+    """Where `jetvit search` and `jetvit eval` run the models, in which compute dtype, how many images per forward."""
+    parser.add_argument("--device", default="auto", help="auto (default: the GPU when there is one, else the CPU), "
+                        "cpu, cuda or cuda:N")
+    parser.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
+                        help="the forwards' compute dtype, by autocast (default auto: bfloat16 on a GPU, float32 on "
+                        "the CPU); metrics are computed in float32 or float64")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per forward (default 16 on a GPU, 8 on "
+                        "the CPU)")
 
 
 def _add_search_parser(commands) -> None:
@@ -336,7 +343,7 @@ def _add_search_parser(commands) -> None:
                         "--layer-table): estimated latency of every assignment and the Pareto front against it")
     search.add_argument("--latency-budget-ms", type=float, default=None, help="skip assignments estimated slower")
     _add_evaluation_data_arguments(search)
-    search.add_argument("--batch-size", type=int, default=8, help="evaluation batch size (default 8)")
+    _add_placement_arguments(search)
     search.add_argument("--output", required=True, help="output directory")
     search.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     search.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -345,18 +352,23 @@ def _add_search_parser(commands) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     """`jetvit eval`: depth, ordinal, segmentation and per-layer feature metrics of a model against its teacher."""
+    from .device import resolve_placement
     from .evaluation.evaluator import format_report, run_evaluation
 
     if args.data is None and args.da2k is None:
         raise ValueError("pass --data (evaluation images) and/or --da2k (DA-2K annotations)")
+    placement = resolve_placement(args.device, args.dtype)  # refuse an unusable --device before loading anything
     modes = ("disparity", "depth") if args.depth_mode == "both" else (args.depth_mode,)
     report = run_evaluation(
         args.model, args.teacher, args.data, output=args.output, tasks=args.task, depth_modes=modes, da2k=args.da2k,
         probe=args.probe, num_labels=args.num_labels, probe_steps=args.probe_steps, num_images=args.num_images,
         image_size=args.image_size, batch_size=args.batch_size, pairs_per_image=args.pairs_per_image,
-        progress=not args.no_progress,
+        progress=not args.no_progress, device=placement.device, dtype=placement.dtype,
     )
-    print(f"jetvit eval: {args.model} vs {args.teacher} ({report.get('num_images', 0)} images)")
+    device = report["device"]
+    print(f"jetvit eval: {args.model} vs {args.teacher} ({report.get('num_images', 0)} images) on "
+          f"{device['device']}{' (' + device['gpu'] + ')' if device['gpu'] else ''} in {device['dtype']}, "
+          f"{report['seconds']:.1f} s")
     print(format_report(report))
     print(f"wrote {args.output}")
     return 0
@@ -384,21 +396,23 @@ def _add_eval_parser(commands) -> None:
     evaluate.add_argument("--probe", default=None, help="saved linear probe (default: train one on the teacher)")
     evaluate.add_argument("--pairs-per-image", type=int, default=64, help="teacher-sampled ordinal pairs per image")
     _add_evaluation_data_arguments(evaluate)
-    evaluate.add_argument("--batch-size", type=int, default=8, help="batch size (default 8)")
+    _add_placement_arguments(evaluate)
     evaluate.add_argument("--output", required=True, help="write the report JSON here")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
     evaluate.set_defaults(func=run_eval)
 
 
 def run_pipeline(args: argparse.Namespace) -> int:
+    """`jetvit pipeline`: every setting is checked first; Ctrl-C (or SIGTERM) in a training stage stops after a
+    checkpoint of the current step, and the same command continues from there."""
     from .search.post_training import config_from_cli, run_pipeline as pipeline
 
-    pipeline(config_from_cli(args))
+    pipeline(config_from_cli(args), overwrite=args.overwrite)
     return 0
 
 
 def _add_pipeline_parser(commands) -> None:
-    from .search.post_training import PipelineConfig
+    from .search.post_training import PipelineConfig, flag
 
     defaults = PipelineConfig()
     pipeline = commands.add_parser(
@@ -406,8 +420,10 @@ def _add_pipeline_parser(commands) -> None:
         help="the whole post-training attention search (the main job)",
         description="Distill a stage-1 supernet, search, distill stage 2, search, fine-tune, evaluate against the "
         "teacher, benchmark and write the model card. Defaults: the small teacher in training/default_teacher on "
-        "procedural scenes, offline, CPU or GPU. Finished stages are skipped and training resumes, so rerunning an "
-        "interrupted command continues it.",
+        "procedural scenes, offline, CPU or GPU. Every setting is checked before any work. Rerunning the same "
+        "command continues an interrupted run: finished stages are skipped, and a training stage resumes from its "
+        "last checkpoint (one every 10% of a stage, and one of the current step on Ctrl-C). An --output holding a "
+        "run with other settings is refused unless --overwrite.",
     )
     help_texts = {
         "teacher": "source checkpoint (directory or Hub id)",
@@ -415,17 +431,59 @@ def _add_pipeline_parser(commands) -> None:
         "train_data": "training images: image folder, dataset dir or scenes:<count>",
         "eval_scenes": "held-out procedural scenes (exact depth) for search and evaluation",
         "max_full": "full-attention layers stage 2 may add",
+        "objective": "search objective: auto (depth for a depth teacher, else feature), feature, depth, segmentation "
+        "or ordinal",
+        "bench_resolution": "benchmark HEIGHTxWIDTH (default 1024x1024 on a GPU, --image-size on a CPU)",
     }
     for name, value in vars(defaults).items():
-        flag = "--output" if name == "output_dir" else "--" + name.replace("_", "-")
         kind = type(value) if value is not None else str
-        pipeline.add_argument(flag, dest=name, type=kind, default=None,
-                              help=f"{help_texts.get(name, name.replace('_', ' '))} (default {value})")
-    pipeline.set_defaults(func=run_pipeline)
+        default = f" (default {value})" if value is not None else ""
+        pipeline.add_argument(flag(name), dest=name, type=kind, default=None,
+                              help=f"{help_texts.get(name, name.replace('_', ' '))}{default}")
+    pipeline.add_argument("--overwrite", action="store_true",
+                          help="clear an earlier pipeline run in --output (one with a pipeline_config.json) first")
+    pipeline.set_defaults(func=run_pipeline, interrupted="interrupted; rerun the same command to continue")
+
+
+def run_card(args: argparse.Namespace) -> int:
+    """`jetvit card`: write the model card, README.md, into a JetViT model directory."""
+    from .model_card import write_model_card
+
+    path = write_model_card(args.model, repo_id=args.repo_id, base_model=args.base_model,
+                            search_logs=args.search_log or (), eval_report=args.eval, bench_report=args.bench)
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_card_parser(commands) -> None:
+    card = commands.add_parser(
+        "card",
+        help="write a JetViT model's card (README.md) from its search logs, evaluation and benchmark reports",
+        description="Render the model card into MODEL/README.md (atomically): the base model (from "
+        "jetvit_conversion.json, or --base-model), the attention layout, the search stages, accuracy against the "
+        "teacher and the speed table, and how to load the model.",
+    )
+    card.add_argument("--model", required=True, help="the JetViT model directory")
+    card.add_argument("--search-log", action="append", default=None,
+                      help="a `jetvit search` search_log.json; repeatable, stage 1 first")
+    card.add_argument("--eval", default=None, help="the `jetvit eval` report JSON")
+    card.add_argument("--bench", default=None, help="the `jetvit bench` report JSON")
+    card.add_argument("--base-model", default=None, help="the base model's Hub id (default: the source named in "
+                      "jetvit_conversion.json, when it is a Hub id)")
+    card.add_argument("--repo-id", default=None, help="the Hub repo the model goes to: the card's title and usage")
+    card.set_defaults(func=run_card)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: the message and where to read the usage, not the usage itself."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jetvit", description=__doc__)
+    parser = _Parser(prog="jetvit", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
 
     convert = commands.add_parser(
@@ -451,18 +509,57 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search_parser(commands)
     _add_eval_parser(commands)
     _add_pipeline_parser(commands)
+    _add_card_parser(commands)
+    for command in commands.choices.values():  # `--debug` after the subcommand too; SUPPRESS keeps one given before
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the traceback of an error")
     return parser
 
 
+def describe_error(error: Exception) -> tuple[str, int]:
+    """One line for an error and the exit status: 2 for what the user can fix (a value, a missing, unreadable or
+    broken file, too large a batch for memory), 1 for anything unexpected."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = (lines[0] + (" [...]" if len(lines) > 1 else "")) if lines else type(error).__name__
+    torch, safetensors = sys.modules.get("torch"), sys.modules.get("safetensors")  # only imported ones can raise
+    if isinstance(error, ValueError):  # JetViTUserError, and JSON and Unicode decoding errors among others
+        return text, 2
+    if isinstance(error, OSError) and error.filename is not None:
+        where = f"{error.filename} -> {error.filename2}" if error.filename2 is not None else f"{error.filename}"
+        return f"{where}: {error.strerror or text}", 2
+    if isinstance(error, OSError):
+        return text, 2
+    if safetensors is not None and isinstance(error, safetensors.SafetensorError):
+        return f"a safetensors file is truncated or corrupt ({text})", 2
+    if torch is not None and isinstance(error, torch.OutOfMemoryError):
+        return f"out of memory ({text}); try a smaller batch or image size", 2
+    return f"unexpected {type(error).__name__}: {text}", 1
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one `jetvit` command. Exit status: 0 done; 2 an error the user can fix (a flag, a missing or broken file);
+    1 an unexpected error; 130 interrupted (Ctrl-C). An error is one line on stderr; `--debug` adds its traceback. On
+    Ctrl-C the line is the subcommand's `interrupted` default when it sets one (`set_defaults(interrupted=...)`, e.g.
+    to say how to resume), else "interrupted"."""
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]  # recorded by `jetvit bench`
     try:
         return args.func(args)
-    except (ValueError, FileExistsError) as error:
-        print(f"jetvit {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        return _report(args, getattr(args, "interrupted", "interrupted"), 130)
+    except Exception as error:
+        message, status = describe_error(error)
+        hint = " (rerun with --debug for the traceback)" if status == 1 and not args.debug else ""
+        return _report(args, f"error: {message}{hint}", status)
+
+
+def _report(args: argparse.Namespace, line: str, status: int) -> int:
+    """Print `line` for the subcommand, after the traceback of the exception being handled with `--debug`."""
+    if args.debug:
+        traceback.print_exc()
+    print(f"jetvit {args.command}: {line}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

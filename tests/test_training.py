@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from sources import dinov2_config, perturb_
 from transformers import Dinov2Model
 
-from jetvit_hf.convert import convert_to_jetvit
+from jetvit_hf.convert import convert_to_jetvit, save_converted
 from jetvit_hf.models.jetvit.modeling_jetvit import JetViTForDepthEstimation, JetViTModel
 from jetvit_hf.train import TrainConfig, main, reset_accelerate_state, train
 from jetvit_hf.train.checkpoints import list_checkpoints
@@ -98,6 +98,10 @@ def test_distill_trains_the_active_attention_only_and_saves_a_loadable_supernet(
             assert (not torch.equal(tensor, teacher[teacher_name(name)])) == was_active, name
     assert list((output_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert [path.name for path in list_checkpoints(output_dir / "checkpoints")] == ["step-0000002", "step-0000004"]
+    provenance = json.loads((output_dir / "supernet" / "jetvit_conversion.json").read_text())  # from the teacher
+    assert (provenance["source"], provenance["family"], provenance["source_architecture"]) == (
+        str(Path(source).resolve()), "dinov2", "Dinov2Model")
+    assert provenance["new_parameters"] == sorted(name for name in trained if ".dynamic_conv." in name)
 
 
 class Killed(Exception):
@@ -282,7 +286,10 @@ def save_extracted(source, directory, attention_types):
 
 def test_finetune_depth_with_depth_anything_losses(source_checkpoint, tmp_path):
     source, _ = source_checkpoint("depth_anything_v2")
-    student = save_extracted(source, tmp_path / "student", ["linear", "window", "full", "linear", "window", "linear"])
+    student, info = convert_to_jetvit(source, ["linear", "window", "full", "linear", "window", "linear"],
+                                      output_loading_info=True)
+    info.source = "org/depth-anything-tiny"  # a converted student names its source: the saved model carries it
+    save_converted(student, tmp_path / "student", source, info)
     output_dir = train(make_config(
         source, tmp_path / "run", "scenes:4", mode="finetune", student=str(tmp_path / "student"),
         depth_loss_weight=1.0, max_steps=2,
@@ -294,6 +301,8 @@ def test_finetune_depth_with_depth_anything_losses(source_checkpoint, tmp_path):
         assert entry["loss"] == pytest.approx(entry["feature_loss"] + entry["depth_loss"], rel=1e-5)
         assert entry["depth_loss"] == pytest.approx(entry["ssi"] + 2 * entry["gradient_matching"], rel=1e-5)
     assert (output_dir / "model" / "modeling_jetvit.py").is_file()
+    provenance = json.loads((output_dir / "model" / "jetvit_conversion.json").read_text())
+    assert provenance == info.to_dict()
     tuned = JetViTForDepthEstimation.from_pretrained(output_dir / "model")
     assert tuned.config.attention_types == student.config.attention_types
     before, after = student.state_dict(), tuned.state_dict()

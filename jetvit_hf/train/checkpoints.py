@@ -1,4 +1,5 @@
-"""Checkpoints of a training run: atomic saves, which ones exist, which one to resume, and whether it can be resumed.
+"""Checkpoints of a training run: atomic saves, which ones exist, which one to resume, and whether it can be resumed;
+and stopping on SIGINT / SIGTERM with a checkpoint of the last finished optimizer step.
 
 A checkpoint is `output_dir/checkpoints/step-XXXXXXX`: Accelerate's state (model, optimizer, scheduler, the RNG states
 of every process) plus `trainer_state.json` (the progress, the process count and the config). It is written into a
@@ -11,6 +12,10 @@ import json
 import os
 import re
 import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +42,9 @@ class Progress:
     batch: int = 0
     micro_step: int = 0
     log_history: list = field(default_factory=list)
+    # the log interval a checkpoint between two log steps cuts (loss sums averaged over processes, forwards, subnets),
+    # so that a resumed run logs exactly what an uninterrupted one does; empty at log steps
+    open_interval: dict = field(default_factory=dict)
 
 
 def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
@@ -49,6 +57,11 @@ def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
         if _CHECKPOINT_NAME.fullmatch(path.name) and (path / TRAINER_STATE_FILE).is_file()
     ]
     return sorted(found, key=lambda path: int(_CHECKPOINT_NAME.fullmatch(path.name).group(1)))
+
+
+def saved_step(checkpoint: Path) -> int:
+    """The optimizer step a complete checkpoint holds."""
+    return json.loads((checkpoint / TRAINER_STATE_FILE).read_text())["step"]
 
 
 def find_resume_checkpoint(config: TrainConfig, output_dir: Path) -> Path | None:
@@ -85,7 +98,8 @@ def restore_progress(accelerator, checkpoint: Path | None, config: TrainConfig, 
     saved = json.loads((checkpoint / TRAINER_STATE_FILE).read_text())
     _check_resumable(saved, config, accelerator.num_processes)
     accelerator.load_state(str(checkpoint))
-    progress = Progress(**{key: saved[key] for key in ("step", "epoch", "batch", "micro_step", "log_history")})
+    progress = Progress(**{key: saved[key] for key in ("step", "epoch", "batch", "micro_step", "log_history")},
+                        open_interval=saved.get("open_interval", {}))
     logger.info(f"Resuming from {checkpoint}: step {progress.step}, epoch {progress.epoch}, batch {progress.batch}")
     return progress
 
@@ -129,3 +143,62 @@ def save_checkpoint(accelerator, output_dir: Path, progress: Progress, config: T
         for path in stale:
             shutil.rmtree(path, ignore_errors=True)
     return target
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the run after its optimizer step `step`, saved in `checkpoint`. A `KeyboardInterrupt`,
+    so that whatever handles Ctrl-C handles it, and `except Exception` does not swallow it."""
+
+    def __init__(self, step: int, max_steps: int, checkpoint: Path):
+        super().__init__(f"interrupted after step {step} of {max_steps} (checkpoint {checkpoint})")
+        self.step, self.max_steps, self.checkpoint = step, max_steps, checkpoint
+
+
+# Signals this soon after the first are the same request: a launcher (`accelerate launch`, torchrun) forwards the
+# terminal's Ctrl-C to processes that got it already.
+REPEATED_SIGNAL_SECONDS = 1.0
+
+
+@dataclass
+class StopRequest:
+    """The signal that asked the run to stop (None: none did), and when (`time.monotonic()`)."""
+
+    signal: int | None = None
+    at: float = 0.0
+
+
+@contextlib.contextmanager
+def stop_on_signals(request: StopRequest) -> Iterator[None]:
+    """While active, SIGINT and SIGTERM only record themselves in `request`: the loop finishes its optimizer step,
+    writes a checkpoint and raises `TrainingInterrupted`. Another signal more than `REPEATED_SIGNAL_SECONDS` later
+    raises `KeyboardInterrupt` at once (a checkpoint write it cuts leaves only a staging dir). Outside the main thread
+    signals cannot be caught; nothing changes there. DataLoader workers forked meanwhile inherit the handlers, so they
+    keep serving the last step."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum, frame):
+        now = time.monotonic()
+        if request.signal is None:
+            request.signal, request.at = signum, now
+        elif now - request.at > REPEATED_SIGNAL_SECONDS:
+            raise KeyboardInterrupt
+
+    previous = {signum: signal.signal(signum, handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def stop_agreed(accelerator, request: StopRequest) -> bool:
+    """Whether any process was asked to stop; with several processes all of them learn it at the same optimizer step
+    (one all-reduce of a flag per step), so they write the same checkpoint and stop together."""
+    import torch
+
+    if accelerator.num_processes == 1:
+        return request.signal is not None
+    flag = torch.tensor([float(request.signal is not None)], device=accelerator.device)
+    return bool(accelerator.reduce(flag, "sum").item() > 0)

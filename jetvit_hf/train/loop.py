@@ -25,7 +25,8 @@ from torch import nn
 
 from ..io import atomic_directory, atomic_write_json
 from ..models.jetvit.modeling_jetvit import JetViTPreTrainedModel
-from .checkpoints import TRAIN_LOG_FILE, Progress, find_resume_checkpoint, restore_progress, save_checkpoint
+from .checkpoints import (TRAIN_LOG_FILE, Progress, StopRequest, TrainingInterrupted, find_resume_checkpoint,
+                          restore_progress, save_checkpoint, stop_agreed, stop_on_signals)
 from .config import TrainConfig
 from .loader import build_training_loader
 from .losses import FeatureDistillationLoss, depth_anything_loss
@@ -51,6 +52,22 @@ class _Interval:
             self.sums[name] = self.sums.get(name, 0.0) + value.float()
         self.forwards += 1
 
+    def snapshot(self, accelerator: "Accelerator") -> dict:
+        """The interval for a checkpoint (JSON): the sums averaged over processes (as logging averages them),
+        the forwards and the subnets; empty when nothing happened since the last log line."""
+        if not self.forwards:
+            return {}
+        names = sorted(self.sums)
+        means = accelerator.reduce(torch.stack([self.sums[name] for name in names]), "mean")
+        sums = {name: value.item() for name, value in zip(names, means, strict=True)}
+        return {"sums": sums, "forwards": self.forwards, "subnets": list(self.subnets)}
+
+    @classmethod
+    def resume(cls, snapshot: dict, device: torch.device) -> "_Interval":
+        sums = {name: torch.tensor(value, dtype=torch.float32, device=device)
+                for name, value in snapshot.get("sums", {}).items()}
+        return cls(sums, snapshot.get("forwards", 0), list(snapshot.get("subnets", [])))
+
 
 @dataclass
 class _Run:
@@ -68,6 +85,7 @@ class _Run:
     feature_loss: FeatureDistillationLoss
     progress: Progress = field(default_factory=Progress)
     interval: _Interval = field(default_factory=_Interval)
+    stop: StopRequest = field(default_factory=StopRequest)
 
 
 def train(config: TrainConfig) -> Path:
@@ -75,7 +93,8 @@ def train(config: TrainConfig) -> Path:
 
     Writes `output_dir/supernet` (distill) or `output_dir/model` (finetune: a complete HF model directory),
     `train_log.json` (the logged scalars and, for distill, the subnets of each step), tensorboard logs under
-    `tensorboard/` and `checkpoints/step-XXXXXXX`.
+    `tensorboard/` and `checkpoints/step-XXXXXXX`. SIGINT or SIGTERM ends the current optimizer step, writes a
+    checkpoint and raises `TrainingInterrupted`; resuming from it continues exactly.
     """
     from accelerate.utils import set_seed
 
@@ -91,8 +110,10 @@ def train(config: TrainConfig) -> Path:
     teacher.to(accelerator.device)
     run = _prepare_run(config, output_dir, accelerator, teacher, student)
     run.progress = restore_progress(accelerator, checkpoint, config, output_dir)
+    run.interval = _Interval.resume(run.progress.open_interval, accelerator.device)
     accelerator.init_trackers("tensorboard", config=_tracker_config(config))
-    _train_until_done(run)
+    with stop_on_signals(run.stop):
+        _train_until_done(run)
     _save_outputs(run)
     return output_dir
 
@@ -117,21 +138,21 @@ def _train_until_done(run: _Run) -> None:
     config, accelerator, progress = run.config, run.accelerator, run.progress
     bar = tqdm(total=config.max_steps, initial=progress.step, desc=config.mode,
                disable=not accelerator.is_local_main_process)
-    while progress.step < config.max_steps:
-        # The data order of an epoch depends only on (seed, epoch); a resumed run skips what it already saw.
-        run.loader.set_epoch(progress.epoch)
-        batches = accelerator.skip_first_batches(run.loader, progress.batch) if progress.batch else run.loader
-        for batch in batches:
-            _train_micro_batch(run, batch["pixel_values"])
-            progress.batch += 1
-            if progress.batch == len(run.loader):
-                progress.epoch, progress.batch = progress.epoch + 1, 0
-            if not accelerator.sync_gradients:
-                continue
-            _end_optimizer_step(run, bar)
-            if progress.step >= config.max_steps:
-                break
-    bar.close()
+    with contextlib.closing(bar):
+        while progress.step < config.max_steps:
+            # The data order of an epoch depends only on (seed, epoch); a resumed run skips what it already saw.
+            run.loader.set_epoch(progress.epoch)
+            batches = accelerator.skip_first_batches(run.loader, progress.batch) if progress.batch else run.loader
+            for batch in batches:
+                _train_micro_batch(run, batch["pixel_values"])
+                progress.batch += 1
+                if progress.batch == len(run.loader):
+                    progress.epoch, progress.batch = progress.epoch + 1, 0
+                if not accelerator.sync_gradients:
+                    continue
+                _end_optimizer_step(run, bar)
+                if progress.step >= config.max_steps:
+                    break
 
 
 def _train_micro_batch(run: _Run, pixel_values: torch.Tensor) -> None:
@@ -171,17 +192,28 @@ def _forward_backward(run: _Run, pixel_values: torch.Tensor, target: TaskOutputs
 
 
 def _end_optimizer_step(run: _Run, bar) -> None:
-    """Advance the schedule and the step count; log and checkpoint when due."""
+    """Advance the schedule and the step count; log and checkpoint when due; when asked to stop, checkpoint and raise
+    `TrainingInterrupted`."""
     config, progress = run.config, run.progress
     lr = run.scheduler.get_last_lr()[0]
     run.scheduler.step()
     progress.step += 1
     bar.update(1)
     checkpoint_now = progress.step % config.checkpoint_every == 0 or progress.step == config.max_steps
-    if checkpoint_now or progress.step % config.log_every == 0:  # a checkpoint never splits a log interval
+    if checkpoint_now or progress.step % config.log_every == 0:  # a due checkpoint never splits a log interval
         _log(run, lr, bar)
-    if checkpoint_now:
-        save_checkpoint(run.accelerator, run.output_dir, progress, config)
+    stop = stop_agreed(run.accelerator, run.stop)
+    if checkpoint_now or stop:
+        checkpoint = _checkpoint(run)
+    if stop:
+        run.accelerator.end_training()  # flush the trackers
+        raise TrainingInterrupted(progress.step, config.max_steps, checkpoint)
+
+
+def _checkpoint(run: _Run) -> Path:
+    """A checkpoint of the run as it is, with the log interval it cuts (none at log steps)."""
+    run.progress.open_interval = run.interval.snapshot(run.accelerator)
+    return save_checkpoint(run.accelerator, run.output_dir, run.progress, run.config)
 
 
 def _log(run: _Run, lr: float, bar) -> None:
@@ -220,19 +252,25 @@ def _save_outputs(run: _Run) -> None:
 
 
 def _save_result(config: TrainConfig, output_dir: Path, supernet, model: JetViTPreTrainedModel) -> None:
-    from ..convert import resolve_source
+    """Atomically write `output_dir/supernet` (distill) or `output_dir/model` (finetune: a complete HF model directory
+    with the student's, else the teacher's, image-processor config), each with the `jetvit_conversion.json` of
+    `convert.trained_conversion_info`: it names the source the weights came from, so `jetvit bench --model` times
+    transformers' model beside it and `jetvit card` names the base model."""
+    from ..convert import resolve_source, trained_conversion_info
 
-    if supernet is not None:
-        supernet.save_pretrained(output_dir / "supernet", overwrite=True)
-        return
-    processors = [Path(config.student) / "preprocessor_config.json",
-                  resolve_source(config.teacher) / "preprocessor_config.json"]
-    with atomic_directory(output_dir / "model", overwrite=True) as staging:
-        model.save_pretrained(staging)
-        for processor in processors:
-            if processor.is_file():
-                shutil.copyfile(processor, staging / processor.name)
-                break
+    info = trained_conversion_info(model, [config.student, config.teacher])
+    with atomic_directory(output_dir / ("model" if supernet is None else "supernet"), overwrite=True) as staging:
+        if supernet is not None:
+            supernet.save_pretrained(staging, overwrite=True)  # takes the place of the empty staging directory
+        else:
+            model.save_pretrained(staging)
+            for processor in (Path(config.student) / "preprocessor_config.json",
+                              resolve_source(config.teacher) / "preprocessor_config.json"):
+                if processor.is_file():
+                    shutil.copyfile(processor, staging / processor.name)
+                    break
+        if info is not None:
+            atomic_write_json(staging / "jetvit_conversion.json", info.to_dict())
 
 
 # ----------------------------------------------------------------------------------------------------------------------
