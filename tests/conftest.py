@@ -8,9 +8,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from helpers import FIXTURES  # noqa: E402
 from sources import build_source  # noqa: E402
 
-FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def pytest_collection_modifyitems(config, items):

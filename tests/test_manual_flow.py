@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 # The README's block under "Post-training attention search", verbatim.
 README_FLOW = """\
 SRC=training/default_teacher  # the teacher: a source checkpoint directory or Hub id

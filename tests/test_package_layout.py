@@ -5,8 +5,9 @@ import ast
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
-PACKAGE = Path(__file__).resolve().parents[1] / "jetvit_hf"
+PACKAGE = REPO / "jetvit_hf"
 MAX_MODULE_LINES = 800
 SHIPPED = PACKAGE / "models" / "jetvit"
 

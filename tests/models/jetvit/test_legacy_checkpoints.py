@@ -3,7 +3,6 @@
 the outputs that version computed on a fixed input."""
 
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,9 +10,9 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForDepthEstimation
 
 from jetvit_hf import JetViTForDepthEstimation, JetViTModel
-from test_hf_integration import BLOCK_PACKAGE, run_python
+from helpers import BLOCK_PACKAGE, FIXTURES, REPO, run_python
 
-LEGACY = Path(__file__).parent / "fixtures" / "legacy_checkpoints"
+LEGACY = FIXTURES / "legacy_checkpoints"
 CASES = {"dinov3": (AutoModel, JetViTModel, "last_hidden_state"),
          "depth_anything_v2": (AutoModelForDepthEstimation, JetViTForDepthEstimation, "predicted_depth")}
 
@@ -56,7 +55,7 @@ def test_legacy_checkpoint_resaved_by_this_version_loads_remotely(tmp_path):
     model = JetViTForDepthEstimation.from_pretrained(LEGACY / "depth_anything_v2")
     model.save_pretrained(tmp_path / "resaved")
     shipped = sorted(p.name for p in (tmp_path / "resaved").glob("*.py"))
-    package_files = sorted(p.name for p in (Path(__file__).parents[1] / "jetvit_hf" / "models" / "jetvit").glob("*.py"))
+    package_files = sorted(p.name for p in (REPO / "jetvit_hf" / "models" / "jetvit").glob("*.py"))
     assert shipped == [name for name in package_files if name != "__init__.py"]
     code = BLOCK_PACKAGE + f"""
 import torch

@@ -5,7 +5,6 @@ benchmark's smoke run, and (with a GPU) everything on CUDA."""
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,8 +18,9 @@ from jetvit_hf.search.beam import beam_search
 from jetvit_hf.search.objectives import make_objective
 from jetvit_hf.search.stage import run_search
 from jetvit_hf.train.supernet import JetViTSupernet
+from helpers import REPO
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 import bench_search  # noqa: E402
 
 LAYERS = 6  # the tiny Depth Anything source's

@@ -26,8 +26,8 @@ from jetvit_hf.train.checkpoints import list_checkpoints
 from jetvit_hf.train.config import config_from_args
 from jetvit_hf.train.student import build_supernet
 from jetvit_hf.train.supernet import JetViTSupernet, SupernetAttention
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 CANDIDATE = re.compile(r"\.attention\.candidates\.(\w+)\.")
 
 

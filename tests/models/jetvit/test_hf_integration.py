@@ -1,10 +1,6 @@
 """Hugging Face integration: Auto classes, remote code, the depth pipeline, the Hub (offline), save/load round trips."""
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 from unittest import mock
 
@@ -27,21 +23,9 @@ from jetvit_hf import (
     JetViTModel,
 )
 from jetvit_hf.convert import convert_to_jetvit, save_converted
+from helpers import BLOCK_PACKAGE, FIXTURES, run_python
 
 HYBRID = ["linear", "window", "full", "linear", "window", "full"]
-BLOCK_PACKAGE = """
-import sys
-class _BlockJetViT:
-    def find_spec(self, name, path=None, target=None):
-        if name == "jetvit_hf" or name.startswith("jetvit_hf."):
-            raise ImportError("jetvit_hf is hidden in this process")
-sys.meta_path.insert(0, _BlockJetViT())
-try:
-    import jetvit_hf
-    raise SystemExit("jetvit_hf should not be importable here")
-except ImportError:
-    pass
-"""
 
 
 @pytest.fixture(scope="module")
@@ -56,15 +40,6 @@ def converted_depth(source_checkpoint, tmp_path_factory):
                 layer.attention.dynamic_conv.fc2.weight.normal_(0, 0.05)
     output = save_converted(model, tmp_path_factory.mktemp("converted") / "jetvit-depth", directory, info)
     return output, model
-
-
-def run_python(code: str, env: dict | None = None, cwd=None) -> str:
-    result = subprocess.run(  # one thread, as the tests run (conftest): bitwise comparisons need the same reductions
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, cwd=cwd, timeout=300,
-    )
-    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    return result.stdout
 
 
 def test_auto_classes_are_registered_on_import():
@@ -102,7 +77,7 @@ with torch.no_grad():
         "maps": backbone(pixels).feature_maps,
     }}, {str(tmp_path / "out.pt")!r})
 estimator = pipeline("depth-estimation", model=directory, trust_remote_code=True)
-image = Image.open({str(Path(__file__).parent / "fixtures" / "coffee.jpg")!r})
+image = Image.open({str(FIXTURES / "coffee.jpg")!r})
 result = estimator(image)
 print(type(estimator.model).__module__, result["depth"].size, tuple(result["predicted_depth"].shape))
 """

@@ -3,7 +3,6 @@ by exactly what transformers' source model and plain numpy give, and the DINOv3 
 
 import json
 import sys
-from pathlib import Path
 
 import datasets
 import numpy as np
@@ -24,8 +23,9 @@ from jetvit_hf.evaluation.probe import (
     train_linear_probe,
 )
 from jetvit_hf.train.supernet import JetViTSupernet
+from helpers import REPO
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
+sys.path.insert(0, str(REPO / "training"))
 import linear_probe  # noqa: E402
 
 HYBRID = ["linear", "window", "full", "linear", "window", "linear"]
