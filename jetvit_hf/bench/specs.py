@@ -3,12 +3,12 @@ of the transformers baseline, the JetViT config and class, the checkpoint), and 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..convert import source_config_from_jetvit
+from ..io import read_json
 from ..layouts import LAYOUTS, resolve_attention_types
 from ..models.jetvit.configuration_jetvit import JetViTConfig
 from .presets import get_preset
@@ -85,7 +85,7 @@ def _spec_from_checkpoint(path: str | os.PathLike, window_size: int | None) -> M
     if not info_path.is_file():
         spec.notes.append(f"no {info_path.name} in {path}: the transformers (hf) baseline is skipped")
         return spec
-    info = json.loads(info_path.read_text())
+    info = read_json(info_path)
     family, source_architecture, source = info.get("family"), info.get("source_architecture"), info.get("source")
     source_config, origin = None, None
     if source:

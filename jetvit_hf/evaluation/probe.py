@@ -5,7 +5,6 @@ mIoU and pixel accuracy over a labelled evaluation set (ignore index 255). Model
 places them.
 """
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..device import Placement, resolve_placement
-from ..io import atomic_directory, atomic_write_json
+from ..io import atomic_directory, atomic_write_json, check_safetensors, read_json
 from ..models.jetvit.configuration_jetvit import JetViTConfig
 from ..models.jetvit.modeling_jetvit import JetViTLinearProbeHead
 from ..train.targets import task_features, unwrap
@@ -196,7 +195,8 @@ def load_linear_probe(directory: str | os.PathLike) -> JetViTLinearProbeHead:
     directory = Path(directory)
     if not (directory / PROBE_CONFIG).is_file():
         raise ValueError(f"{directory} holds no {PROBE_CONFIG}; save a probe with training/linear_probe.py.")
-    meta = json.loads((directory / PROBE_CONFIG).read_text())
+    meta = read_json(directory / PROBE_CONFIG)
+    check_safetensors([directory / PROBE_WEIGHTS])
     probe = make_linear_probe(meta["hidden_size"], meta["num_labels"], meta["dropout"])
     probe.load_state_dict(load_file(directory / PROBE_WEIGHTS), strict=True)
     probe.training_info = meta["training"]

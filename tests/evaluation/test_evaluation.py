@@ -153,6 +153,10 @@ def test_linear_probe_learns_a_known_segmentation_and_round_trips(source_checkpo
         save_linear_probe(probe, tmp_path / "probe")
     with pytest.raises(ValueError, match="reads 8 channels"):
         probe_segmentation_metrics(model, make_linear_probe(8, 2), held_out)
+    weights = tmp_path / "probe" / "probe.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # a broken file is an error that names it
+    with pytest.raises(ValueError, match="probe.safetensors"):
+        load_linear_probe(tmp_path / "probe")
 
 
 def test_linear_probe_script_and_eval_with_the_saved_probe(converted, depth_source, scenes, tmp_path, capsys):
