@@ -13,8 +13,10 @@ a plain-text table of the report's headline numbers (`format_report`).
 Evaluation images are resized for the model (`images.model_input_size`); predictions are compared with ground truth at
 the image's original resolution (bilinear upsampling) and with the teacher at the model's resolution. Both models and
 the images run on one device, the forwards in one compute dtype (`jetvit_hf.device`: by default a GPU with bfloat16
-autocast when there is one, else the CPU in float32); metrics are computed in float32/float64 on that device. The
-report records the device, the dtype and the wall-clock seconds.
+autocast when there is one, else the CPU in float32); feature and segmentation metrics are computed in float32/float64
+on that device, depth metrics in float64 on the CPU through the `evaluate` module `hf_metrics.JetViTDepthMetric`
+(segmentation's numbers equal `hf_metrics.JetViTMeanIoU`'s, which the report names). The report records the device,
+the dtype and the wall-clock seconds.
 """
 
 import os
@@ -186,22 +188,28 @@ def _main_pass(model, teacher, images: EvalImages, tasks, depth_modes, teacher_p
 def _depth_report(student_depth: list[torch.Tensor], teacher_depth: list[torch.Tensor], images: EvalImages,
                   depth_modes) -> dict:
     """Depth metrics of the student against the teacher and, where the images have depth, of both against it."""
-    depth = {"vs_teacher": {}}
-    for mode in depth_modes:
-        metric = make_depth_metrics(mode, teacher_depth, target_is_depth=False)
-        for prediction, reference in zip(student_depth, teacher_depth):
-            metric.update(prediction, reference)
-        depth["vs_teacher"][mode] = metric.compute()
+    depth = {"vs_teacher": {mode: _depth_module_result(mode, student_depth, teacher_depth, False)
+                            for mode in depth_modes}}
     if images.depth is not None:
         depth["vs_ground_truth"] = {}
         for model_name, predictions in (("student", student_depth), ("teacher", teacher_depth)):
-            depth["vs_ground_truth"][model_name] = {}
-            for mode in depth_modes:
-                metric = make_depth_metrics(mode, images.depth, target_is_depth=True)
-                for prediction, target in zip(predictions, images.depth):
-                    metric.update(resize_map(prediction, target.shape), target)
-                depth["vs_ground_truth"][model_name][mode] = metric.compute()
+            resized = [resize_map(prediction, target.shape) for prediction, target in zip(predictions, images.depth)]
+            depth["vs_ground_truth"][model_name] = {
+                mode: _depth_module_result(mode, resized, images.depth, True) for mode in depth_modes
+            }
     return depth
+
+
+def _depth_module_result(mode: str, predictions: list[torch.Tensor], targets: list[torch.Tensor],
+                         target_is_depth: bool) -> dict:
+    """`hf_metrics.JetViTDepthMetric` (set up by `make_depth_metrics`) of per-image predictions against targets."""
+    # Imported here: `evaluate` (the training extra) is needed only once depth metrics are computed.
+    from .hf_metrics import JetViTDepthMetric
+
+    metric = JetViTDepthMetric.like(make_depth_metrics(mode, targets, target_is_depth), keep_in_memory=True)
+    metric.add_batch(predictions=[prediction.flatten().double().cpu().numpy() for prediction in predictions],
+                     references=[target.flatten().double().cpu().numpy() for target in targets])
+    return metric.compute()
 
 
 def _teacher_pair_ordinal(student_depth: list[torch.Tensor], teacher_depth: list[torch.Tensor], images: EvalImages,
@@ -235,7 +243,10 @@ def _segmentation_report(model, teacher, images: EvalImages, probe, source: str,
                 if images.labels is not None:
                     metrics["student"].update(student, images.labels[first + offset])
                     metrics["teacher"].update(reference, images.labels[first + offset])
-    report = {"probe": source, "num_labels": num_labels, "ignore_index": IGNORE_INDEX}
+    # The numbers are those of `hf_metrics.JetViTMeanIoU`, accumulated here per batch on the device with the
+    # `SegmentationMetrics` it delegates to rather than by storing every label map in its Arrow table.
+    report = {"probe": source, "num_labels": num_labels, "ignore_index": IGNORE_INDEX,
+              "metric_module": "JetViTMeanIoU"}
     for name, metric in metrics.items():
         computed = metric.compute()
         report[name] = {key: computed[key] for key in ("mean_iou", "pixel_accuracy", "mean_accuracy")}
