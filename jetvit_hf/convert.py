@@ -2,7 +2,8 @@
 
 Weights are mapped by their on-disk (safetensors) names, which transformers keeps stable across 5.x releases even where
 the in-memory names changed; the newer in-memory names are accepted too. Every attention type starts from its layer's
-q/k/v/o projections, so the only new parameters are the kernel generators of `"linear"` layers.
+q/k/v/o projections, so the only new parameters are the convolutions of `"linear"` layers; with `inherit="mlp_only"`
+(the paper's ablation) the attention projections are freshly initialised too.
 """
 
 import inspect
@@ -47,7 +48,12 @@ _DEFAULT_ARCHITECTURE = {
     "depth_anything": "DepthAnythingForDepthEstimation",
 }
 DEPTH_BACKBONE_FAMILIES = ("dinov2", "dinov2_with_registers")
-NEW_PARAMETER_PATTERN = re.compile(r"\.attention\.dynamic_conv\.")
+# parameters no source has: the convolutions of "linear" layers; with inherit="mlp_only" the attention projections too
+NEW_PARAMETER_PATTERNS = {
+    "all": re.compile(r"\.attention\.(?:candidates\.[a-z]+\.)?(?:dynamic_conv|static_conv)\."),
+    "mlp_only": re.compile(r"\.attention\.(?:candidates\.[a-z]+\.)?(?:dynamic_conv|static_conv|[qkvo]_proj)\."),
+}
+INHERIT_MODES = tuple(NEW_PARAMETER_PATTERNS)
 
 _LAYER = r"^(?:encoder\.)?layer\.(\d+)\."
 
@@ -88,7 +94,8 @@ _DEPTH_HEAD_KEY_RULES = [(r"^((?:neck|head)\..+)$", r"\1")]
 
 @dataclass
 class ConversionInfo:
-    """What `convert_to_jetvit` did: the source, and which JetViT parameters are new rather than inherited."""
+    """What `convert_to_jetvit` did: the source, what was inherited (`inherit`: `"all"` or `"mlp_only"`) and which
+    JetViT parameters are new rather than inherited. Files written before `inherit` existed inherited all."""
 
     source: str
     family: str
@@ -96,6 +103,7 @@ class ConversionInfo:
     jetvit_class: str
     inherited_tensors: int
     new_parameters: list[str] = field(default_factory=list)
+    inherit: str = "all"
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -417,6 +425,7 @@ def convert_to_jetvit(
     *,
     dtype: torch.dtype | str | None = None,
     output_loading_info: bool = False,
+    inherit: str = "all",
     **config_overrides,
 ):
     """Build a JetViT from a DINOv2 / DINOv2-with-registers / DINOv3 ViT / Depth Anything checkpoint.
@@ -427,12 +436,17 @@ def convert_to_jetvit(
             `"full"`, which reproduces the source model.
         dtype: Dtype of the returned model (default: float32).
         output_loading_info: Also return a `ConversionInfo` naming the new (not inherited) parameters.
+        inherit: `"all"` (default) inherits every source weight; `"mlp_only"` (the paper's ablation) initialises the
+            q/k/v/o projections of every layer afresh (the model's `_init_weights`, seeded by torch's global RNG) and
+            inherits embeddings, norms, layer scales, MLPs and heads.
         **config_overrides: Any other `JetViTConfig` field, e.g. `window_size=14`.
 
     Returns:
         `JetViTModel`, `JetViTBackbone` or `JetViTForDepthEstimation` (following the source's class), and with
         `output_loading_info=True` a `(model, ConversionInfo)` pair.
     """
+    if inherit not in INHERIT_MODES:
+        raise ValueError(f"`inherit` must be one of {list(INHERIT_MODES)}, got {inherit!r}.")
     path = resolve_source(source)
     model_type = check_checkpoint_files(path).get("model_type")
     if model_type not in _DEFAULT_ARCHITECTURE:
@@ -446,6 +460,8 @@ def convert_to_jetvit(
     )
     source_state = load_source_state_dict(path)
     state_dict = _jetvit_state_dict(source_state, family.split("/")[-1], jetvit_class, config.hidden_size)
+    new_pattern = NEW_PARAMETER_PATTERNS[inherit]
+    state_dict = {name: tensor for name, tensor in state_dict.items() if not new_pattern.search(name)}
 
     with torch.device("meta"):
         reference = jetvit_class(config)
@@ -460,7 +476,7 @@ def convert_to_jetvit(
                 f"{reference_shapes[name]}. Is the source config consistent with its weights?"
             )
     missing = sorted(set(reference_shapes) - set(state_dict))
-    not_new = [name for name in missing if not NEW_PARAMETER_PATTERN.search(name)]
+    not_new = [name for name in missing if not new_pattern.search(name)]
     if not_new:
         raise ValueError(f"The source checkpoint lacks weights JetViT needs to inherit: {not_new[:10]}")
 
@@ -480,6 +496,7 @@ def convert_to_jetvit(
         jetvit_class=jetvit_class.__name__,
         inherited_tensors=len(state_dict),
         new_parameters=missing,
+        inherit=inherit,
     )
     logger.info(
         f"Converted {architecture} ({family}) into {jetvit_class.__name__}: {len(state_dict)} tensors inherited, "
@@ -579,12 +596,14 @@ def trained_conversion_info(model: JetViTPreTrainedModel, origins) -> Conversion
         if (path / "jetvit_conversion.json").is_file():
             carried = json.loads((path / "jetvit_conversion.json").read_text())
             source, family, architecture = carried["source"], carried["family"], carried["source_architecture"]
+            inherit = carried.get("inherit", "all")
         elif config.get("model_type") in _DEFAULT_ARCHITECTURE:
             _, family, architecture, _ = jetvit_config_from_source(AutoConfig.from_pretrained(path))
             source = str(path.resolve()) if Path(origin).expanduser().is_dir() else str(origin)
+            inherit = "all"
         else:
             continue
         names = list(model.state_dict())
-        new = sorted(name for name in names if ".dynamic_conv." in name)
-        return ConversionInfo(source, family, architecture, type(model).__name__, len(names) - len(new), new)
+        new = sorted(name for name in names if NEW_PARAMETER_PATTERNS[inherit].search(name))
+        return ConversionInfo(source, family, architecture, type(model).__name__, len(names) - len(new), new, inherit)
     return None

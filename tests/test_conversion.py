@@ -1,6 +1,7 @@
 """Conversion from every supported family: all-full JetViT must equal the transformers source model."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -193,3 +194,60 @@ def test_atomic_writes_leave_ordinary_permissions(tmp_path):
         assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
     finally:
         os.umask(umask)
+
+
+def test_mlp_only_inheritance_keeps_all_but_the_attention_projections(source_checkpoint, tmp_path):
+    """The paper's ablation: q/k/v/o start afresh (the model's own init); every other weight is the source's."""
+    directory, _ = source_checkpoint("depth_anything_v2")
+    types = ["linear", "window", "full"] * 2
+    inherited = convert_to_jetvit(directory, types)
+    torch.manual_seed(0)
+    model, info = convert_to_jetvit(directory, types, inherit="mlp_only", output_loading_info=True)
+    projection = re.compile(r"\.attention\.[qkvo]_proj\.")
+    expected_state, state = inherited.state_dict(), model.state_dict()
+    for name, tensor in state.items():
+        if projection.search(name):
+            if name.endswith("weight"):
+                assert not torch.equal(tensor, expected_state[name]), name
+                assert 0 < tensor.std() < 2 * model.config.initializer_range, name  # trunc_normal(std=0.02)
+            else:
+                assert not tensor.any(), name  # biases start at zero
+        elif ".dynamic_conv." not in name:  # embeddings, norms, layer scales, MLPs, neck and head: bit-equal
+            assert torch.equal(tensor, expected_state[name]), name
+    assert info.inherit == "mlp_only"
+    assert info.new_parameters == sorted(n for n in state if projection.search(n) or ".dynamic_conv." in n)
+    assert info.inherited_tensors == len(state) - len(info.new_parameters)
+    output = save_converted(model, tmp_path / "out", directory, info)
+    report = json.loads((output / "jetvit_conversion.json").read_text())
+    assert report["inherit"] == "mlp_only" and report["new_parameters"] == info.new_parameters
+
+
+@pytest.mark.parametrize("conv, new", [("none", []), ("static", ["static_conv.weight"])])
+def test_fresh_conversion_with_each_linear_attention_conv_is_the_same_linear_attention(conv, new, source_checkpoint):
+    directory, _ = source_checkpoint("dinov3")
+    full = convert_to_jetvit(directory, "linear", linear_attention_conv="squeeze_dynamic")
+    model, info = convert_to_jetvit(directory, "linear", linear_attention_conv=conv, output_loading_info=True)
+    assert info.inherit == "all"
+    assert info.new_parameters == [f"encoder.layer.{i}.attention.{name}" for i in range(4) for name in new]
+    pixel_values = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():  # a zero conv (static, fresh squeeze dynamic) or none: the same linear attention
+        torch.testing.assert_close(model(pixel_values).last_hidden_state, full(pixel_values).last_hidden_state)
+
+
+def test_bad_inherit_and_conv_settings_name_the_field(source_checkpoint):
+    directory, _ = source_checkpoint("dinov2")
+    with pytest.raises(ValueError, match=r"`inherit` must be one of \['all', 'mlp_only'\], got 'attention'"):
+        convert_to_jetvit(directory, inherit="attention")
+    with pytest.raises(ValueError, match="`linear_attention_conv` must be one of"):
+        convert_to_jetvit(directory, linear_attention_conv="dynamic")
+    with pytest.raises(ValueError, match="`dynamic_conv_reduction`=8 only applies .* 'static'"):
+        convert_to_jetvit(directory, "linear", linear_attention_conv="static", dynamic_conv_reduction=8)
+
+
+def test_cli_convert_inherit_and_linear_attention_conv(source_checkpoint, tmp_path):
+    directory, _ = source_checkpoint("dinov3")
+    output = tmp_path / "jet"
+    assert cli_main(["convert", "--source", str(directory), "--output", str(output), "--attention-types", "linear",
+                     "--linear-attention-conv", "static", "--inherit", "mlp_only"]) == 0
+    assert JetViTConfig.from_pretrained(output).linear_attention_conv == "static"
+    assert json.loads((output / "jetvit_conversion.json").read_text())["inherit"] == "mlp_only"

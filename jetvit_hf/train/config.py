@@ -73,12 +73,18 @@ class TrainConfig:
         default=0.0,
         metadata=_help("Weight of Depth Anything's L_ssi + 2 L_gm (top 10% trimmed) against the teacher's depth."),
     )
-    train_mlp: bool = field(default=False, metadata=_help("Also train the MLPs (default: attention only)."))
+    train_mlp: bool = field(
+        default=False,
+        metadata=_help(
+            "Also train the MLPs. Default: the attention only (q/k/v/o of every candidate and the linear layers' "
+            "convolution); embeddings, norms, layer scales and heads are always frozen."
+        ),
+    )
     lora_rank: int = field(
         default=0,
         metadata=_help(
             "> 0: LoRA (peft) on the q/k/v/o projections (and on the MLPs with train_mlp) instead of full weights; "
-            "merged into the weights before saving."
+            "the linear layers' convolutions train in full; merged into the weights before saving."
         ),
     )
     lora_alpha: float | None = field(default=None, metadata=_help("LoRA alpha (default: lora_rank, scale 1)."))

@@ -17,7 +17,8 @@ from torch import nn
 
 from ..convert import SUPERNET_FILE, load_jetvit
 from ..layouts import stage2_candidates
-from ..models.jetvit.modeling_jetvit import JetViTForDepthEstimation, JetViTPreTrainedModel, JetViTRopePositionEmbedding
+from ..models.jetvit.modeling_jetvit import JetViTForDepthEstimation, JetViTPreTrainedModel
+from ..models.jetvit.modeling_jetvit_embeddings import JetViTRopePositionEmbedding
 from .config import TrainConfig
 from .supernet import JetViTSupernet
 from .targets import check_teacher_student, resolve_targets, task_features
@@ -172,7 +173,7 @@ def _select_trainable(model: JetViTPreTrainedModel, config: TrainConfig):
             warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
             peft_model = get_peft_model(model, lora)  # freezes everything but the adapters, in place
         for name, parameter in model.named_parameters():
-            if ".attention." in name and ".dynamic_conv." in name:
+            if ".attention." in name and (".dynamic_conv." in name or ".static_conv." in name):
                 parameter.requires_grad_(True)
         return peft_model
     for name, parameter in model.named_parameters():

@@ -1,8 +1,8 @@
 """The post-training-search supernet: every layer holds one attention module per candidate type.
 
-All candidates of a layer start from that layer's inherited q/k/v/o projections (and, for `"linear"`, its squeeze
-convolution where the base layer already has one); norms, LayerScale and the MLP are shared. Training samples one
-subnet per step (uniform per layer, seeded by the step so every process draws the same); `extract` returns an ordinary
+All candidates of a layer start from that layer's inherited q/k/v/o projections (and, for `"linear"`, its convolution
+of V where the base layer already has one; else the convolution starts at zero); norms, LayerScale and the MLP are
+shared. Training samples one subnet per step (uniform per layer, seeded by the step so every process draws the same); `extract` returns an ordinary
 JetViT model of the same head class whose outputs equal the supernet's for that assignment.
 """
 
@@ -19,6 +19,9 @@ from ..convert import SUPERNET_FILE, check_checkpoint_files, load_jetvit
 from ..io import atomic_directory, atomic_write_json, read_json
 from ..layouts import normalize_candidates
 from ..models.jetvit.modeling_jetvit import JETVIT_ATTENTION_CLASSES, JetViTPreTrainedModel
+
+
+LINEAR_CONV_PREFIXES = ("dynamic_conv.", "static_conv.")  # the parameters of a linear layer's convolution of V
 
 
 def _encoder_layers(model: JetViTPreTrainedModel) -> nn.ModuleList:
@@ -64,8 +67,8 @@ class JetViTSupernet(nn.Module):
                 module.to(device=inherited.o_proj.weight.device, dtype=inherited.o_proj.weight.dtype)
                 own_state = module.state_dict()
                 shared = {k: v for k, v in inherited.state_dict().items() if k in own_state}
-                if "linear" == attention_type and not any(k.startswith("dynamic_conv.") for k in shared):
-                    shared.update({k: v for k, v in own_state.items() if k.startswith("dynamic_conv.")})
+                if attention_type == "linear":  # a convolution the base layer lacks keeps its fresh init
+                    shared = {**{k: v for k, v in own_state.items() if k.startswith(LINEAR_CONV_PREFIXES)}, **shared}
                 module.load_state_dict(shared, strict=True)
                 modules[attention_type] = module
             layer.attention = SupernetAttention(modules)

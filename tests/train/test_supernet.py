@@ -107,3 +107,32 @@ def test_a_truncated_supernet_file_is_an_error_that_names_it(depth_supernet, tmp
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(ValueError, match="supernet.safetensors"):
         JetViTSupernet.from_pretrained(tmp_path / "supernet")
+
+
+@pytest.mark.parametrize("conv, conv_names", [("none", []), ("static", ["static_conv.weight"])])
+def test_linear_candidates_follow_the_linear_attention_conv(conv, conv_names, source_checkpoint, tmp_path):
+    """A supernet of an all-full model converted with `linear_attention_conv`: its linear candidates get that
+    convolution (starting at zero), and a saved supernet keeps it."""
+    directory, _ = source_checkpoint("dinov3")
+    supernet = JetViTSupernet(convert_to_jetvit(directory, linear_attention_conv=conv), ["linear", "window"])
+    for layer in supernet.layers:
+        linear = layer.attention.candidates["linear"]
+        names = [name for name in linear.state_dict() if "conv" in name]
+        assert names == conv_names
+        assert all(not linear.state_dict()[name].any() for name in names)
+    with torch.no_grad():
+        for layer in supernet.layers:
+            for parameter in layer.attention.candidates["linear"].parameters():
+                parameter.add_(0.01)
+    supernet.save_pretrained(tmp_path / "supernet")
+    loaded = JetViTSupernet.from_pretrained(tmp_path / "supernet")
+    assert loaded.config.linear_attention_conv == conv
+    for name, tensor in supernet.model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], tensor), name
+
+
+def test_static_conv_with_a_dynamic_conv_setting_is_an_error_naming_it(source_checkpoint):
+    directory, _ = source_checkpoint("dinov3")
+    with pytest.raises(ValueError, match="`dynamic_conv_reduction`=2 only applies"):
+        JetViTSupernet.from_pretrained(directory, ["linear", "window"], linear_attention_conv="static",
+                                       dynamic_conv_reduction=2)

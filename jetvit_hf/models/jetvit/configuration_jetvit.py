@@ -11,6 +11,16 @@ from transformers.backbone_utils import BackboneConfigMixin
 ATTENTION_TYPES = ("full", "window", "linear")
 POSITION_EMBEDDING_TYPES = ("learned", "rope")
 DEPTH_ESTIMATION_TYPES = ("relative", "metric")
+# The depthwise convolution of V in "linear" layers (the paper's ablation): none, one learned kernel per channel, or the
+# squeeze dynamic kernels generated per image.
+LINEAR_ATTENTION_CONVS = ("none", "static", "squeeze_dynamic")
+# The settings each convolution reads, with their defaults; a setting a convolution does not read must keep its default.
+LINEAR_ATTENTION_CONV_SETTINGS = {"dynamic_conv_kernel_size": 3, "dynamic_conv_reduction": 4}
+_CONV_READS = {
+    "none": (),
+    "static": ("dynamic_conv_kernel_size",),
+    "squeeze_dynamic": ("dynamic_conv_kernel_size", "dynamic_conv_reduction"),
+}
 
 
 class JetViTConfig(BackboneConfigMixin, PreTrainedConfig):
@@ -41,8 +51,14 @@ class JetViTConfig(BackboneConfigMixin, PreTrainedConfig):
         attention_types (`list[str]`): One of `"full"`, `"window"`, `"linear"` per layer (default all `"full"`).
         window_size (`int`): Side, in patches, of the square non-overlapping windows of `"window"` layers.
         linear_attention_eps (`float`): Added to the normalizer of `"linear"` layers.
-        dynamic_conv_kernel_size (`int`): Side of the squeeze dynamic depthwise convolution of `"linear"` layers.
-        dynamic_conv_reduction (`int`): Width reduction of that convolution's kernel generator (C -> C / r).
+        linear_attention_conv (`str`): The depthwise convolution of V that `"linear"` layers add to the patch tokens'
+            output before `o_proj`: `"squeeze_dynamic"` (default; per-image k x k kernels generated from mean(V)),
+            `"static"` (one learned k x k kernel per channel, the same for every image, starting at zero) or
+            `"none"` (plain ReLU linear attention). Configs saved before this field existed load as
+            `"squeeze_dynamic"`.
+        dynamic_conv_kernel_size (`int`): Side k of that convolution (`"squeeze_dynamic"` and `"static"`).
+        dynamic_conv_reduction (`int`): Width reduction of the squeeze dynamic kernel generator (C -> C / r); only
+            `"squeeze_dynamic"` reads it, so with another `linear_attention_conv` it must keep its default, 4.
         out_features, out_indices, apply_layernorm, reshape_hidden_states, return_class_token: Backbone outputs;
             index 0 (`"stem"`) is the embedding output and index i the output of layer i (1-based, as in
             transformers' backbones).
@@ -90,6 +106,7 @@ class JetViTConfig(BackboneConfigMixin, PreTrainedConfig):
         linear_attention_eps=1e-6,
         dynamic_conv_kernel_size=3,
         dynamic_conv_reduction=4,
+        linear_attention_conv="squeeze_dynamic",
         out_features=None,
         out_indices=None,
         apply_layernorm=True,
@@ -139,6 +156,7 @@ class JetViTConfig(BackboneConfigMixin, PreTrainedConfig):
         self.linear_attention_eps = linear_attention_eps
         self.dynamic_conv_kernel_size = dynamic_conv_kernel_size
         self.dynamic_conv_reduction = dynamic_conv_reduction
+        self.linear_attention_conv = linear_attention_conv
         self.apply_layernorm = apply_layernorm
         self.reshape_hidden_states = reshape_hidden_states
         self.return_class_token = return_class_token
@@ -209,6 +227,7 @@ class JetViTConfig(BackboneConfigMixin, PreTrainedConfig):
             raise ValueError(
                 f"`dynamic_conv_reduction` must be an integer in [1, hidden_size={self.hidden_size}], got {reduction!r}."
             )
+        self.validate_linear_attention_conv()
         if not self.linear_attention_eps > 0:
             raise ValueError(f"`linear_attention_eps` must be > 0, got {self.linear_attention_eps!r}.")
         if self.depth_estimation_type not in DEPTH_ESTIMATION_TYPES:
@@ -222,5 +241,19 @@ class JetViTConfig(BackboneConfigMixin, PreTrainedConfig):
                 "must have the same length."
             )
 
+    def validate_linear_attention_conv(self):
+        """`linear_attention_conv` is a known value, and every convolution setting it does not read keeps its default
+        (a non-default one would be silently ignored)."""
+        conv = self.linear_attention_conv
+        if conv not in LINEAR_ATTENTION_CONVS:
+            raise ValueError(f"`linear_attention_conv` must be one of {list(LINEAR_ATTENTION_CONVS)}, got {conv!r}.")
+        for name, default in LINEAR_ATTENTION_CONV_SETTINGS.items():
+            if name not in _CONV_READS[conv] and getattr(self, name) != default:
+                raise ValueError(
+                    f"`{name}`={getattr(self, name)!r} only applies when `linear_attention_conv` is one of "
+                    f"{[c for c in LINEAR_ATTENTION_CONVS if name in _CONV_READS[c]]}, but it is {conv!r}; leave "
+                    f"`{name}` at its default ({default})."
+                )
 
-__all__ = ["ATTENTION_TYPES", "JetViTConfig"]
+
+__all__ = ["ATTENTION_TYPES", "LINEAR_ATTENTION_CONVS", "JetViTConfig"]
