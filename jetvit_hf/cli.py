@@ -7,6 +7,7 @@ import traceback
 
 from .io import atomic_write_json
 from .layouts import parse_attention_types, summarize_types
+from .models.jetvit.configuration_jetvit import LINEAR_ATTENTION_CONVS
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -38,8 +39,11 @@ def run_convert(args: argparse.Namespace) -> int:
     overrides = {}
     if args.window_size is not None:
         overrides["window_size"] = args.window_size
+    if args.linear_attention_conv is not None:
+        overrides["linear_attention_conv"] = args.linear_attention_conv
     model, info = convert_to_jetvit(
-        args.source, args.attention_types, dtype=_torch_dtype(args.dtype), output_loading_info=True, **overrides
+        args.source, args.attention_types, dtype=_torch_dtype(args.dtype), output_loading_info=True,
+        inherit=args.inherit, **overrides
     )
     save_converted(model, args.output, args.source, info, overwrite=args.overwrite)
     types = model.config.attention_types
@@ -266,8 +270,9 @@ def run_search(args: argparse.Namespace) -> int:
     result = search(
         args.supernet, args.teacher, args.data, output=args.output, objective=args.objective, stage=args.stage,
         beam_width=args.beam_width, start=args.start, max_changes=args.max_changes, max_full=args.max_full,
-        tolerance=args.tolerance, latency_table=args.latency_table, latency_budget_ms=args.latency_budget_ms,
-        metric=args.metric, depth_mode=args.depth_mode, da2k=args.da2k, probe=args.probe, num_labels=args.num_labels,
+        tolerance=args.tolerance, noise_factor=args.noise_factor, latency_table=args.latency_table,
+        latency_budget_ms=args.latency_budget_ms, metric=args.metric, depth_mode=args.depth_mode,
+        reference=args.reference, split=args.split, da2k=args.da2k, probe=args.probe, num_labels=args.num_labels,
         probe_steps=args.probe_steps, num_images=args.num_images, image_size=args.image_size,
         batch_size=args.batch_size, device=placement.device, dtype=placement.dtype, overwrite=args.overwrite,
         progress=not args.no_progress,
@@ -278,6 +283,8 @@ def run_search(args: argparse.Namespace) -> int:
     print(f"  objective {result.objective['name']} ({direction} is better): chosen {result.best_score:.6g}, start "
           f"{result.evaluations[0]['score']:.6g}" + (f", teacher {result.teacher_score:.6g}"
                                                     if result.teacher_score is not None else ""))
+    if result.best_ci95 is not None:
+        print(f"  chosen score's 95% CI over images: [{result.best_ci95[0]:.6g}, {result.best_ci95[1]:.6g}]")
     if result.best_latency_ms is not None:
         print(f"  estimated latency {result.best_latency_ms:.3f} ms")
     print(f"  attention types (0-based layers): {','.join(result.best)}")
@@ -307,6 +314,8 @@ def _add_placement_arguments(parser) -> None:
 
 
 def _add_search_parser(commands) -> None:
+    from .search.beam import NOISE_FACTOR
+
     search = commands.add_parser(
         "search",
         help="post-training attention search: beam search over a supernet's attention types (one stage)",
@@ -330,10 +339,19 @@ def _add_search_parser(commands) -> None:
                         "a JSON file (stage 1's attention_types.json); needed for stage 2 on a stage-1 supernet")
     search.add_argument("--max-full", type=int, default=None, help="stage 2: at most this many full layers")
     search.add_argument("--max-changes", type=int, default=None, help="at most this many rounds")
-    search.add_argument("--tolerance", type=float, default=0.0, help="stage 1: minimum gain per round; stage 2: "
-                        "stop within this of the teacher's score (default 0)")
+    search.add_argument("--tolerance", type=float, default=0.0, help="a fixed margin added to the noise threshold "
+                        "(default 0)")
+    search.add_argument("--noise-factor", type=float, default=NOISE_FACTOR,
+                        help="stage 1 takes a round only if it gains more than tolerance + this many paired bootstrap "
+                        "standard errors over images; stage 2 stops within as much of the teacher's score "
+                        f"(default {NOISE_FACTOR})")
     search.add_argument("--metric", choices=("delta1", "delta2", "delta3", "abs_rel"), default="delta1",
                         help="depth objective's metric (default delta1)")
+    search.add_argument("--reference", choices=("auto", "teacher", "ground_truth"), default="auto",
+                        help="depth objective's target: the teacher's prediction or ground truth (default auto: "
+                        "ground truth where --data has depth)")
+    search.add_argument("--split", default="search", help="what --data is: search (default) or train; test is "
+                        "refused, the test split only reports on the chosen layout")
     search.add_argument("--depth-mode", choices=("disparity", "depth"), default="disparity",
                         help="depth objective's evaluation mode (default disparity, Depth Anything's)")
     search.add_argument("--da2k", default=None, help="ordinal objective: DA-2K annotations.json (images beside it)")
@@ -429,10 +447,12 @@ def _add_pipeline_parser(commands) -> None:
         "teacher": "source checkpoint (directory or Hub id)",
         "output_dir": "where every stage writes",
         "train_data": "training images: image folder, dataset dir or scenes:<count>",
-        "eval_scenes": "held-out procedural scenes (exact depth) for search and evaluation",
+        "eval_scenes": "procedural scenes (exact depth) in each of the search split (scene seed 1) and the test "
+        "split (scene seed 2, evaluation and report only)",
+        "noise_factor": "a search round must gain more than this many paired bootstrap standard errors over scenes",
         "max_full": "full-attention layers stage 2 may add",
-        "objective": "search objective: auto (depth for a depth teacher, else feature), feature, depth, segmentation "
-        "or ordinal",
+        "objective": "search objective: auto (depth for a depth teacher, else feature), feature, depth (AbsRel against "
+        "the teacher's prediction), segmentation or ordinal",
         "bench_resolution": "benchmark HEIGHTxWIDTH (default 1024x1024 on a GPU, --image-size on a CPU)",
     }
     for name, value in vars(defaults).items():
@@ -502,6 +522,19 @@ def build_parser() -> argparse.ArgumentParser:
         "(e.g. 'linear,window*10,full,...'); default all 'full' (numerically the source model)",
     )
     convert.add_argument("--window-size", type=int, default=None, help="window side in patches for 'window' layers")
+    convert.add_argument(
+        "--linear-attention-conv",
+        choices=LINEAR_ATTENTION_CONVS,
+        default=None,
+        help="the depthwise conv of V in 'linear' layers (default squeeze_dynamic; 'static' and 'none' are the paper's "
+        "ablations)",
+    )
+    convert.add_argument(
+        "--inherit",
+        choices=("all", "mlp_only"),  # convert.INHERIT_MODES, without importing torch to build the parser
+        default="all",
+        help="'all' source weights (default), or 'mlp_only': fresh q/k/v/o projections (the paper's ablation)",
+    )
     convert.add_argument("--dtype", choices=DTYPES, default=None, help="dtype of the saved weights (default float32)")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     convert.set_defaults(func=run_convert)

@@ -14,24 +14,27 @@ from helpers import REPO
 # The README's block under "Post-training attention search", verbatim.
 README_FLOW = """\
 SRC=training/default_teacher  # the teacher: a source checkpoint directory or Hub id
-IMAGES=runs/heldout           # held-out images: a folder or a saved dataset (a depth column is ground truth)
+SEARCH=runs/search_scenes     # scores layouts: a folder or a saved dataset (a depth column is ground truth)
+TEST=runs/test_scenes         # reports: disjoint from the search and training scenes, never used to choose
 # CPU-sized training (what `jetvit pipeline` runs); on a GPU leave it out for the configs' 5000 / 2000 steps at 224 px
 SMALL="--data scenes:600 --image_size 64 --max_steps 300 --warmup_steps 30 --learning_rate 3e-4 --num_workers 0"
-# 0. held-out procedural scenes with exact depth (training draws its scenes:N from seed 0)
-python -c "from jetvit_hf.data.scenes import scene_dataset; scene_dataset(48, 64, 64, seed=1).save_to_disk('$IMAGES')"
+# 0. procedural scenes with exact depth: the search split (seed 1) and the test split (seed 2); training draws its
+#    scenes:N from seed 0
+python -c "from jetvit_hf.data.scenes import scene_dataset as s; s(48, 64, 64, seed=1).save_to_disk('$SEARCH')"
+python -c "from jetvit_hf.data.scenes import scene_dataset as s; s(48, 64, 64, seed=2).save_to_disk('$TEST')"
 # 1. distill a stage-1 supernet ({linear, window} per layer), one random subnet per step
 python training/distill.py --teacher $SRC $SMALL --student_overrides "{window_size: 4}" --output_dir runs/stage1
 # 2. beam search stage 1 (linear -> window while it helps)
-jetvit search --supernet runs/stage1/supernet --teacher $SRC --data $IMAGES --objective depth --stage 1 \\
-    --output runs/search1
+jetvit search --supernet runs/stage1/supernet --teacher $SRC --data $SEARCH --objective depth --metric abs_rel \\
+    --reference teacher --stage 1 --output runs/search1
 # 3. stage-2 supernet ({stage-1 choice, full}) and search (-> full until the teacher's score is reached)
 python training/distill.py --teacher $SRC $SMALL --student runs/search1/model --candidates stage2 \\
     --output_dir runs/stage2
-jetvit search --supernet runs/stage2/supernet --teacher $SRC --data $IMAGES --objective depth --stage 2 --max-full 1 \\
-    --output runs/search2
+jetvit search --supernet runs/stage2/supernet --teacher $SRC --data $SEARCH --objective depth --metric abs_rel \\
+    --reference teacher --stage 2 --max-full 1 --output runs/search2
 # 4. fine-tune the extracted model, evaluate, benchmark, write the model card
 python training/finetune.py --teacher $SRC $SMALL --student runs/search2/model --output_dir runs/finetune
-jetvit eval --model runs/finetune/model --teacher $SRC --data $IMAGES --output runs/eval.json
+jetvit eval --model runs/finetune/model --teacher $SRC --data $TEST --output runs/eval.json
 jetvit bench --model runs/finetune/model --device cpu --output runs/bench.json
 jetvit card --model runs/finetune/model --search-log runs/search1/search_log.json \\
     --search-log runs/search2/search_log.json --eval runs/eval.json --bench runs/bench.json
@@ -41,7 +44,8 @@ TINY = {
     'SMALL="--data scenes:600 --image_size 64 --max_steps 300 --warmup_steps 30 --learning_rate 3e-4 --num_workers 0"':
         'SMALL="--data scenes:8 --image_size 64 --max_steps 2 --warmup_steps 1 --batch_size 4 --num_workers 0 '
         '--report_to none"',
-    "scene_dataset(48, 64, 64, seed=1)": "scene_dataset(4, 64, 64, seed=1)",
+    "s(48, 64, 64, seed=1)": "s(4, 64, 64, seed=1)",
+    "s(48, 64, 64, seed=2)": "s(4, 64, 64, seed=2)",
 }
 
 

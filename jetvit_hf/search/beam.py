@@ -2,9 +2,14 @@
 attention types, scored by a pluggable objective on a fixed held-out set.
 
 - Stage 1 starts all-`"linear"` and, round by round, switches one more linear layer to `"window"`; it stops when the
-  best score of a round gains no more than `tolerance` over the previous round's (plateau) or no move is left.
+  best score of a round gains no more than its threshold over the previous round's (plateau) or no move is left.
 - Stage 2 starts from stage 1's choice and switches one more layer to `"full"` per round; it stops when the best score
-  reaches the teacher's (within `tolerance`), `max_full` layers are full, or no move is left.
+  reaches the teacher's within the threshold, `max_full` layers are full, or no move is left.
+
+The threshold is measured noise: `tolerance + noise_factor * SE`, SE the paired bootstrap standard error of the mean
+per-image difference between the two (`evaluation.bootstrap`; 0 for an objective without per-image scores, which
+leaves `tolerance` alone). Every score in the log carries its 95% bootstrap interval over images (`ci95`, null without
+per-image scores), and every round its decision: gain (or the gap to the teacher), SE and threshold.
 
 Each round expands every member of the beam by one move and keeps the `beam_width` best children. Every distinct
 assignment is evaluated once. With a per-layer latency table (`jetvit bench --layer-table`) each assignment gets an
@@ -23,8 +28,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
+from ..evaluation.bootstrap import bootstrap, paired_bootstrap
 from ..io import atomic_write_json
 from ..train.supernet import JetViTSupernet
 from .objectives import Objective
@@ -32,6 +39,10 @@ from .objectives import Objective
 STAGES = (1, 2)
 LOG_SCHEMA = "jetvit-search/1"
 STAGE_MOVES = {1: ("linear", "window"), 2: (None, "full")}  # stage -> (type a move replaces, None: any other; new type)
+# A step must gain more than two paired standard errors: the round's best is the maximum over many children, so its
+# gain is biased upwards, and 2 SE is about the half-width of the 95% interval the log reports. Stage 2 has reached
+# the teacher when the gap is within the same 2 SE: the teacher's score lies inside the candidate's paired interval.
+NOISE_FACTOR = 2.0
 
 
 @dataclass
@@ -54,6 +65,9 @@ class SearchResult:
     layer_gain: dict
     pareto_cost: str
     pareto: list[dict]
+    noise_factor: float = NOISE_FACTOR
+    best_ci95: list[float] | None = None
+    teacher_ci95: list[float] | None = None
     max_full: int | None = None
     max_changes: int | None = None
     latency_budget_ms: float | None = None
@@ -145,8 +159,9 @@ def _goodness(score: float, higher_is_better: bool) -> float:
 
 def beam_search(supernet: JetViTSupernet, objective: Objective, *, stage: int, beam_width: int = 3,
                 start: Sequence[str] | None = None, max_changes: int | None = None, max_full: int | None = None,
-                tolerance: float = 0.0, teacher_score: float | None = None, latency_table=None,
-                latency_budget_ms: float | None = None, progress: bool = True) -> SearchResult:
+                tolerance: float = 0.0, noise_factor: float = NOISE_FACTOR, teacher_score: float | None = None,
+                teacher_image_scores=None, latency_table=None, latency_budget_ms: float | None = None,
+                progress: bool = True) -> SearchResult:
     """One stage of the greedy, stage-wise beam search; leaves `supernet` set to the chosen assignment.
 
     Args:
@@ -158,20 +173,27 @@ def beam_search(supernet: JetViTSupernet, objective: Objective, *, stage: int, b
         start: The first assignment; default `default_start(supernet.candidates, stage)`.
         max_changes: At most this many rounds (moves from `start`).
         max_full: Stage 2: at most this many `"full"` layers in an assignment (counting any the start has).
-        tolerance: Stage 1 takes a round only if its best score improves on the previous round's by more than
-            this; stage 2 stops once the best score is within this of the teacher's.
-        teacher_score: Stage 2's target. Default: the all-full assignment's score when every layer has a `"full"`
-            candidate (evaluated once), else none (stage 2 then runs until `max_full` or no move is left).
+        tolerance: A fixed margin added to the noise threshold.
+        noise_factor: Stage 1 takes a round only if its best score improves on the previous round's by more than
+            `tolerance + noise_factor * SE` (SE: paired bootstrap standard error of the per-image differences);
+            stage 2 stops once the best score is within `tolerance + noise_factor * SE` of the teacher's.
+        teacher_score: Stage 2's target (the teacher's own score, `Objective.teacher_score`). Default: the all-full
+            assignment's score when every layer has a `"full"` candidate (evaluated once), else none (stage 2 then
+            runs until `max_full` or no move is left).
+        teacher_image_scores: The teacher's per-image scores behind `teacher_score`
+            (`Objective.teacher_image_scores`), for the paired SE of the gap to it.
         latency_table: A `jetvit bench --layer-table` result (dict or JSON path): every evaluated assignment gets
             `estimated_latency_ms`, and the Pareto front is against it.
         latency_budget_ms: Skip assignments whose estimated latency exceeds this (needs `latency_table`).
 
-    The chosen assignment is, in stage 1, the best of the last round that gained more than `tolerance`; in stage 2,
+    The chosen assignment is, in stage 1, the best of the last round that gained more than its threshold; in stage 2,
     the first round's best that reaches the teacher's score, else the best round best (the earliest on ties).
     """
     from ..bench import estimate_latency
 
     _check_search_options(stage, beam_width, tolerance, max_full, max_changes, latency_table, latency_budget_ms)
+    if not noise_factor >= 0:
+        raise ValueError(f"noise_factor must be >= 0, got {noise_factor}.")
     candidates = supernet.candidates
     table = _load_latency_table(latency_table, len(candidates))
     start = list(start) if start is not None else default_start(candidates, stage)
@@ -183,9 +205,15 @@ def beam_search(supernet: JetViTSupernet, objective: Objective, *, stage: int, b
     if latency_budget_ms is not None and latency(start) > latency_budget_ms:
         raise ValueError(f"The start assignment's estimated latency {latency(start):.3f} ms exceeds the budget "
                          f"{latency_budget_ms} ms.")
-    search = _StageSearch(supernet, objective, stage, beam_width, tolerance, max_changes, max_full, latency_budget_ms,
-                          latency, "estimated_latency_ms" if table is not None else "num_nonlinear_layers", progress)
-    return search.run(start, teacher_score)
+    search = _StageSearch(supernet, objective, stage, beam_width, (tolerance, noise_factor), max_changes, max_full,
+                          latency_budget_ms, latency,
+                          "estimated_latency_ms" if table is not None else "num_nonlinear_layers", progress)
+    teacher = None
+    if teacher_score is not None:
+        per_image = None if teacher_image_scores is None else torch.as_tensor(teacher_image_scores).double().cpu()
+        teacher = {"score": teacher_score, "ci95": _ci95(per_image)}
+        search.image_scores["teacher"] = per_image
+    return search.run(start, teacher)
 
 
 def _check_search_options(stage: int, beam_width, tolerance: float, max_full: int | None, max_changes: int | None,
@@ -209,12 +237,14 @@ class _StageSearch:
     """One stage of `beam_search` once its options are checked: every distinct assignment is scored once (`records`
     by assignment, `evaluations` in evaluation order), with a progress bar counting the evaluations."""
 
-    def __init__(self, supernet: JetViTSupernet, objective: Objective, stage: int, beam_width: int, tolerance: float,
-                 max_changes: int | None, max_full: int | None, latency_budget_ms: float | None, latency, cost: str,
-                 progress: bool):
+    def __init__(self, supernet: JetViTSupernet, objective: Objective, stage: int, beam_width: int,
+                 thresholds: tuple[float, float], max_changes: int | None, max_full: int | None,
+                 latency_budget_ms: float | None, latency, cost: str, progress: bool):
         self.supernet, self.objective, self.stage = supernet, objective, stage
         self.candidates = supernet.candidates
-        self.beam_width, self.tolerance, self.max_changes, self.max_full = beam_width, tolerance, max_changes, max_full
+        self.beam_width, self.max_changes, self.max_full = beam_width, max_changes, max_full
+        self.tolerance, self.noise_factor = thresholds
+        self.image_scores: dict = {}  # assignment (or "teacher") -> per-image scores, None where there are none
         self.latency_budget_ms, self.latency, self.cost = latency_budget_ms, latency, cost
         self.replaced, self.new_type = STAGE_MOVES[stage]
         self.records: dict[tuple[str, ...], dict] = {}
@@ -230,9 +260,11 @@ class _StageSearch:
         if key not in self.records:
             start = time.perf_counter()
             self.supernet.set(assignment)
+            score, self.image_scores[key] = self.objective.assess(self.supernet)
             record = {
                 "assignment": list(assignment),
-                "score": self.objective.evaluate(self.supernet),
+                "score": score,
+                "ci95": _ci95(self.image_scores[key]),
                 "stage": self.stage,
                 "round": round_index,
                 "role": role,
@@ -247,34 +279,43 @@ class _StageSearch:
             self.bar.update(1)
         return self.records[key]
 
-    def run(self, start: list[str], teacher_score: float | None) -> SearchResult:
-        """Score the start (and, in stage 2 without `teacher_score`, the all-full assignment where every layer has
-        one), run the rounds, set the supernet to the chosen assignment and return the stage's result."""
+    def run(self, start: list[str], teacher: dict | None) -> SearchResult:
+        """Score the start (and, in stage 2 without a `teacher` (`{"score", "ci95"}`), the all-full assignment where
+        every layer has one), run the rounds, set the supernet to the chosen assignment and return the stage's
+        result."""
         began = time.perf_counter()
         self.bar.total += 1
         start_record = self.evaluate(start, 0, "start")
-        if self.stage == 2 and teacher_score is None and all("full" in layer for layer in self.candidates):
+        if self.stage == 2 and teacher is None and all("full" in layer for layer in self.candidates):
             self.bar.total += 1
-            teacher_score = self.evaluate(["full"] * len(self.candidates), 0, "teacher")["score"]
-        target = None
-        if self.stage == 2 and teacher_score is not None:
-            target = _goodness(teacher_score, self.objective.higher_is_better) - self.tolerance
+            teacher = self.evaluate(["full"] * len(self.candidates), 0, "teacher")
+        target = teacher if self.stage == 2 else None
         chosen, rounds, stop_reason = self.run_rounds(start_record, target, time.perf_counter() - began)
         self.bar.close()
         self.supernet.set(chosen["assignment"])
-        result = self.result(start_record, chosen, rounds, stop_reason, teacher_score)
+        result = self.result(start_record, chosen, rounds, stop_reason, teacher)
         result.timing = _timing(self.evaluations, time.perf_counter() - began, self.objective.reference_seconds)
         return result
 
-    def run_rounds(self, start_record: dict, target: float | None,
+    def compare(self, record: dict, reference: dict) -> dict:
+        """How much better `record` scores than `reference` (an evaluation record, or the teacher's `{"score", ...}`):
+        the gain, the paired bootstrap SE of the per-image differences (0 unless both have per-image scores) and the
+        threshold `tolerance + noise_factor * SE` a gain must exceed to be more than noise."""
+        gain = self.goodness(record) - self.goodness(reference)
+        ours, theirs = (self.image_scores.get(tuple(r["assignment"]) if "assignment" in r else "teacher")
+                        for r in (record, reference))
+        se = paired_bootstrap(ours, theirs)["se"] if _finite(ours) and _finite(theirs) else 0.0
+        return {"gain": gain, "se": se, "threshold": self.tolerance + self.noise_factor * se}
+
+    def run_rounds(self, start_record: dict, target: dict | None,
                    start_seconds: float) -> tuple[dict, list[dict], str]:
         """The chosen record, one record per round (round 0: the start, which took `start_seconds`) and why the
-        search stopped."""
+        search stopped. `target`: stage 2's teacher (`{"score", ...}`), or None."""
         beam, chosen = [start_record], start_record
         rounds = [_round_record(0, beam, 0, 0, start_seconds)]
         round_index = 0
         while True:
-            stop_reason = self.limit_reached(chosen, beam, round_index, target)
+            stop_reason = self.limit_reached(chosen, beam, round_index, target, rounds[-1])
             if stop_reason is not None:
                 break
             round_index += 1
@@ -292,9 +333,15 @@ class _StageSearch:
                                         time.perf_counter() - began))
             self.report_round(rounds[-1])
             top = beam[0]
-            if self.stage == 1 and self.goodness(top) - self.goodness(chosen) <= self.tolerance:
-                stop_reason = "plateau"
-                break
+            if self.stage == 1:
+                decision = self.compare(top, chosen)
+                rounds[-1]["decision"] = {**decision, "taken": decision["gain"] > decision["threshold"],
+                                          "definition": "take the round if gain (best of the round over the chosen "
+                                                        "assignment, positive = better) > threshold = tolerance + "
+                                                        "noise_factor * se (paired bootstrap SE over images)"}
+                if not rounds[-1]["decision"]["taken"]:
+                    stop_reason = "plateau"
+                    break
             if self.goodness(top) > self.goodness(chosen):
                 chosen = top
             self.bar.set_postfix_str(f"best {chosen['score']:.4g}")
@@ -308,10 +355,21 @@ class _StageSearch:
         self.bar.write(f"stage {self.stage} round {record['round']}: {record['evaluated']} candidates in "
                        f"{record['seconds']:.2f} s ({each:.3f} s each), best {record['best_score']:.6g}")
 
-    def limit_reached(self, chosen: dict, beam: list[dict], round_index: int, target: float | None) -> str | None:
-        """The stop reason that holds before round `round_index + 1`, or None to go on."""
-        if target is not None and self.goodness(chosen) >= target:
-            return "reached_teacher"
+    def limit_reached(self, chosen: dict, beam: list[dict], round_index: int, target: dict | None,
+                      last_round: dict) -> str | None:
+        """The stop reason that holds before round `round_index + 1`, or None to go on. With a stage-2 `target` (the
+        teacher), `last_round` records the gap of the chosen assignment to it."""
+        if target is not None:
+            behind = self.compare(target, chosen)
+            reached = behind["gain"] <= behind["threshold"]
+            last_round["decision"] = {"gap_to_teacher": behind["gain"], "se": behind["se"],
+                                      "threshold": behind["threshold"], "reached_teacher": reached,
+                                      "definition": "the teacher is reached when gap_to_teacher (the teacher's score "
+                                                    "over the chosen assignment's, positive = the teacher is better) "
+                                                    "<= threshold = tolerance + noise_factor * se (paired bootstrap "
+                                                    "SE over images)"}
+            if reached:
+                return "reached_teacher"
         if self.max_changes is not None and round_index >= self.max_changes:
             return "max_changes"
         if self.max_full is not None and beam[0]["num_full_layers"] >= self.max_full:
@@ -347,7 +405,7 @@ class _StageSearch:
         return gains
 
     def result(self, start_record: dict, chosen: dict, rounds: list[dict], stop_reason: str,
-               teacher_score: float | None) -> SearchResult:
+               teacher: dict | None) -> SearchResult:
         new_type, stage = self.new_type, self.stage
         return SearchResult(
             stage=stage,
@@ -358,7 +416,10 @@ class _StageSearch:
             best=list(chosen["assignment"]),
             best_score=chosen["score"],
             best_latency_ms=chosen["estimated_latency_ms"],
-            teacher_score=teacher_score,
+            teacher_score=teacher["score"] if teacher is not None else None,
+            noise_factor=self.noise_factor,
+            best_ci95=chosen["ci95"],
+            teacher_ci95=teacher["ci95"] if teacher is not None else None,
             stop_reason=stop_reason,
             candidates=[list(layer) for layer in self.candidates],
             evaluations=self.evaluations,
@@ -381,12 +442,23 @@ class _StageSearch:
 def _round_record(round_index: int, beam: list[dict], evaluated: int, skipped: int, seconds: float) -> dict:
     return {
         "round": round_index,
-        "beam": [{"assignment": r["assignment"], "score": r["score"]} for r in beam],
+        "beam": [{"assignment": r["assignment"], "score": r["score"], "ci95": r["ci95"]} for r in beam],
         "best_score": beam[0]["score"],
+        "best_ci95": beam[0]["ci95"],
         "evaluated": evaluated,
         "skipped_over_budget": skipped,
         "seconds": seconds,
     }
+
+
+def _finite(per_image: torch.Tensor | None) -> bool:
+    """Whether there are per-image scores and all are finite (a NaN score is the worst, with no interval)."""
+    return per_image is not None and bool(torch.isfinite(per_image).all())
+
+
+def _ci95(per_image: torch.Tensor | None) -> list[float] | None:
+    """The 95% bootstrap interval of the mean of per-image scores; None without them (or with a non-finite one)."""
+    return bootstrap(per_image)["ci95"] if _finite(per_image) else None
 
 
 def _timing(evaluations: list[dict], stage_seconds: float, reference_seconds: float | None) -> dict:

@@ -7,6 +7,10 @@ An objective with a teacher runs on one `Placement` (`jetvit_hf.device`; by defa
 there is one, else the CPU in float32): its images are moved to the device once, the teacher runs over them exactly
 once and what is kept of its outputs stays there, so scoring a candidate is one forward of the candidate per batch
 plus float32/float64 metrics on the device. The teacher's own score comes from those kept outputs.
+
+Every objective but segmentation (a dataset-level mIoU) also gives one score per image whose mean is its score
+(`Objective.assess`), so the search can measure how much of a difference between two layouts is noise
+(`evaluation.bootstrap`).
 """
 
 import contextlib
@@ -17,7 +21,7 @@ from collections.abc import Iterable
 import torch
 
 from ..device import Placement, resolve_placement
-from ..evaluation.depth import is_depth_model, make_depth_metrics, ordinal_hits, predicted_depth, sample_ordinal_pairs
+from ..evaluation.depth import is_depth_model, make_depth_metrics, predicted_depth, sample_ordinal_pairs
 from ..evaluation.images import (
     EvalImages,
     default_image_size,
@@ -27,7 +31,7 @@ from ..evaluation.images import (
     require_labels,
     resize_map,
 )
-from ..evaluation.metrics import DEPTH_METRIC_NAMES
+from ..evaluation.metrics import DEPTH_METRIC_NAMES, ordinal_pair_accuracy
 from ..evaluation.probe import check_probe, fit_linear_probe, probe_feature_maps, probe_map_metrics
 from ..train.losses import FeatureDistillationLoss
 from ..train.targets import check_teacher_student, resolve_targets, task_features, unwrap
@@ -37,7 +41,8 @@ OBJECTIVES = ("feature", "depth", "segmentation", "ordinal")
 
 class Objective:
     """A search objective: `evaluate(model)` scores the subnet a supernet has set (or any JetViT) on a fixed held-out
-    set whose reference outputs were computed once. Subclasses set `name`, `higher_is_better` and `score`; one with a
+    set whose reference outputs were computed once, `assess(model)` also gives the per-image scores. Subclasses set
+    `name`, `higher_is_better` and `score` (or `score_images`, where the score is a mean over images); one with a
     `placement` runs the models it scores there."""
 
     name = "objective"
@@ -46,7 +51,12 @@ class Objective:
     reference_seconds: float | None = None  # wall-clock seconds of the one pass of the teacher, where there is one
 
     def evaluate(self, model: torch.nn.Module) -> float:
-        """The score of `model` in eval mode without gradients (its training flag is restored afterwards). With a
+        """The score of `model` (`assess`)."""
+        return self.assess(model)[0]
+
+    def assess(self, model: torch.nn.Module) -> tuple[float, torch.Tensor | None]:
+        """The score of `model` in eval mode without gradients (its training flag is restored afterwards) and its
+        float64 CPU per-image scores, whose mean is the score (None where the score is no mean over images). With a
         `placement`, the model is moved to its device first and left there."""
         if self.placement is not None:
             self.placement.module(model)
@@ -54,16 +64,26 @@ class Objective:
         model.eval()
         try:
             with torch.inference_mode():
-                return float(self.score(model))
+                score, per_image = self.score_images(model)
         finally:
             model.train(was_training)
+        return float(score), None if per_image is None else per_image.double().cpu()
 
     def score(self, model: torch.nn.Module) -> float:
-        raise NotImplementedError
+        """The score of `model` (already in eval mode, without gradients)."""
+        return self.score_images(model)[0]
+
+    def score_images(self, model: torch.nn.Module) -> tuple[float, torch.Tensor | None]:
+        """The score and the per-image scores (None here: an objective that only overrides `score` has none)."""
+        return self.score(model), None
 
     def teacher_score(self) -> float | None:
         """The score of the teacher the objective was built with, from its kept outputs (no forward pass); None for an
         objective without a teacher."""
+        return None
+
+    def teacher_image_scores(self) -> torch.Tensor | None:
+        """The teacher's per-image scores from its kept outputs, float64 on the CPU; None where there are none."""
         return None
 
     def describe(self) -> dict:
@@ -120,18 +140,26 @@ class FeatureObjective(_TeacherObjective):
             features = task_features(model, model_inputs(pixels, model), self.targets).features
         return [tap.float() for tap in features]
 
-    def _negated_loss(self, features: Iterable[list[torch.Tensor]]) -> float:
-        total = 0.0
-        for student, reference, pixels in zip(features, self.teacher_features, self.images.batches):
-            total += self.loss(student, reference).item() * len(pixels)
-        return -total / len(self.images)
+    def _negated_loss(self, features: Iterable[list[torch.Tensor]]) -> tuple[float, torch.Tensor]:
+        """The negated loss of every image (the loss of its slice of each tap, in float64) and their mean."""
+        per_image = []
+        for student, reference in zip(features, self.teacher_features):
+            for index in range(len(student[0])):
+                pick = slice(index, index + 1)
+                per_image.append(-self.loss([tap[pick].double() for tap in student],
+                                            [tap[pick].double() for tap in reference]).item())
+        per_image = torch.tensor(per_image, dtype=torch.float64)
+        return per_image.mean().item(), per_image
 
-    def score(self, model) -> float:
+    def score_images(self, model) -> tuple[float, torch.Tensor]:
         self.check(model)
         return self._negated_loss(self._features(model, pixels) for pixels in self.images.batches)
 
     def teacher_score(self) -> float:
-        return self._negated_loss(self.teacher_features)
+        return self._negated_loss(self.teacher_features)[0]
+
+    def teacher_image_scores(self) -> torch.Tensor:
+        return self._negated_loss(self.teacher_features)[1]
 
     def describe(self) -> dict:
         return {**super().describe(), "targets": self.targets, "loss": repr(self.loss)}
@@ -176,23 +204,30 @@ class DepthObjective(_TeacherObjective):
                                   for pixels, first in self.images.batch_slices()]
         self.metrics = make_depth_metrics(mode, targets, target_is_depth=reference == "ground_truth")
 
-    def _metric(self, predictions: Iterable[torch.Tensor]) -> float:
-        """The metric over the whole set, from `[B, H, W]` disparity batches in the order of the images."""
-        self.metrics.reset()
+    def _metric(self, predictions: Iterable[torch.Tensor]) -> tuple[float, torch.Tensor]:
+        """The metric of every image with a valid pixel and their mean (the metric over the whole set), from
+        `[B, H, W]` disparity batches in the order of the images."""
+        per_image = []
         for prediction, target in zip(predictions, self.batch_targets):
-            if isinstance(target, torch.Tensor):
-                self.metrics.update(resize_map(prediction, target.shape[-2:]), target)
-                continue
             for image_prediction, image_target in zip(prediction, target):
-                self.metrics.update(resize_map(image_prediction, image_target.shape), image_target)
-        return self.metrics.compute()[self.metric]
+                self.metrics.reset()
+                self.metrics.update(resize_map(image_prediction, image_target.shape[-2:]), image_target)
+                if self.metrics.num_images:
+                    per_image.append(self.metrics.compute()[self.metric])
+        if not per_image:
+            raise ValueError("No image of the evaluation set has a valid depth pixel.")
+        per_image = torch.tensor(per_image, dtype=torch.float64)
+        return per_image.mean().item(), per_image
 
-    def score(self, model) -> float:
+    def score_images(self, model) -> tuple[float, torch.Tensor]:
         self.check(model)
         return self._metric(predicted_depth(model, pixels, self.placement) for pixels in self.images.batches)
 
     def teacher_score(self) -> float:
-        return self._metric(self.teacher_predictions)
+        return self._metric(self.teacher_predictions)[0]
+
+    def teacher_image_scores(self) -> torch.Tensor:
+        return self._metric(self.teacher_predictions)[1]
 
     def describe(self) -> dict:
         return {**super().describe(), "metric": self.metric, "mode": self.mode, "reference": self.reference}
@@ -200,7 +235,8 @@ class DepthObjective(_TeacherObjective):
 
 class SegmentationObjective(_TeacherObjective):
     """mIoU (against the ground-truth `labels`, ignore index 255, over the whole set) of a linear probe applied to the
-    model's normed last-layer patch tokens. The probe is given, or fitted once to the TEACHER's features."""
+    model's normed last-layer patch tokens. The probe is given, or fitted once to the TEACHER's features. A
+    dataset-level mIoU is no mean over images, so this objective has no per-image scores."""
 
     name = "segmentation_miou"
 
@@ -263,16 +299,28 @@ class OrdinalObjective(_TeacherObjective):
                              "pixels.")
         return pairs
 
-    def _accuracy(self, predictions: Iterable[torch.Tensor]) -> float:
-        correct, total = ordinal_hits(predictions, self.images, self.pairs)
-        return correct / total
+    def _accuracy(self, predictions: Iterable[torch.Tensor]) -> tuple[float, torch.Tensor]:
+        """The accuracy over all pairs and each image's share of it: its correctly ranked pairs times the number of
+        images over the number of pairs, so that the mean over images is the accuracy."""
+        correct, index = [], 0
+        for batch in predictions:
+            for prediction in batch:
+                pairs = self.pairs[index]
+                disparity = resize_map(prediction, self.images.original_sizes[index]) if pairs else None
+                correct.append(ordinal_pair_accuracy(disparity, pairs) * len(pairs) if pairs else 0.0)
+                index += 1
+        per_image = torch.tensor(correct, dtype=torch.float64) * len(correct) / sum(map(len, self.pairs))
+        return per_image.mean().item(), per_image
 
-    def score(self, model) -> float:
+    def score_images(self, model) -> tuple[float, torch.Tensor]:
         self.check(model)
         return self._accuracy(predicted_depth(model, pixels, self.placement) for pixels in self.images.batches)
 
     def teacher_score(self) -> float:
-        return self._accuracy(self.teacher_predictions)
+        return self._accuracy(self.teacher_predictions)[0]
+
+    def teacher_image_scores(self) -> torch.Tensor:
+        return self._accuracy(self.teacher_predictions)[1]
 
     def describe(self) -> dict:
         return {**super().describe(), "pairs": self.pairs_source, "num_pairs": sum(len(p) for p in self.pairs)}

@@ -5,8 +5,10 @@ choice, full}) -> beam search stage 2 -> fine-tune the extracted model -> evalua
 model card.
 
 The default teacher is the small Depth Anything-layout checkpoint in `training/default_teacher/` (see
-`training/make_default_teacher.py`), with procedural scenes as data and held-out scenes with exact depth for the search
-objective and the evaluation, so the whole job runs offline on a CPU in minutes.
+`training/make_default_teacher.py`), with procedural scenes as data, so the whole job runs offline on a CPU in minutes.
+Scenes come in three disjoint splits (`SCENE_SEEDS`, checked scene by scene and recorded in `report.json`): training
+draws `scenes:<count>` from `--seed`, the search scores layouts on the search split, and the evaluation and the
+reported numbers (with 95% bootstrap intervals over scenes) come from the test split, which the search never sees.
 
 Every setting is checked before any work starts (`validate_config`). Every stage writes into its own directory under
 `output_dir`, next to `pipeline_config.json`, the settings the stages were made with. A rerun with the same settings
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..io import atomic_write_json
+from .beam import NOISE_FACTOR
 
 if TYPE_CHECKING:
     from ..models.jetvit.configuration_jetvit import JetViTConfig
@@ -37,6 +40,10 @@ CHECKPOINTS_PER_STAGE = 10  # a checkpoint at least every 10% of a training stag
 # The CPU benchmark of the pipeline's small model: one thread (a second one only adds scheduling jitter when the
 # cores are shared), more iterations than `jetvit bench`'s CPU default, the median; still a smoke test.
 CPU_BENCH = {"warmup": 10, "iters": 50, "threads": 1}
+# `scene_dataset` seeds of the evaluation splits; training's scenes:<count> come from --seed (default 0). The default
+# teacher was trained on seed 0 and validated and calibrated on seed 1, so the test split is seed 2, which nothing
+# before the report has seen.
+SCENE_SEEDS = {"search": 1, "test": 2}
 
 
 @dataclass
@@ -44,15 +51,15 @@ class PipelineConfig:
     teacher: str = str(DEFAULT_TEACHER)
     output_dir: str = "runs/default"
     train_data: str = "scenes:600"  # anything the trainer reads: an image folder, a dataset dir, scenes:<count>
-    eval_scenes: int = 48  # held-out procedural scenes (exact depth) for the search objective and the evaluation
-    eval_seed: int = 1  # the default teacher was trained on scene seed 0 and validated on seed 1
+    eval_scenes: int = 48  # procedural scenes (exact depth) in each of the search and the test split
     image_size: int = 64
     window_size: int = 4
     distill_steps: int = 300
     finetune_steps: int = 200
     batch_size: int = 16
     learning_rate: float = 3e-4
-    objective: str = "auto"  # depth (delta1 against ground truth) for depth teachers, else feature
+    objective: str = "auto"  # depth (AbsRel against the teacher's prediction) for depth teachers, else feature
+    noise_factor: float = NOISE_FACTOR  # a search step must gain more than this many paired bootstrap SEs
     beam_width: int = 2
     max_full: int = 1
     seed: int = 0
@@ -113,12 +120,35 @@ def _check_counts(config: PipelineConfig) -> None:
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise _error(name, value, "must be a whole number of at least 1")
-    for name in ("max_full", "eval_seed", "seed"):
+    for name in ("max_full", "seed"):
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise _error(name, value, "must be a whole number of at least 0")
     if not isinstance(config.learning_rate, (int, float)) or not config.learning_rate > 0:
         raise _error("learning_rate", config.learning_rate, "must be a positive number")
+    if not isinstance(config.noise_factor, (int, float)) or not config.noise_factor >= 0:
+        raise _error("noise_factor", config.noise_factor, "must be a number of at least 0")
+
+
+def scene_splits(config: PipelineConfig) -> dict:
+    """The three splits of the run, `{"train", "search", "test"}`, each with its `scene_dataset` seed and scene count
+    (training from an image folder: its path), after checking scene by scene (`data.scenes.scene_seed`) that no scene
+    is in two of them; a clash (e.g. `--seed` equal to a split's seed) is an error naming `--seed`."""
+    from ..data.scenes import scene_seed
+
+    splits = {name: {"seed": seed, "num_scenes": config.eval_scenes} for name, seed in SCENE_SEEDS.items()}
+    if config.train_data.startswith("scenes:"):
+        splits = {"train": {"seed": config.seed, "num_scenes": int(config.train_data.removeprefix("scenes:"))},
+                  **splits}
+    seen: dict[int, str] = {}
+    for name, split in splits.items():
+        for index in range(split["num_scenes"]):
+            other = seen.setdefault(scene_seed(split["seed"], index), name)
+            if other != name:
+                raise _error("seed", config.seed, f"the {other} and {name} splits share scenes; scene seeds "
+                                                  f"{SCENE_SEEDS} are taken by the search and test splits")
+    splits.setdefault("train", {"data": config.train_data})
+    return {**splits, "disjoint": "checked scene by scene (data.scenes.scene_seed)"}
 
 
 def _check_train_data(config: PipelineConfig) -> None:
@@ -178,6 +208,7 @@ def validate_config(config: PipelineConfig) -> tuple[PipelineConfig, _Teacher]:
     teacher path made absolute (so the recorded settings name it wherever the command runs), and the teacher's info."""
     _check_counts(config)
     _check_train_data(config)
+    scene_splits(config)
     _check_placement(config)
     teacher = _teacher_info(config.teacher)
     _check_against_teacher(config, teacher)
@@ -218,6 +249,11 @@ def _check_same_settings(config: PipelineConfig, recorded: Path) -> None:
         raise _error("output_dir", config.output_dir,
                      f"{CONFIG_FILE} is unreadable ({error}); pass --overwrite to clear it") from None
     now, defaults = asdict(config), asdict(PipelineConfig())
+    retired = sorted(set(before) - set(now))
+    if retired:  # e.g. eval_seed: that run searched and reported on one set of scenes
+        raise _error("output_dir", config.output_dir,
+                     f"holds a run from an earlier version of the pipeline (it records {', '.join(retired)}, which no "
+                     "longer exist); pass --overwrite to rerun it, or choose a new --output")
     # a setting added since that run was recorded had its default value then
     changed = [f"{flag(name)} {before.get(name, defaults[name])!r} there, {now[name]!r} now" for name in now
                if name != "output_dir" and before.get(name, defaults[name]) != now[name]]
@@ -263,14 +299,26 @@ def _search(step: int, title: str, stage_dir: Path, **kwargs) -> Path:
     return stage_dir / "model"
 
 
-def _train_and_search(config: PipelineConfig, output: Path, teacher, depth: bool, objective: str, held_out) -> Path:
-    """Steps 1-5: both supernets and their searches, then the fine-tuned model; returns its directory."""
+def search_objective(config: PipelineConfig, depth: bool) -> dict:
+    """The search's objective options: for a depth teacher (`--objective auto` or `depth`) AbsRel against the teacher's
+    own prediction, lower is better (it separates layouts about ten times more than delta1 against ground truth,
+    which saturates); else `--objective` (auto: the feature-distillation proxy)."""
+    name = config.objective if config.objective != "auto" else ("depth" if depth else "feature")
+    if name == "depth":
+        return {"objective": "depth", "metric": "abs_rel", "reference": "teacher"}
+    return {"objective": name}
+
+
+def _train_and_search(config: PipelineConfig, output: Path, teacher, depth: bool, search_set) -> Path:
+    """Steps 1-5: both supernets and their searches (scored on `search_set`), then the fine-tuned model; returns its
+    directory."""
     training = dict(
         teacher=config.teacher, data=config.train_data, image_size=config.image_size, batch_size=config.batch_size,
         learning_rate=config.learning_rate, seed=config.seed, warmup_steps=max(1, config.distill_steps // 10),
     )
-    searching = dict(teacher=teacher, data=held_out, objective=objective, beam_width=config.beam_width,
-                     image_size=config.image_size, device=config.device, dtype=config.dtype)
+    searching = dict(teacher=teacher, data=search_set, split="search", beam_width=config.beam_width,
+                     noise_factor=config.noise_factor, image_size=config.image_size, device=config.device,
+                     dtype=config.dtype, **search_objective(config, depth))
     stage1 = _train(1, "distilling the stage-1 supernet ({linear, window} per layer)", output / "stage1", "supernet",
                     config.distill_steps, mode="distill", student_overrides={"window_size": config.window_size},
                     **training)
@@ -307,6 +355,53 @@ def _benchmark(config: PipelineConfig, model: Path) -> dict:
         torch.set_num_threads(threads)
 
 
+# The test split's measures for a depth teacher: the search objective, then accuracy against ground truth.
+DEPTH_TEST_MEASURES = {"abs_rel_vs_teacher": {"metric": "abs_rel", "reference": "teacher"},
+                       "abs_rel_vs_ground_truth": {"metric": "abs_rel", "reference": "ground_truth"},
+                       "delta1_vs_ground_truth": {"metric": "delta1", "reference": "ground_truth"}}
+
+
+def _interval(score: float, per_image: torch.Tensor | None) -> dict:
+    """`{"score", "ci95", "se"}`: the score with the bootstrap of its per-image scores (nulls without them)."""
+    from ..evaluation.bootstrap import bootstrap
+
+    if per_image is None:
+        return {"score": score, "ci95": None, "se": None}
+    result = bootstrap(per_image)
+    return {"score": score, "ci95": result["ci95"], "se": result["se"]}
+
+
+def score_test_split(config: PipelineConfig, teacher, model_dir: Path, test_set, depth: bool) -> dict:
+    """The final model's scores on the test split, each with its 95% bootstrap interval over scenes (null for an
+    objective without per-image scores). For a depth teacher `DEPTH_TEST_MEASURES` (against ground truth also the
+    teacher's score and the paired student - teacher difference), else the search objective."""
+    from ..convert import load_jetvit
+    from ..evaluation.bootstrap import NUM_RESAMPLES, paired_bootstrap
+    from .objectives import make_objective
+
+    model = load_jetvit(model_dir)
+    options = dict(image_size=config.image_size, device=config.device, dtype=config.dtype, progress=False)
+    if depth:
+        measures = {name: {"name": "depth", **settings} for name, settings in DEPTH_TEST_MEASURES.items()}
+    else:
+        name = search_objective(config, depth)["objective"]
+        measures = {name: {"name": name}}
+    scores = {"split": "test", "seed": SCENE_SEEDS["test"], "num_scenes": config.eval_scenes,
+              "interval": f"95% percentile bootstrap over scenes ({NUM_RESAMPLES} resamples, seed 0)"}
+    for label, settings in measures.items():
+        objective = make_objective(settings.pop("name"), teacher, test_set, **options, **settings)
+        student, student_images = objective.assess(model)
+        entry = {"higher_is_better": objective.higher_is_better, "student": _interval(student, student_images)}
+        if settings.get("reference") != "teacher":
+            teacher_images = objective.teacher_image_scores()
+            entry["teacher"] = _interval(objective.teacher_score(), teacher_images)
+            if student_images is not None and teacher_images is not None:
+                difference = paired_bootstrap(student_images, teacher_images)
+                entry["student_minus_teacher"] = {key: difference[key] for key in ("mean", "ci95", "se")}
+        scores[label] = entry
+    return scores
+
+
 def run_pipeline(config: PipelineConfig, overwrite: bool = False) -> dict:
     """Check the settings, then run every stage (announcing and skipping finished ones) and return the summary also
     written to `output_dir/report.json`. `overwrite` clears an earlier run in `output_dir` first."""
@@ -319,17 +414,21 @@ def run_pipeline(config: PipelineConfig, overwrite: bool = False) -> dict:
     check_output(config, overwrite)
     teacher = load_jetvit(config.teacher)
     output = start_output(config, overwrite)
-    objective = config.objective if config.objective != "auto" else ("depth" if info.depth else "feature")
-    held_out = scene_dataset(config.eval_scenes, config.image_size, config.image_size, seed=config.eval_seed)
-    finetuned = _train_and_search(config, output, teacher, info.depth, objective, held_out)
-    _announce(6, "evaluating against the teacher on held-out scenes")
-    report = run_evaluation(finetuned, teacher, held_out, output=output / "eval.json", image_size=config.image_size,
+    splits = scene_splits(config)
+    search_set, test_set = (scene_dataset(config.eval_scenes, config.image_size, config.image_size,
+                                          seed=SCENE_SEEDS[name]) for name in ("search", "test"))
+    finetuned = _train_and_search(config, output, teacher, info.depth, search_set)
+    _announce(6, f"evaluating against the teacher on the test split ({config.eval_scenes} scenes the search never "
+                 "saw)")
+    report = run_evaluation(finetuned, teacher, test_set, output=output / "eval.json", image_size=config.image_size,
                             device=config.device, dtype=config.dtype)
+    test_scores = score_test_split(config, teacher, finetuned, test_set, info.depth)
     speed = _benchmark(config, finetuned)
     atomic_write_json(output / "bench.json", speed)
     search_logs = [output / "search1" / "search_log.json", output / "search2" / "search_log.json"]
     write_model_card(finetuned, search_logs=search_logs, eval_report=report, bench_report=speed)
     summary = summarize(json.loads((finetuned / "config.json").read_text())["attention_types"], report, speed)
+    summary["splits"], summary["test_split"] = splits, test_scores
     summary["files"] = _result_files(output, finetuned)
     atomic_write_json(output / "report.json", summary)
     print(format_summary(summary, finetuned))
@@ -393,6 +492,8 @@ def format_summary(summary: dict, model_dir: Path) -> str:
                      f"delta1 {summary['depth_vs_teacher']['delta1']:.4f}")
     if "mean_feature_cosine" in summary:
         lines.append(f"  mean per-layer feature cosine to the teacher: {summary['mean_feature_cosine']:.4f}")
+    if "test_split" in summary:
+        lines += _format_test_split(summary["test_split"])
     lines.append(_format_speed(summary["speed"]))
     files = summary.get("files")
     if files:
@@ -401,6 +502,29 @@ def format_summary(summary: dict, model_dir: Path) -> str:
             ("settings", "settings"))]
         lines += [f"    plot: {path}" for path in files["plots"]]
     return "\n".join(lines)
+
+
+def _with_interval(entry: dict) -> str:
+    """A score (or a paired difference's mean) and, where it has one, its 95% interval in brackets."""
+    value = entry["score"] if "score" in entry else entry["mean"]
+    return f"{value:.4f}" + (f" [{entry['ci95'][0]:.4f}, {entry['ci95'][1]:.4f}]" if entry["ci95"] else "")
+
+
+def _format_test_split(test: dict) -> list[str]:
+    """One line per measure of `score_test_split`: student, teacher and their difference, each with its 95% CI."""
+    lines = [f"  test split (scene seed {test['seed']}, {test['num_scenes']} scenes the search never saw; "
+             f"in brackets the {test['interval']}):"]
+    for label, entry in test.items():
+        if not isinstance(entry, dict):
+            continue
+        parts = [f"student {_with_interval(entry['student'])}"]
+        if "teacher" in entry:
+            parts.append(f"teacher {_with_interval(entry['teacher'])}")
+        if "student_minus_teacher" in entry:
+            parts.append(f"student - teacher {_with_interval(entry['student_minus_teacher'])}")
+        direction = "higher" if entry["higher_is_better"] else "lower"
+        lines.append(f"    {label} ({direction} is better): {'; '.join(parts)}")
+    return lines
 
 
 def _format_speed(speed: dict) -> str:
@@ -420,5 +544,6 @@ def config_from_cli(args) -> PipelineConfig:
     return PipelineConfig(**fields_given)
 
 
-__all__ = ["CONFIG_FILE", "DEFAULT_TEACHER", "PipelineConfig", "check_output", "config_from_cli", "flag",
-           "run_pipeline", "start_output", "validate_config"]
+__all__ = ["CONFIG_FILE", "DEFAULT_TEACHER", "SCENE_SEEDS", "PipelineConfig", "check_output", "config_from_cli",
+           "flag", "run_pipeline", "scene_splits", "score_test_split", "search_objective", "start_output",
+           "validate_config"]

@@ -17,7 +17,7 @@ from ..io import atomic_directory, atomic_write_json
 from ..layouts import read_attention_types, stage2_candidates
 from ..train.supernet import JetViTSupernet
 from ..train.targets import check_teacher_student, unwrap
-from .beam import STAGES, SearchResult, beam_search
+from .beam import NOISE_FACTOR, STAGES, SearchResult, beam_search
 from .objectives import OBJECTIVES, make_objective
 from .plots import plot_layer_gain, plot_pareto
 
@@ -38,6 +38,19 @@ def prepare_supernet(supernet, teacher: torch.nn.Module, stage: int, start=None)
     return supernet, start
 
 
+SPLITS = ("train", "search", "test")  # what data is for: training, choosing a layout, reporting on the chosen one
+
+
+def check_split(split: str) -> None:
+    """Refuse to search on data named as the test split (or on an unknown split name): a layout chosen by its test
+    score has no honest test score left."""
+    if split not in SPLITS:
+        raise ValueError(f"--split {split!r}: unknown split; allowed: {', '.join(SPLITS)}.")
+    if split == "test":
+        raise ValueError("--split 'test': the test split only reports on the chosen layout; search on the search "
+                         "split (disjoint scenes or images) instead.")
+
+
 def _processor_config(*sources) -> Path | None:
     for source in sources:
         if isinstance(source, (str, os.PathLike)) and (Path(source) / "preprocessor_config.json").is_file():
@@ -47,8 +60,9 @@ def _processor_config(*sources) -> Path | None:
 
 def run_search(supernet, teacher, data=None, *, output: str | os.PathLike, objective="feature", stage: int = 1,
                beam_width: int = 3, start=None, max_changes: int | None = None, max_full: int | None = None,
-               tolerance: float = 0.0, latency_table=None, latency_budget_ms: float | None = None,
-               metric: str = "delta1", depth_mode: str = "disparity", da2k=None, probe=None,
+               tolerance: float = 0.0, noise_factor: float = NOISE_FACTOR, latency_table=None,
+               latency_budget_ms: float | None = None, metric: str = "delta1", depth_mode: str = "disparity",
+               reference: str = "auto", split: str = "search", da2k=None, probe=None,
                num_labels: int | None = None, probe_steps: int = 1000, num_images: int | None = None,
                image_size=None, batch_size: int | None = None, device: str | torch.device = "auto",
                dtype: str | torch.dtype = "auto", overwrite: bool = False, progress: bool = True) -> SearchResult:
@@ -58,9 +72,10 @@ def run_search(supernet, teacher, data=None, *, output: str | os.PathLike, objec
 
     `supernet` is a `JetViTSupernet` or a directory for `JetViTSupernet.from_pretrained` (a saved supernet, a converted
     JetViT or a source checkpoint); `teacher` a JetViT model or a directory for `convert.load_jetvit`; `objective`
-    an `Objective` or a name for `make_objective` (with `data` and the remaining options). Stage 2 without a
-    teacher-score-giving all-full subnet takes the teacher's own score (`Objective.teacher_score`, from the outputs
-    the objective kept) as the target.
+    an `Objective` or a name for `make_objective` (with `data` and the remaining options). `split` names what `data`
+    is (`SPLITS`); `"test"` is refused (`check_split`). Stage 2's target is the teacher's own score
+    (`Objective.teacher_score`, from the outputs the objective kept, with its per-image scores), as in the paper;
+    steps and the teacher's reach are judged against `tolerance + noise_factor * SE` (`beam.beam_search`).
 
     A named objective runs on `device` (auto, cpu, cuda, cuda:N) with forwards in `dtype` (auto, float32, bfloat16,
     float16; `device.resolve_placement`: auto is a GPU with bfloat16 autocast when there is one, else the CPU in
@@ -72,6 +87,7 @@ def run_search(supernet, teacher, data=None, *, output: str | os.PathLike, objec
         raise ValueError(f"Unknown search stage {stage!r}; allowed: {list(STAGES)}.")
     if isinstance(objective, str) and objective not in OBJECTIVES:
         raise ValueError(f"Unknown objective {objective!r}; allowed: {list(OBJECTIVES)}.")
+    check_split(split)
     placement = resolve_placement(device, dtype)  # an unusable device fails here, before anything is loaded
     sources = {"supernet": supernet, "teacher": teacher, "data": data}
     began = time.perf_counter()
@@ -82,24 +98,27 @@ def run_search(supernet, teacher, data=None, *, output: str | os.PathLike, objec
         if isinstance(objective, str):
             objective = make_objective(
                 objective, teacher_model, data, image_size=image_size, num_images=num_images, batch_size=batch_size,
-                metric=metric, depth_mode=depth_mode, da2k=da2k,
+                metric=metric, depth_mode=depth_mode, reference=reference, da2k=da2k,
                 probe=load_linear_probe(probe) if isinstance(probe, (str, os.PathLike)) else probe,
                 num_labels=num_labels, probe_steps=probe_steps, progress=progress, device=placement.device,
                 dtype=placement.dtype,
             )
-        teacher_score = None
-        if stage == 2 and not all("full" in layer for layer in search_supernet.candidates):
-            teacher_score = objective.teacher_score()
-            teacher_score = objective.evaluate(teacher_model) if teacher_score is None else teacher_score
+        teacher_score = teacher_images = None
+        if stage == 2:
+            teacher_score, teacher_images = objective.teacher_score(), objective.teacher_image_scores()
+            if teacher_score is None:
+                teacher_score, teacher_images = objective.assess(teacher_model)
         setup_seconds = time.perf_counter() - began
         result = beam_search(
             search_supernet, objective, stage=stage, beam_width=beam_width, start=start, max_changes=max_changes,
-            max_full=max_full, tolerance=tolerance, teacher_score=teacher_score, latency_table=latency_table,
-            latency_budget_ms=latency_budget_ms, progress=progress,
+            max_full=max_full, tolerance=tolerance, noise_factor=noise_factor, teacher_score=teacher_score,
+            teacher_image_scores=teacher_images, latency_table=latency_table, latency_budget_ms=latency_budget_ms,
+            progress=progress,
         )
         result.timing["setup_seconds"] = setup_seconds
         result.metadata = {name: str(value) if isinstance(value, (str, os.PathLike)) else type(value).__name__
                            for name, value in sources.items() if value is not None}
+        result.metadata["split"] = split
         result.save(staging / "search_log.json")
         atomic_write_json(staging / "attention_types.json", {
             "attention_types": result.best, "score": result.best_score, "objective": result.objective["name"],

@@ -120,6 +120,34 @@ def test_summary_says_where_everything_is_and_labels_cpu_timings(reference):
     assert str(run / "search2" / "full_attention_gain.png") in summary["files"]["plots"]
 
 
+def test_search_and_report_use_disjoint_splits_and_report_intervals(reference):
+    _, run, out = reference
+    summary = json.loads((run / "report.json").read_text())
+    splits = summary["splits"]
+    assert {name: splits[name]["seed"] for name in ("train", "search", "test")} == {"train": 0, "search": 1, "test": 2}
+    assert splits["test"]["num_scenes"] == splits["search"]["num_scenes"] == 4 and "checked" in splits["disjoint"]
+    for name in ("search1", "search2"):
+        log = json.loads((run / name / "search_log.json").read_text())
+        assert log["metadata"]["split"] == "search" and log["objective"]["name"] == "depth_abs_rel"
+        assert log["objective"]["reference"] == "teacher" and log["objective"]["num_images"] == 4
+        assert all(len(record["ci95"]) == 2 for record in log["evaluations"])
+        assert all({"se", "threshold"} <= set(r["decision"]) for r in log["rounds"] if "decision" in r)
+    assert log["teacher_score"] == 0.0  # stage 2's target: the teacher's own AbsRel against itself
+    assert all(r["role"] != "teacher" for r in log["evaluations"])  # not the supernet's all-full subnet
+    test = summary["test_split"]
+    assert test["seed"] == 2 and test["num_scenes"] == 4
+    for measure in ("abs_rel_vs_teacher", "abs_rel_vs_ground_truth", "delta1_vs_ground_truth"):
+        low, high = test[measure]["student"]["ci95"]
+        assert low <= test[measure]["student"]["score"] <= high
+    truth = test["delta1_vs_ground_truth"]
+    difference = truth["student"]["score"] - truth["teacher"]["score"]
+    assert truth["student_minus_teacher"]["mean"] == pytest.approx(difference)
+    assert truth["student"]["score"] == pytest.approx(summary["depth_vs_ground_truth"]["student"]["delta1"])
+    line = next(line for line in out.splitlines() if "delta1_vs_ground_truth" in line)
+    assert line.startswith("    delta1_vs_ground_truth (higher is better): student ") and line.count("[") == 3
+    assert "  test split (scene seed 2, 4 scenes the search never saw" in out
+
+
 def test_rerun_skips_finished_stages_and_says_so(reference, tmp_path):
     teacher, run, _ = reference
     before = (run / "finetune" / "model" / "model.safetensors").stat().st_mtime_ns
@@ -154,6 +182,8 @@ def test_rerun_with_other_settings_is_refused(reference):
     ("--teacher", "missing-teacher", "not a loadable teacher"),
     ("--device", "tpu", "unknown device 'tpu'"),
     ("--dtype", "float8", "unknown dtype 'float8'"),
+    ("--seed", "2", "the train and test splits share scenes"),
+    ("--noise-factor", "-1", "at least 0"),
 ])
 def test_bad_settings_fail_before_any_work(source_checkpoint, tmp_path, monkeypatch, flag, value, message):
     teacher, _ = source_checkpoint("depth_anything_v2")
@@ -305,3 +335,15 @@ def test_a_run_recorded_before_a_setting_existed_is_still_the_same_run(reference
     check_output(replace(PipelineConfig(**old), output_dir=str(older)))
     with pytest.raises(ValueError, match="--dtype 'auto' there, 'bfloat16' now"):
         check_output(replace(PipelineConfig(**old), output_dir=str(older), dtype="bfloat16"))
+
+
+def test_a_run_of_an_earlier_pipeline_version_is_not_reused(reference, tmp_path):
+    """An output recording a setting that no longer exists (eval_seed: the search and the report shared one set of
+    scenes) comes from another protocol: its stages must not be reused."""
+    teacher, run, _ = reference
+    old = json.loads((run / "pipeline_config.json").read_text())
+    older = tmp_path / "older"
+    older.mkdir()
+    (older / "pipeline_config.json").write_text(json.dumps({**old, "output_dir": str(older), "eval_seed": 1}))
+    with pytest.raises(ValueError, match="earlier version of the pipeline .*eval_seed"):
+        check_output(replace(PipelineConfig(**old), output_dir=str(older)))

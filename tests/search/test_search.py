@@ -5,6 +5,7 @@ references, and `jetvit search` end to end (log, plots, extracted model)."""
 import copy
 import itertools
 import json
+import math
 from pathlib import Path
 
 import datasets
@@ -202,6 +203,90 @@ def test_latency_budget_and_pareto_front(tiny_jetvit):
         beam_search(supernet, objective, stage=1, latency_table=LATENCY_TABLE, latency_budget_ms=4.0, progress=False)
 
 
+class PerImageObjective(TableObjective):
+    """`TableObjective` with per-image scores: image i scores the table's value plus `spread[i]` times the number of
+    layers switched to `noisy_type` (a difference between two layouts that varies from image to image)."""
+
+    def __init__(self, values: dict, spread: torch.Tensor, noisy_type: str = "window"):
+        super().__init__(values)
+        self.spread, self.noisy_type = spread, noisy_type
+
+    def per_image(self, assignment) -> torch.Tensor:
+        count = list(assignment).count(self.noisy_type)
+        return self.table_score(assignment) + (self.spread * count if count else torch.zeros_like(self.spread))
+
+    def score_images(self, model):
+        self.calls.append(tuple(model.assignment))
+        per_image = self.per_image(model.assignment)
+        return per_image.mean().item(), per_image
+
+
+ALTERNATING = torch.tensor([1.0, -1.0] * 24, dtype=torch.float64)  # mean 0, SD 1 over 48 images: SE about 0.14
+
+
+def test_a_gain_within_the_noise_is_not_taken_and_one_above_it_is(tiny_jetvit):
+    supernet = supernet_with(tiny_jetvit, ["linear", "window"])
+    noisy = beam_search(supernet, PerImageObjective({(0, "window"): 0.05}, ALTERNATING), stage=1, beam_width=1,
+                        progress=False)
+    decision = noisy.rounds[1]["decision"]
+    assert decision["gain"] == pytest.approx(0.05) and decision["se"] == pytest.approx(1 / math.sqrt(48), rel=0.15)
+    assert decision["threshold"] == pytest.approx(2.0 * decision["se"]) and not decision["taken"]
+    assert noisy.stop_reason == "plateau" and noisy.best == ["linear"] * NUM_LAYERS
+    # without the noise threshold the same positive mean gain is a step
+    naive = beam_search(supernet, PerImageObjective({(0, "window"): 0.05}, ALTERNATING), stage=1, beam_width=1,
+                        noise_factor=0.0, progress=False)
+    assert naive.best == ["window", "linear", "linear", "linear"]
+    # a gain well above the noise (1.0 against a threshold of about 0.29) is taken
+    clear = beam_search(supernet, PerImageObjective({(0, "window"): 1.0}, ALTERNATING), stage=1, beam_width=1,
+                        progress=False)
+    assert clear.rounds[1]["decision"]["taken"] and clear.best == ["window", "linear", "linear", "linear"]
+    assert clear.rounds[2]["decision"]["gain"] == pytest.approx(0.0) and clear.stop_reason == "plateau"
+    # every score carries its 95% interval over images (the start scores 0 on every image: a zero-width interval)
+    for record in clear.evaluations:
+        low, high = record["ci95"]
+        assert low <= record["score"] <= high and (high > low) == (record["assignment"].count("window") > 0)
+    assert clear.best_ci95 == next(r["ci95"] for r in clear.evaluations if r["assignment"] == clear.best)
+
+
+def test_a_nan_score_is_the_worst_and_has_no_interval(tiny_jetvit):
+    supernet = supernet_with(tiny_jetvit, ["linear", "window"])
+    spread = ALTERNATING.clone()
+    spread[0] = math.nan  # any layout with a window layer scores NaN on image 0
+    result = beam_search(supernet, PerImageObjective({}, spread), stage=1, beam_width=1, progress=False)
+    assert result.stop_reason == "plateau" and result.best == ["linear"] * NUM_LAYERS
+    assert [r["ci95"] is None for r in result.evaluations] == [False] + [True] * NUM_LAYERS
+    assert result.rounds[1]["decision"]["se"] == 0.0
+
+
+def test_stage2_stops_once_the_teacher_is_reached_within_the_noise(tiny_jetvit):
+    supernet = supernet_with(tiny_jetvit, [["linear", "full"], ["window", "full"]] * 2)
+    values = {(2, "full"): 1.0, (3, "full"): 0.6, (0, "full"): 0.1, (1, "full"): 0.2}
+    objective = PerImageObjective(values, ALTERNATING, noisy_type="full")
+    teacher = 1.2 + 2 * ALTERNATING  # 0.2 above layer 2 made full (1.0 + ALTERNATING), image by image 0.2 +- 1
+    result = beam_search(supernet, objective, stage=2, beam_width=1, max_full=3, teacher_score=teacher.mean().item(),
+                         teacher_image_scores=teacher, progress=False)
+    assert result.stop_reason == "reached_teacher" and result.best == ["linear", "window", "full", "window"]
+    assert result.teacher_score == pytest.approx(1.2) and result.teacher_ci95 is not None
+    reached = result.rounds[1]["decision"]
+    assert reached["gap_to_teacher"] == pytest.approx(0.2) and reached["reached_teacher"]
+    assert reached["gap_to_teacher"] <= reached["threshold"] == pytest.approx(2 * reached["se"])
+    assert not result.rounds[0]["decision"]["reached_teacher"]  # the start is 1.2 behind: far outside the noise
+    # a noise-free comparison needs the teacher's exact score: the same search then spends one more full layer
+    exact = beam_search(supernet, objective, stage=2, beam_width=1, max_full=3, teacher_score=teacher.mean().item(),
+                        teacher_image_scores=teacher, noise_factor=0.0, progress=False)
+    assert exact.stop_reason == "reached_teacher" and exact.best == ["linear", "window", "full", "full"]
+
+
+def test_searching_on_the_test_split_is_refused(depth_teacher, depth_supernet, scenes, tmp_path, capsys):
+    with pytest.raises(ValueError, match="--split 'test'"):
+        run_search(depth_supernet, depth_teacher, scenes, output=tmp_path / "s", split="test", progress=False)
+    with pytest.raises(ValueError, match="--split 'validation': unknown split"):
+        run_search(depth_supernet, depth_teacher, scenes, output=tmp_path / "s", split="validation", progress=False)
+    assert cli_main(["search", "--supernet", "unused", "--teacher", "unused", "--data", str(scenes), "--stage", "1",
+                     "--split", "test", "--output", str(tmp_path / "s")]) == 2
+    assert "--split 'test'" in capsys.readouterr().err and not (tmp_path / "s").exists()
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -210,6 +295,7 @@ def test_latency_budget_and_pareto_front(tiny_jetvit):
         (dict(stage=1, max_full=2), "max_full limits stage 2"),
         (dict(stage=1, latency_budget_ms=5.0), "needs a latency_table"),
         (dict(stage=1, tolerance=-1.0), "tolerance must be >= 0"),
+        (dict(stage=1, noise_factor=-1.0), "noise_factor must be >= 0"),
         (dict(stage=1, start=["full"] * NUM_LAYERS), "not among its candidates"),
         (dict(stage=1, latency_table={**LATENCY_TABLE, "num_layers": 7}), "for 7 layers"),
     ],
@@ -261,6 +347,9 @@ def test_depth_objectives_against_ground_truth_and_the_teacher(depth_teacher, de
     versus_teacher = make_objective("depth", depth_teacher, scenes, image_size=56, metric="abs_rel",
                                     reference="teacher", progress=False)
     assert not versus_teacher.higher_is_better
+    score, per_image = objective.assess(depth_teacher)  # one score per image, whose mean is the score
+    assert per_image.shape == (len(rows["depth"]),) and per_image.mean().item() == pytest.approx(score, abs=1e-12)
+    assert objective.teacher_image_scores().mean().item() == pytest.approx(objective.teacher_score(), abs=1e-12)
     depth_supernet.set(["full"] * 6)  # the all-full subnet is the teacher
     assert versus_teacher.evaluate(depth_supernet) == pytest.approx(0.0, abs=1e-6)
     depth_supernet.set(["linear"] * 6)
@@ -279,6 +368,10 @@ def test_feature_ordinal_and_segmentation_objectives(depth_teacher, depth_supern
     assert segmentation.evaluate(depth_supernet) == pytest.approx(segmentation.evaluate(depth_teacher), abs=1e-6)
     depth_supernet.set(["linear"] * 6)
     assert feature.evaluate(depth_supernet) < -1e-3
+    for objective in (feature, ordinal):  # per-image scores whose mean is the score; none for a dataset-level mIoU
+        score, per_image = objective.assess(depth_supernet)
+        assert per_image.mean().item() == pytest.approx(score, abs=1e-12)
+    assert segmentation.assess(depth_supernet)[1] is None and segmentation.teacher_image_scores() is None
     assert 0.0 <= ordinal.evaluate(depth_supernet) <= 1.0 and 0.0 < segmentation.evaluate(depth_supernet) <= 1.0
     with torch.no_grad():  # a student whose head outputs zero disparity everywhere ranks no pair right (ties are wrong)
         head = depth_supernet.model.head.conv3
