@@ -629,7 +629,7 @@ class JetViTForDepthEstimation(JetViTPreTrainedModel):
         if labels is not None:
             raise ValueError(
                 "JetViTForDepthEstimation does not compute a loss from `labels`; depth losses live in "
-                "`jetvit_hf.losses` and `training/finetune.py`."
+                "`jetvit_hf.train.losses` and `training/finetune.py`."
             )
         grid_size = check_pixel_values(pixel_values, self.config)
         outputs = self.jetvit(
