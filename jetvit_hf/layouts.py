@@ -10,11 +10,11 @@ Supernet candidates (the types each layer may take during distillation and searc
 list or one list per layer; stage 2's candidates are each layer's stage-1 choice or `"full"`.
 """
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from .io import read_json
 from .models.jetvit.configuration_jetvit import ATTENTION_TYPES
 
 STAGE1_CANDIDATES = ("linear", "window")
@@ -114,7 +114,7 @@ def read_attention_types(spec, num_layers: int) -> list[str]:
     """`resolve_attention_types`, or a JSON file holding a list or `{"attention_types": [...]}` (e.g. a previous
     search's `attention_types.json`)."""
     if isinstance(spec, (str, os.PathLike)) and Path(spec).is_file():
-        data = json.loads(Path(spec).read_text())
+        data = read_json(spec)
         spec = data["attention_types"] if isinstance(data, dict) else data
     return resolve_attention_types(spec, num_layers)
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .io import read_json
+
 TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "jetvit.md"
 # head class -> (Auto class, pipeline tag)
 HEADS = {
@@ -25,8 +27,7 @@ def _read_json(path) -> dict | None:
         return None
     if isinstance(path, dict):
         return path
-    with open(path) as handle:
-        return json.load(handle)
+    return read_json(path)
 
 
 def _hub_id(source: str | None) -> str | None:

@@ -327,3 +327,15 @@ def test_an_interrupted_atomic_file_leaves_the_old_file(tmp_path):
             staging.write_bytes(b"half")
             raise KeyboardInterrupt
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["plot.png"]
+
+
+def test_broken_layout_and_latency_files_are_named(tmp_path):
+    from jetvit_hf.bench import estimate_latency
+    from jetvit_hf.layouts import read_attention_types
+
+    broken = tmp_path / "attention_types.json"
+    broken.write_text("[linear,")
+    with pytest.raises(ValueError, match="attention_types.json: not valid JSON"):
+        read_attention_types(broken, 4)
+    with pytest.raises(ValueError, match="attention_types.json: not valid JSON"):
+        estimate_latency(broken, "all-linear")

@@ -4,12 +4,11 @@ predicts the latency of any layout from such a table."""
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 import torch
 
+from ..io import read_json
 from ..layouts import resolve_attention_types
 from ..models.jetvit.configuration_jetvit import ATTENTION_TYPES
 from .device import _is_oom
@@ -219,7 +218,7 @@ def estimate_latency(table: dict | str | os.PathLike, attention_types) -> float:
     """Predicted latency (ms) of a layout from a `layer_latency_table` result (dict or JSON path):
     `remainder_ms + sum(per_layer_ms[type] for each layer)`."""
     if not isinstance(table, dict):
-        table = json.loads(Path(table).read_text())
+        table = read_json(table)
     types = resolve_attention_types(attention_types, table["num_layers"])
     per_layer = table["per_layer_ms"]
     missing = sorted(set(types) - set(per_layer))

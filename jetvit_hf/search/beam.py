@@ -19,7 +19,6 @@ estimated latency, children over `latency_budget_ms` are skipped, and the Pareto
 the device and dtype the objective ran on.
 """
 
-import json
 import math
 import os
 import statistics
@@ -32,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..evaluation.bootstrap import bootstrap, paired_bootstrap
-from ..io import atomic_write_json
+from ..io import atomic_write_json, read_json
 from ..train.supernet import JetViTSupernet
 from .objectives import Objective
 
@@ -129,7 +128,7 @@ def _load_latency_table(table, num_layers: int) -> dict | None:
     if table is None:
         return None
     if not isinstance(table, dict):
-        table = json.loads(Path(table).read_text())
+        table = read_json(table)
     for key in ("num_layers", "per_layer_ms", "remainder_ms"):
         if key not in table:
             raise ValueError(f"The latency table has no {key!r}; write one with `jetvit bench --layer-table`.")

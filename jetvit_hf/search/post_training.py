@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..io import atomic_write_json
+from ..io import atomic_write_json, read_json
 from .beam import NOISE_FACTOR
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ def _teacher_info(teacher: str) -> _Teacher:
         path = resolve_source(teacher)
         if not (path / "config.json").is_file():
             raise ValueError(f"{path} holds no config.json")
-        raw = json.loads((path / "config.json").read_text())
+        raw = read_json(path / "config.json")
         if raw.get("model_type") == "jetvit":
             config = JetViTConfig.from_pretrained(path)
             return _Teacher(config, (raw.get("architectures") or [""])[0] == "JetViTForDepthEstimation")
