@@ -54,6 +54,7 @@ from .images import (
     model_inputs,
     require_labels,
     resize_map,
+    within_ground_truth,
 )
 from .metrics import DEPTH_MODES, SegmentationMetrics
 from .probe import check_probe, load_linear_probe, probe_features, probe_logits, train_linear_probe
@@ -188,7 +189,10 @@ def _main_pass(model, teacher, images: EvalImages, tasks, depth_modes, teacher_p
 def _depth_report(student_depth: list[torch.Tensor], teacher_depth: list[torch.Tensor], images: EvalImages,
                   depth_modes) -> dict:
     """Depth metrics of the student against the teacher and, where the images have depth, of both against it."""
-    depth = {"vs_teacher": {mode: _depth_module_result(mode, student_depth, teacher_depth, False)
+    references = teacher_depth
+    if images.depth is not None:  # compare where the scene has measurable depth, not in the sky
+        references = [within_ground_truth(target, depth) for target, depth in zip(teacher_depth, images.depth)]
+    depth = {"vs_teacher": {mode: _depth_module_result(mode, student_depth, references, False)
                             for mode in depth_modes}}
     if images.depth is not None:
         depth["vs_ground_truth"] = {}

@@ -19,6 +19,8 @@ from ..models.jetvit.configuration_jetvit import JetViTConfig
 from .metrics import load_da2k_annotations
 
 IGNORE_INDEX = 255
+MAX_EVAL_DEPTH = 80.0  # metres: ground truth beyond it is left out of every depth measure (KITTI's evaluation cap)
+TEACHER_DISPARITY_FLOOR = 0.01  # of the teacher's median disparity: below it, 100x the median depth, not compared
 
 
 @dataclass
@@ -98,7 +100,9 @@ def build_eval_images(images, patch_size: int, image_size, batch_size: int = 8, 
 def load_eval_images(data, patch_size: int, image_size, num_images: int | None = None, batch_size: int = 8,
                      image_column: str | None = None) -> EvalImages:
     """The first `num_images` images of `data` (anything `data.load_images` reads, e.g. `scenes.scene_dataset`),
-    with its `depth` and `labels` columns as ground truth when it has them."""
+    with its `depth` and `labels` columns as ground truth when it has them. Depth beyond `MAX_EVAL_DEPTH` is set to 0
+    (not valid), as KITTI caps its evaluation at 80 m: a rendered ground plane reaches the horizon, where a disparity
+    near 0 would make every relative error meaningless."""
     if isinstance(data, EvalImages):  # before importing `datasets`, which a machine given only tensors may lack
         return data
     from ..data.images import decoded_row, find_image_column, load_images
@@ -116,7 +120,8 @@ def load_eval_images(data, patch_size: int, image_size, num_images: int | None =
         row = decoded_row(rows, index, column)
         images.append(row[column].convert("RGB"))
         if "depth" in truth:
-            depth.append(torch.as_tensor(np.asarray(row["depth"], dtype=np.float32)))
+            values = torch.as_tensor(np.asarray(row["depth"], dtype=np.float32))
+            depth.append(torch.where(values <= MAX_EVAL_DEPTH, values, 0.0))
         if "labels" in truth:
             labels.append(torch.as_tensor(np.asarray(row["labels"], dtype=np.int64)))
     return build_eval_images(images, patch_size, image_size, batch_size, depth or None, labels or None)
@@ -158,6 +163,24 @@ def resize_map(values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     batched = values[None, None] if values.ndim == 2 else values[None]
     resized = F.interpolate(batched.float(), size=size, mode="bilinear", align_corners=True)
     return resized[0, 0] if values.ndim == 2 else resized[0]
+
+
+def comparable_to_teacher(maps: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """A teacher's `[H, W]` disparity map with NaN (not valid for `DepthMetrics`) where a relative error against it
+    means nothing: outside `valid` (default: where it is positive) and where it is below `TEACHER_DISPARITY_FLOOR` of
+    its median there (a teacher that puts a pixel at the horizon, near 0 after its ReLU, would make any error there
+    unbounded)."""
+    valid = (maps > 0) if valid is None else valid.to(maps.device)
+    if valid.any():
+        valid = valid & (maps >= TEACHER_DISPARITY_FLOOR * maps[valid].float().median())
+    return torch.where(valid, maps, float("nan"))
+
+
+def within_ground_truth(maps: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+    """`comparable_to_teacher` restricted to where the image's ground truth (`[H', W']`, nearest-resized) has valid
+    depth: not the sky, not beyond `MAX_EVAL_DEPTH`."""
+    valid = F.interpolate((depth > 0)[None, None].float(), size=maps.shape[-2:], mode="nearest")[0, 0].bool()
+    return comparable_to_teacher(maps, valid)
 
 
 def require_labels(images: EvalImages, what: str) -> None:

@@ -1,8 +1,8 @@
 """DINOv3's linear segmentation probe on frozen features: a BatchNorm + 1x1 convolution head on the layer-normed
 last-layer patch tokens (the head of `JetViTForSemanticSegmentation`), its training (`train_linear_probe` from a model,
 `fit_linear_probe` from features already computed), saving and loading (`probe.safetensors` and `probe.json`), and its
-mIoU and pixel accuracy over a labelled evaluation set (ignore index 255). Models run where `jetvit_hf.device`
-places them.
+mIoU and pixel accuracy over a labelled evaluation set (ignore index 255), with each image's confusion matrix for the
+bootstrap. Models run where `jetvit_hf.device` places them.
 """
 
 import math
@@ -226,12 +226,26 @@ def probe_segmentation_metrics(model: torch.nn.Module, probe: JetViTLinearProbeH
 def probe_map_metrics(probe: JetViTLinearProbeHead, maps: Sequence[torch.Tensor], images: EvalImages) -> dict:
     """`{"mean_iou", "pixel_accuracy", "mean_accuracy"}` of `probe` on per-batch feature maps of `images` (on the
     probe's device), against the labels (ignore index 255)."""
-    metrics = SegmentationMetrics(probe.classifier.out_channels, IGNORE_INDEX)
+    return probe_map_confusions(probe, maps, images)[0]
+
+
+def probe_map_confusions(probe: JetViTLinearProbeHead, maps: Sequence[torch.Tensor],
+                         images: EvalImages) -> tuple[dict, torch.Tensor]:
+    """`probe_map_metrics` and each image's confusion matrix: `[N, C, C]` int64 pixel counts on the probe's device
+    (rows: label, columns: prediction; pixels labelled 255 left out), whose sum is the matrix the metrics are
+    computed from; what `evaluation.bootstrap` resamples for an interval on the mIoU."""
+    from torchmetrics.functional.classification import multiclass_confusion_matrix
+
+    num_labels = probe.classifier.out_channels
+    metrics = SegmentationMetrics(num_labels, IGNORE_INDEX)  # first: it checks that torchmetrics is installed
+    confusions = []
     with torch.inference_mode():
         for feature_maps, (_, first) in zip(maps, images.batch_slices()):
             for offset, feature_map in enumerate(feature_maps):
                 index = first + offset
                 prediction = probe_logits(probe, feature_map, images.original_sizes[index]).argmax(0)
-                metrics.update(prediction, images.labels[index])
+                metrics.update(prediction, images.labels[index])  # checks the labels, so the next call need not
+                confusions.append(multiclass_confusion_matrix(prediction, images.labels[index], num_labels,
+                                                              ignore_index=IGNORE_INDEX, validate_args=False))
     computed = metrics.compute()
-    return {key: computed[key] for key in ("mean_iou", "pixel_accuracy", "mean_accuracy")}
+    return {key: computed[key] for key in ("mean_iou", "pixel_accuracy", "mean_accuracy")}, torch.stack(confusions)

@@ -6,10 +6,13 @@ attention types, scored by a pluggable objective on a fixed held-out set.
 - Stage 2 starts from stage 1's choice and switches one more layer to `"full"` per round; it stops when the best score
   reaches the teacher's within the threshold, `max_full` layers are full, or no move is left.
 
-The threshold is measured noise: `tolerance + noise_factor * SE`, SE the paired bootstrap standard error of the mean
-per-image difference between the two (`evaluation.bootstrap`; 0 for an objective without per-image scores, which
-leaves `tolerance` alone). Every score in the log carries its 95% bootstrap interval over images (`ci95`, null without
-per-image scores), and every round its decision: gain (or the gap to the teacher), SE and threshold.
+The threshold is measured noise: `tolerance + noise_factor * SE`, SE the paired bootstrap standard error over images
+of the difference between the two scores (`evaluation.bootstrap`: of the mean per-image difference, or for a
+segmentation objective's per-image confusion matrices, of the difference of the two dataset mIoUs; 0 for an objective
+without per-image scores, which leaves `tolerance` alone). Every score in the log carries its 95% bootstrap interval
+over images (`ci95`, null without per-image scores), and every round its decision: gain (or the gap to the teacher),
+SE and threshold. Only the chosen assignment's and the teacher's per-image scores are kept from round to round (a
+segmentation objective's are `[N, C, C]`).
 
 Each round expands every member of the beam by one move and keeps the `beam_width` best children. Every distinct
 assignment is evaluated once. With a per-layer latency table (`jetvit bench --layer-table`) each assignment gets an
@@ -180,7 +183,8 @@ def beam_search(supernet: JetViTSupernet, objective: Objective, *, stage: int, b
             assignment's score when every layer has a `"full"` candidate (evaluated once), else none (stage 2 then
             runs until `max_full` or no move is left).
         teacher_image_scores: The teacher's per-image scores behind `teacher_score`
-            (`Objective.teacher_image_scores`), for the paired SE of the gap to it.
+            (`Objective.teacher_image_scores`: `[N]` numbers or `[N, C, C]` confusions), for the paired SE of the gap
+            to it.
         latency_table: A `jetvit bench --layer-table` result (dict or JSON path): every evaluated assignment gets
             `estimated_latency_ms`, and the Pareto front is against it.
         latency_budget_ms: Skip assignments whose estimated latency exceeds this (needs `latency_table`).
@@ -243,7 +247,8 @@ class _StageSearch:
         self.candidates = supernet.candidates
         self.beam_width, self.max_changes, self.max_full = beam_width, max_changes, max_full
         self.tolerance, self.noise_factor = thresholds
-        self.image_scores: dict = {}  # assignment (or "teacher") -> per-image scores, None where there are none
+        # assignment (or "teacher") -> per-image scores (None where there are none); only those a later comparison reads
+        self.image_scores: dict = {}
         self.latency_budget_ms, self.latency, self.cost = latency_budget_ms, latency, cost
         self.replaced, self.new_type = STAGE_MOVES[stage]
         self.records: dict[tuple[str, ...], dict] = {}
@@ -301,8 +306,7 @@ class _StageSearch:
         the gain, the paired bootstrap SE of the per-image differences (0 unless both have per-image scores) and the
         threshold `tolerance + noise_factor * SE` a gain must exceed to be more than noise."""
         gain = self.goodness(record) - self.goodness(reference)
-        ours, theirs = (self.image_scores.get(tuple(r["assignment"]) if "assignment" in r else "teacher")
-                        for r in (record, reference))
+        ours, theirs = (self.image_scores[_scores_key(r)] for r in (record, reference))
         se = paired_bootstrap(ours, theirs)["se"] if _finite(ours) and _finite(theirs) else 0.0
         return {"gain": gain, "se": se, "threshold": self.tolerance + self.noise_factor * se}
 
@@ -343,6 +347,8 @@ class _StageSearch:
                     break
             if self.goodness(top) > self.goodness(chosen):
                 chosen = top
+            kept = {_scores_key(r) for r in (chosen, target) if r is not None}
+            self.image_scores = {key: value for key, value in self.image_scores.items() if key in kept}
             self.bar.set_postfix_str(f"best {chosen['score']:.4g}")
         return chosen, rounds, stop_reason
 
@@ -450,13 +456,20 @@ def _round_record(round_index: int, beam: list[dict], evaluated: int, skipped: i
     }
 
 
+def _scores_key(record: dict):
+    """Where `image_scores` keeps the per-image scores of an evaluation record or of the given teacher's score."""
+    return tuple(record["assignment"]) if "assignment" in record else "teacher"
+
+
 def _finite(per_image: torch.Tensor | None) -> bool:
-    """Whether there are per-image scores and all are finite (a NaN score is the worst, with no interval)."""
+    """Whether there are per-image scores (`[N]` numbers or `[N, C, C]` confusions) and every entry is finite (a NaN
+    score is the worst, with no interval)."""
     return per_image is not None and bool(torch.isfinite(per_image).all())
 
 
 def _ci95(per_image: torch.Tensor | None) -> list[float] | None:
-    """The 95% bootstrap interval of the mean of per-image scores; None without them (or with a non-finite one)."""
+    """The 95% bootstrap interval of the score over images (the mean of `[N]` numbers, the dataset mIoU of `[N, C, C]`
+    confusions); None without per-image scores (or with a non-finite entry)."""
     return bootstrap(per_image)["ci95"] if _finite(per_image) else None
 
 

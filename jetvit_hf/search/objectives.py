@@ -8,9 +8,10 @@ there is one, else the CPU in float32): its images are moved to the device once,
 once and what is kept of its outputs stays there, so scoring a candidate is one forward of the candidate per batch
 plus float32/float64 metrics on the device. The teacher's own score comes from those kept outputs.
 
-Every objective but segmentation (a dataset-level mIoU) also gives one score per image whose mean is its score
-(`Objective.assess`), so the search can measure how much of a difference between two layouts is noise
-(`evaluation.bootstrap`).
+Every objective also gives per-image scores (`Objective.assess`), so the search can measure how much of a difference
+between two layouts is noise (`evaluation.bootstrap`): one number per image whose mean is the score, or, for
+segmentation (a dataset-level mIoU, which is no mean over images), one confusion matrix per image whose sum the mIoU
+is computed from.
 """
 
 import contextlib
@@ -23,6 +24,7 @@ import torch
 from ..device import Placement, resolve_placement
 from ..evaluation.depth import is_depth_model, make_depth_metrics, predicted_depth, sample_ordinal_pairs
 from ..evaluation.images import (
+    IGNORE_INDEX,
     EvalImages,
     default_image_size,
     load_da2k_images,
@@ -30,9 +32,10 @@ from ..evaluation.images import (
     model_inputs,
     require_labels,
     resize_map,
+    within_ground_truth,
 )
 from ..evaluation.metrics import DEPTH_METRIC_NAMES, ordinal_pair_accuracy
-from ..evaluation.probe import check_probe, fit_linear_probe, probe_feature_maps, probe_map_metrics
+from ..evaluation.probe import check_probe, fit_linear_probe, probe_feature_maps, probe_map_confusions
 from ..train.losses import FeatureDistillationLoss
 from ..train.targets import check_teacher_student, resolve_targets, task_features, unwrap
 
@@ -56,8 +59,9 @@ class Objective:
 
     def assess(self, model: torch.nn.Module) -> tuple[float, torch.Tensor | None]:
         """The score of `model` in eval mode without gradients (its training flag is restored afterwards) and its
-        float64 CPU per-image scores, whose mean is the score (None where the score is no mean over images). With a
-        `placement`, the model is moved to its device first and left there."""
+        float64 CPU per-image scores, what `evaluation.bootstrap` takes: `[N]` numbers whose mean is the score, or
+        `[N, C, C]` confusion matrices whose summed mIoU is the score (segmentation); None for an objective without
+        them. With a `placement`, the model is moved to its device first and left there."""
         if self.placement is not None:
             self.placement.module(model)
         was_training = model.training
@@ -83,7 +87,8 @@ class Objective:
         return None
 
     def teacher_image_scores(self) -> torch.Tensor | None:
-        """The teacher's per-image scores from its kept outputs, float64 on the CPU; None where there are none."""
+        """The teacher's per-image scores (as `assess` gives them) from its kept outputs, float64 on the CPU; None
+        where there are none."""
         return None
 
     def describe(self) -> dict:
@@ -197,7 +202,10 @@ class DepthObjective(_TeacherObjective):
                                         for pixels in self.images.batches]
         if reference == "teacher":
             targets = [prediction for batch in self.teacher_predictions for prediction in batch]
-            self.batch_targets = self.teacher_predictions
+            if images.depth is not None:  # compare where the scene has measurable depth, not in the sky
+                targets = [within_ground_truth(target, depth) for target, depth in zip(targets, images.depth)]
+            self.batch_targets = [_one_batch(targets[first : first + len(pixels)])
+                                  for pixels, first in self.images.batch_slices()]
         else:
             targets = self.images.depth
             self.batch_targets = [_one_batch(targets[first : first + len(pixels)])
@@ -236,13 +244,16 @@ class DepthObjective(_TeacherObjective):
 class SegmentationObjective(_TeacherObjective):
     """mIoU (against the ground-truth `labels`, ignore index 255, over the whole set) of a linear probe applied to the
     model's normed last-layer patch tokens. The probe is given, or fitted once to the TEACHER's features. A
-    dataset-level mIoU is no mean over images, so this objective has no per-image scores."""
+    dataset-level mIoU is no mean over images: the per-image scores are each image's `[C, C]` confusion matrix (rows:
+    label, columns: prediction), `[N, C, C]` in all, which `evaluation.bootstrap` resamples."""
 
     name = "segmentation_miou"
 
     def __init__(self, teacher, images: EvalImages, probe=None, num_labels: int | None = None,
                  probe_steps: int = 1000, seed: int = 0, progress: bool = True, placement: Placement | None = None):
         require_labels(images, "The segmentation objective")
+        if not any(bool((label != IGNORE_INDEX).any()) for label in images.labels):
+            raise ValueError(f"The segmentation objective needs a labelled pixel; every label is {IGNORE_INDEX}.")
         super().__init__(teacher, images, placement)
         self.probe_source = "given" if probe is not None else f"trained on the teacher's features ({probe_steps} steps)"
         with self.reference_pass():
@@ -253,13 +264,20 @@ class SegmentationObjective(_TeacherObjective):
         check_probe(probe, teacher)
         self.probe = probe.to(self.placement.device).eval()
 
-    def score(self, model) -> float:
+    def _miou(self, maps: list[torch.Tensor]) -> tuple[float, torch.Tensor]:
+        """The probe's mIoU on per-batch feature `maps` and the `[N, C, C]` per-image confusions it comes from."""
+        metrics, confusions = probe_map_confusions(self.probe, maps, self.images)
+        return metrics["mean_iou"], confusions
+
+    def score_images(self, model) -> tuple[float, torch.Tensor]:
         self.check(model)
-        maps = probe_feature_maps(model, self.images, self.placement)
-        return probe_map_metrics(self.probe, maps, self.images)["mean_iou"]
+        return self._miou(probe_feature_maps(model, self.images, self.placement))
 
     def teacher_score(self) -> float:
-        return probe_map_metrics(self.probe, self.teacher_maps, self.images)["mean_iou"]
+        return self._miou(self.teacher_maps)[0]
+
+    def teacher_image_scores(self) -> torch.Tensor:
+        return self._miou(self.teacher_maps)[1].double().cpu()
 
     def describe(self) -> dict:
         return {**super().describe(), "probe": self.probe_source, "num_labels": self.probe.classifier.out_channels}

@@ -14,7 +14,7 @@ from PIL import Image
 from jetvit_hf.cli import main as cli_main
 from jetvit_hf.convert import convert_to_jetvit, load_jetvit, save_converted
 from jetvit_hf.evaluation.evaluator import evaluate_model, run_evaluation
-from jetvit_hf.evaluation.images import build_eval_images, load_eval_images, model_input_size
+from jetvit_hf.evaluation.images import build_eval_images, load_eval_images, model_input_size, within_ground_truth
 from jetvit_hf.evaluation.probe import (
     load_linear_probe,
     make_linear_probe,
@@ -50,11 +50,11 @@ def least_squares(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
     return scale * prediction + shift
 
 
-def reference_depth_metrics(student, teacher) -> dict:
-    """Both modes against the teacher's disparity, in numpy: per image least squares over teacher > 0; DA mode
-    compares disparities; depth mode floors the aligned disparity at 1 / max depth, inverts, clips to the teacher's
-    depth range and compares depths. Means over images."""
-    valid = [t > 0 for t in teacher]
+def reference_depth_metrics(student, teacher, valid=None) -> dict:
+    """Both modes against the teacher's disparity, in numpy: per image least squares over `valid` (default teacher >
+    0); DA mode compares disparities; depth mode floors the aligned disparity at 1 / max depth, inverts, clips to the
+    teacher's depth range and compares depths. Means over images."""
+    valid = [t > 0 for t in teacher] if valid is None else valid
     disparities = np.concatenate([t[v] for t, v in zip(teacher, valid)])
     min_depth, max_depth = 1 / disparities.max(), 1 / disparities.min()
     results = {"disparity": [], "depth": []}
@@ -95,7 +95,17 @@ def test_hybrid_scores_worse_by_what_the_transformers_source_and_numpy_give(conv
     with torch.no_grad():
         theirs = source(pixels, output_hidden_states=True)
         ours = hybrid(pixels, output_hidden_states=True)
-    expected = reference_depth_metrics(ours.predicted_depth.double().numpy(), theirs.predicted_depth.double().numpy())
+    # against the teacher only where the scene has ground truth (not the sky, not beyond 80 m) and the teacher's
+    # disparity is at least 1% of its median there
+    depths = datasets.load_from_disk(str(scenes)).with_format("numpy")["depth"]
+    teacher_maps = theirs.predicted_depth.double().numpy()
+    valid = []
+    for teacher_map, depth in zip(teacher_maps, depths):
+        truth = F.interpolate(torch.from_numpy((depth > 0) & (depth <= 80)).float()[None, None],
+                              size=teacher_map.shape, mode="nearest")[0, 0].bool().numpy()
+        valid.append(truth & (teacher_map >= 0.01 * np.median(teacher_map[truth])))
+    assert 0 < np.mean([v.mean() for v in valid]) < 1
+    expected = reference_depth_metrics(ours.predicted_depth.double().numpy(), teacher_maps, valid)
     for mode in ("disparity", "depth"):
         for metric in ("abs_rel", "delta1"):
             assert report["depth"]["vs_teacher"][mode][metric] == pytest.approx(expected[mode][metric], rel=1e-4)
@@ -107,7 +117,6 @@ def test_hybrid_scores_worse_by_what_the_transformers_source_and_numpy_give(conv
     assert report["features"]["per_layer_cosine"] == pytest.approx([c.item() for c in cosines], abs=1e-5)
     assert min(report["features"]["per_layer_cosine"]) < 0.999 and report["ordinal"]["accuracy"] < 1.0
     # ground truth: DA-mode delta1 of transformers' source prediction against the scenes' exact depth
-    depths = datasets.load_from_disk(str(scenes)).with_format("numpy")["depth"]
     values = []
     for prediction, depth in zip(theirs.predicted_depth, depths):
         upsampled = F.interpolate(prediction[None, None].double(), size=depth.shape, mode="bilinear",
@@ -237,3 +246,15 @@ def test_clear_errors(converted, depth_source, source_checkpoint, tmp_path, caps
     assert cli_main(["eval", "--model", str(converted["full"]), "--teacher", str(depth_source[0]), "--output",
                      str(tmp_path / "r.json")]) == 2
     assert "--data" in capsys.readouterr().err
+
+
+def test_ground_truth_beyond_80_m_is_left_out_and_teacher_maps_are_compared_only_where_it_is_valid():
+    depth = np.array([[0.0, 5.0, 6.0], [7.0, 80.0, 100.0]], np.float32)
+    features = datasets.Features({"image": datasets.Image(), "depth": datasets.Array2D((2, 3), "float32")})
+    data = datasets.Dataset.from_dict({"image": [Image.new("RGB", (3, 2))], "depth": [depth]}, features=features)
+    loaded = load_eval_images(data, 1, (2, 3)).depth[0]
+    assert loaded.tolist() == [[0.0, 5.0, 6.0], [7.0, 80.0, 0.0]]
+    teacher = torch.tensor([[0.3, 0.2, 0.2], [0.2, 0.001, 0.5]])  # 0.001 < 1% of the median 0.2 where valid
+    compared = within_ground_truth(teacher, loaded)
+    assert torch.isnan(compared).tolist() == [[True, False, False], [False, True, True]]
+    assert compared[0, 1:].tolist() == pytest.approx([0.2, 0.2])

@@ -18,7 +18,9 @@ from PIL import Image
 from jetvit_hf import JetViTForDepthEstimation
 from jetvit_hf.cli import main as cli_main
 from jetvit_hf.convert import convert_to_jetvit, load_jetvit, save_converted
+from jetvit_hf.evaluation.bootstrap import bootstrap, paired_bootstrap
 from jetvit_hf.evaluation.images import load_eval_images
+from jetvit_hf.evaluation.probe import probe_logits
 from jetvit_hf.search.beam import beam_search, default_start
 from jetvit_hf.search.objectives import Objective, make_objective
 from jetvit_hf.search.plots import plot_layer_gain, plot_pareto
@@ -277,6 +279,28 @@ def test_stage2_stops_once_the_teacher_is_reached_within_the_noise(tiny_jetvit):
     assert exact.stop_reason == "reached_teacher" and exact.best == ["linear", "window", "full", "full"]
 
 
+class ConfusionObjective(TableObjective):
+    """`TableObjective` with per-image confusion matrices (12 images of one 2-class matrix): a layout with a window
+    layer scores NaN, with a NaN count in image 0."""
+
+    def score_images(self, model):
+        self.calls.append(tuple(model.assignment))
+        confusions = torch.tensor([[8.0, 2.0], [1.0, 9.0]]).repeat(12, 1, 1)
+        if "window" not in model.assignment:
+            return self.table_score(model.assignment), confusions
+        confusions[0, 0, 0] = math.nan
+        return math.nan, confusions
+
+
+def test_a_nan_confusion_is_the_worst_and_has_no_interval(tiny_jetvit):
+    supernet = supernet_with(tiny_jetvit, ["linear", "window"])
+    result = beam_search(supernet, ConfusionObjective({}), stage=1, beam_width=1, progress=False)
+    assert result.stop_reason == "plateau" and result.best == ["linear"] * NUM_LAYERS
+    assert result.evaluations[0]["ci95"] == pytest.approx([(8 / 11 + 9 / 12) / 2] * 2)  # identical images: no noise
+    assert [r["ci95"] is None for r in result.evaluations] == [False] + [True] * NUM_LAYERS
+    assert result.rounds[1]["decision"]["se"] == 0.0
+
+
 def test_searching_on_the_test_split_is_refused(depth_teacher, depth_supernet, scenes, tmp_path, capsys):
     with pytest.raises(ValueError, match="--split 'test'"):
         run_search(depth_supernet, depth_teacher, scenes, output=tmp_path / "s", split="test", progress=False)
@@ -368,10 +392,22 @@ def test_feature_ordinal_and_segmentation_objectives(depth_teacher, depth_supern
     assert segmentation.evaluate(depth_supernet) == pytest.approx(segmentation.evaluate(depth_teacher), abs=1e-6)
     depth_supernet.set(["linear"] * 6)
     assert feature.evaluate(depth_supernet) < -1e-3
-    for objective in (feature, ordinal):  # per-image scores whose mean is the score; none for a dataset-level mIoU
+    for objective in (feature, ordinal):  # per-image scores whose mean is the score
         score, per_image = objective.assess(depth_supernet)
         assert per_image.mean().item() == pytest.approx(score, abs=1e-12)
-    assert segmentation.assess(depth_supernet)[1] is None and segmentation.teacher_image_scores() is None
+    # a dataset-level mIoU: one confusion matrix per image, the score the mIoU of their sum
+    score, confusions = segmentation.assess(depth_supernet)
+    assert confusions.shape == (6, 8, 8) and confusions.dtype == torch.float64
+    assert long_hand_miou(confusions.sum(0)) == pytest.approx(score, abs=1e-6)
+    teacher_confusions = segmentation.teacher_image_scores()
+    assert long_hand_miou(teacher_confusions.sum(0)) == pytest.approx(segmentation.teacher_score(), abs=1e-6)
+    labels = load_eval_images(scenes, 14, 56).labels
+    teacher_maps = torch.cat(segmentation.teacher_maps)
+    for image, (label, confusion) in enumerate(zip(labels, teacher_confusions)):
+        prediction = probe_logits(segmentation.probe, teacher_maps[image], tuple(label.shape)).argmax(0)
+        expected = np.zeros((8, 8))
+        np.add.at(expected, (label.numpy(), prediction.numpy()), 1)  # row: label, column: prediction
+        np.testing.assert_array_equal(confusion.numpy(), expected)
     assert 0.0 <= ordinal.evaluate(depth_supernet) <= 1.0 and 0.0 < segmentation.evaluate(depth_supernet) <= 1.0
     with torch.no_grad():  # a student whose head outputs zero disparity everywhere ranks no pair right (ties are wrong)
         head = depth_supernet.model.head.conv3
@@ -404,6 +440,48 @@ def test_feature_ordinal_and_segmentation_objectives(depth_teacher, depth_supern
     assert da2k.evaluate(depth_teacher) == pytest.approx(correct / 40)
 
 
+def long_hand_miou(confusion) -> float:
+    """IoU = I / (L + P - I) class by class in float64 (rows: label, columns: prediction); the mean over the classes
+    with a non-zero union."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    intersection = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - intersection
+    return float(np.mean(intersection[union > 0] / union[union > 0]))
+
+
+def test_an_miou_search_has_intervals_and_a_noise_threshold(depth_teacher, depth_source, scenes, tmp_path):
+    objective = make_objective("segmentation", depth_teacher, scenes, image_size=56, probe_steps=30, progress=False)
+    torch.manual_seed(0)
+    supernet = JetViTSupernet.from_pretrained(depth_source[0], candidates=["linear", "window", "full"], window_size=2)
+
+    def confusions(assignment):
+        supernet.set(assignment)
+        return objective.assess(supernet)[1]
+
+    stage1 = beam_search(supernet, objective, stage=1, beam_width=1, max_changes=1, progress=False)
+    for record in stage1.evaluations:  # every mIoU carries its interval over images
+        low, high = record["ci95"]
+        assert record["ci95"] == bootstrap(confusions(record["assignment"]))["ci95"]
+        assert low - 1e-6 <= record["score"] <= high + 1e-6 and high > low
+    start, top = stage1.start, stage1.rounds[1]["beam"][0]
+    decision = stage1.rounds[1]["decision"]  # the step's noise: the paired bootstrap of the two mIoUs
+    assert decision["se"] == paired_bootstrap(confusions(top["assignment"]), confusions(start))["se"] > 0
+    assert decision["gain"] == pytest.approx(top["score"] - stage1.evaluations[0]["score"])
+    assert decision["threshold"] == pytest.approx(2 * decision["se"])
+    assert decision["taken"] == (decision["gain"] > decision["threshold"])
+    stage1.save(tmp_path / "log.json")
+    assert json.loads((tmp_path / "log.json").read_text())["rounds"][1]["decision"]["se"] == decision["se"]
+
+    teacher = objective.teacher_image_scores()
+    stage2 = beam_search(supernet, objective, stage=2, start=["linear"] * 6, beam_width=1, max_full=1,
+                         teacher_score=objective.teacher_score(), teacher_image_scores=teacher, progress=False)
+    assert stage2.teacher_ci95 == bootstrap(teacher)["ci95"]
+    gap = stage2.rounds[0]["decision"]  # the all-linear start against the teacher, on the same images
+    assert gap["se"] == paired_bootstrap(teacher, confusions(["linear"] * 6))["se"] > 0
+    assert gap["threshold"] == pytest.approx(2 * gap["se"])
+    assert gap["reached_teacher"] == (gap["gap_to_teacher"] <= gap["threshold"])
+
+
 def test_unknown_objective_is_a_clear_error(depth_teacher, scenes, tiny_jetvit):
     with pytest.raises(ValueError, match="Unknown objective 'miou'"):
         make_objective("miou", depth_teacher, scenes)
@@ -413,6 +491,11 @@ def test_unknown_objective_is_a_clear_error(depth_teacher, scenes, tiny_jetvit):
         make_objective("depth", depth_teacher, scenes, image_size=56, metric="rmse")
     with pytest.raises(ValueError, match="needs segmentation labels"):
         make_objective("segmentation", tiny_jetvit, [Image.new("RGB", (56, 56))], image_size=56)
+    unlabelled = datasets.Dataset.from_dict(
+        {"image": [Image.new("RGB", (56, 56))], "labels": [np.full((56, 56), 255, np.uint8)]},
+        features=datasets.Features({"image": datasets.Image(), "labels": datasets.Array2D((56, 56), "uint8")}))
+    with pytest.raises(ValueError, match="needs a labelled pixel; every label is 255"):
+        make_objective("segmentation", tiny_jetvit, unlabelled, image_size=56)
 
 
 def test_run_search_writes_log_plots_and_an_extracted_model_equal_to_the_subnet(depth_teacher, depth_source, scenes,
