@@ -131,11 +131,12 @@ def resolve_source(source: str | os.PathLike) -> Path:
 
 
 def load_source_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint directory, by their on-disk names (safetensors, sharded or not, else PyTorch bins).
-    A file that does not read is a `JetViTUserError` naming it."""
+    """All tensors of a checkpoint directory, by their on-disk names (`model*.safetensors`, sharded or not, else
+    PyTorch bins; other safetensors files beside them, such as a linear probe's, are not the model's). A file that
+    does not read is a `JetViTUserError` naming it."""
     from safetensors.torch import load_file
 
-    safetensors_files = sorted(path.glob("*.safetensors"))
+    safetensors_files = sorted(path.glob("model*.safetensors"))
     if safetensors_files:
         check_safetensors(safetensors_files)
         state_dict = {}
@@ -151,7 +152,7 @@ def load_source_state_dict(path: Path) -> dict[str, torch.Tensor]:
             except Exception as error:  # torch raises several types for a truncated or foreign file
                 raise JetViTUserError(f"{file}: not a readable PyTorch weights file ({error})") from error
         return state_dict
-    raise ValueError(f"No weights found in {path}: expected *.safetensors or pytorch_model*.bin files.")
+    raise ValueError(f"No weights found in {path}: expected model*.safetensors or pytorch_model*.bin files.")
 
 
 def check_checkpoint_files(path: Path) -> dict:
