@@ -430,36 +430,52 @@ def run_pipeline(args: argparse.Namespace) -> int:
 
 
 def _add_pipeline_parser(commands) -> None:
-    from .search.post_training import PipelineConfig, flag
+    import typing
+    from dataclasses import fields
+
+    from .search.post_training import PRESETS, PipelineConfig, flag
 
     defaults = PipelineConfig()
     pipeline = commands.add_parser(
         "pipeline",
         help="the whole post-training attention search (the main job)",
-        description="Distill a stage-1 supernet, search, distill stage 2, search, fine-tune, evaluate against the "
-        "teacher, benchmark and write the model card. Defaults: the small teacher in training/default_teacher on "
-        "procedural scenes, offline, CPU or GPU. Every setting is checked before any work. Rerunning the same "
-        "command continues an interrupted run: finished stages are skipped, and a training stage resumes from its "
-        "last checkpoint (one every 10% of a stage, and one of the current step on Ctrl-C). An --output holding a "
-        "run with other settings is refused unless --overwrite.",
+        description="Distill a stage-1 supernet, search, distill stage 2, search, fine-tune, train the all-linear and "
+        "all-window baselines with the same steps, score every model on the test split with 95% intervals, "
+        "evaluate against the teacher, benchmark and write the model card. Defaults: the small teacher in "
+        "training/teachers/depth-dinov2-tiny on rendered scenes, offline, CPU or GPU; sizes and step counts follow the device "
+        "unless given. Every setting is checked before any work. Rerunning the same command continues an "
+        "interrupted run: finished stages are skipped, and a training stage resumes from its last checkpoint (one "
+        "every 10% of a stage, and one of the current step on Ctrl-C). An --output holding a run with other "
+        "settings is refused unless --overwrite.",
     )
     help_texts = {
-        "teacher": "source checkpoint (directory or Hub id)",
+        "teacher": "source checkpoint (directory or Hub id); with probe.json and probe.safetensors beside it, a "
+        "segmentation teacher (its linear probe's mIoU is the objective)",
         "output_dir": "where every stage writes",
-        "train_data": "training images: image folder, dataset dir or scenes:<count>",
-        "eval_scenes": "procedural scenes (exact depth) in each of the search split (scene seed 1) and the test "
-        "split (scene seed 2, evaluation and report only)",
+        "train_data": "training images: render:train[:<scenes per epoch>] (new rendered scenes every epoch), an "
+        "image folder or a dataset dir",
+        "eval_scenes": "rendered scenes in each of the search split (scores layouts) and the test split (reports "
+        "only)",
+        "image_size": "training and evaluation size in pixels",
+        "distill_steps": "steps of each supernet stage (the baselines distil for twice this)",
         "noise_factor": "a search round must gain more than this many paired bootstrap standard errors over scenes",
         "max_full": "full-attention layers stage 2 may add",
-        "objective": "search objective: auto (depth for a depth teacher, else feature), feature, depth (AbsRel against "
-        "the teacher's prediction), segmentation or ordinal",
+        "objective": "search objective: auto (segmentation for a teacher with a probe, depth for a depth teacher, "
+        "else feature), feature, depth (AbsRel against the teacher's prediction), segmentation or ordinal",
         "bench_resolution": "benchmark HEIGHTxWIDTH (default 1024x1024 on a GPU, --image-size on a CPU)",
     }
-    for name, value in vars(defaults).items():
-        kind = type(value) if value is not None else str
-        default = f" (default {value})" if value is not None else ""
-        pipeline.add_argument(flag(name), dest=name, type=kind, default=None,
-                              help=f"{help_texts.get(name, name.replace('_', ' '))}{default}")
+    for spec in fields(PipelineConfig):
+        kind = next((t for t in typing.get_args(spec.type) if t is not type(None)), spec.type)
+        value = getattr(defaults, spec.name)
+        if spec.name == "image_size":
+            default = (f" (default: {PRESETS['gpu']['image_scale']:g} x the teacher's native resolution on a GPU, "
+                       f"{PRESETS['cpu']['image_scale']:g} x on a CPU, rounded to whole patches)")
+        elif spec.name in PRESETS["cpu"]:
+            default = f" (default: {PRESETS['cpu'][spec.name]} on a CPU, {PRESETS['gpu'][spec.name]} on a GPU)"
+        else:
+            default = f" (default {value})" if value is not None else ""
+        pipeline.add_argument(flag(spec.name), dest=spec.name, type=kind, default=None,
+                              help=f"{help_texts.get(spec.name, spec.name.replace('_', ' '))}{default}")
     pipeline.add_argument("--overwrite", action="store_true",
                           help="clear an earlier pipeline run in --output (one with a pipeline_config.json) first")
     pipeline.set_defaults(func=run_pipeline, interrupted="interrupted; rerun the same command to continue")

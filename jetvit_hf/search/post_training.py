@@ -1,21 +1,63 @@
 """The whole post-training attention search in one call (`jetvit pipeline`), the project's main job.
 
 distill a stage-1 supernet ({linear, window}) -> beam search stage 1 -> distill a stage-2 supernet ({stage-1
-choice, full}) -> beam search stage 2 -> fine-tune the extracted model -> evaluate against the teacher -> benchmark ->
-model card.
+choice, full}) -> beam search stage 2 -> fine-tune the extracted model -> the same-budget baselines -> score every
+model on the test split -> evaluate and benchmark the searched model -> model card.
 
-The default teacher is the small Depth Anything-layout checkpoint in `training/default_teacher/` (see
-`training/make_default_teacher.py`), with procedural scenes as data, so the whole job runs offline on a CPU in minutes.
-Scenes come in three disjoint splits (`SCENE_SEEDS`, checked scene by scene and recorded in `report.json`): training
-draws `scenes:<count>` from `--seed`, the search scores layouts on the search split, and the evaluation and the
-reported numbers (with 95% bootstrap intervals over scenes) come from the test split, which the search never sees.
+The default teacher is the 12-layer Depth Anything checkpoint in `training/teachers/depth-dinov2-tiny/` (1,024
+tokens at its 448 px; see `docs/teachers.md`); the data are procedural scenes from the batched renderer
+(`data.render_stream`), so the whole job runs offline. Scenes come in three named splits, each from its own seed
+range of `render_stream.SPLITS`, so they are disjoint by construction: training draws new scenes every epoch from
+`train` (`--train-data render:train[:<scenes per epoch>]`; an image folder or a dataset dir also works), the search
+scores layouts on the first `eval_scenes` scenes of `search`, and every reported number comes from the first
+`eval_scenes` scenes of `test`, which nothing before the report sees.
+
+Settings that depend on the machine (`image_size`, `eval_scenes`, `distill_steps`, `finetune_steps`, `batch_size`)
+default to `PRESETS["gpu"]` when `--device` resolves to a CUDA GPU, else `PRESETS["cpu"]`; a value given explicitly
+always wins. `pipeline_config.json` records the resolved values.
+
+A teacher directory that also holds a linear probe (`probe.json`, `probe.safetensors`, as
+`evaluation.probe.save_linear_probe` writes them) is a segmentation teacher: the search objective and the test
+measure become the probe's mIoU against the rendered labels, and fine-tuning has no depth loss.
+
+The baselines get exactly the searched model's training: all-linear and all-window conversions of the teacher
+(`baselines/<type>/converted`), each distilled for 2 x `distill_steps` (the searched lineage went through two
+supernet stages of `distill_steps`; `baselines/<type>/distill`) and fine-tuned for `finetune_steps` with the same
+depth-loss weight (`baselines/<type>/finetune`). The untrained conversions are scored too.
+
+`report.json`:
+    attention_types, layer_indexing  the searched model's layout (0-based layers)
+    preset                           "cpu" or "gpu": the `PRESETS` that filled the settings not given
+    depth_vs_ground_truth, depth_vs_teacher, mean_feature_cosine
+                                     headline numbers of the searched model from `eval.json` (where they apply)
+    speed                            from `bench.json`: device, resolution, latency_ms per model, ratios, timing
+    splits                           {"train": {"data", "seed_range", "scenes_per_epoch"} (an image folder: {"data"}),
+                                      "search", "test": {"seed_range", "num_scenes"}, "disjoint": why they are};
+                                     seed_range is [start, stop) in `render_stream.SPLITS`, of which the evaluation
+                                     splits use the first num_scenes
+    test_split                       `score_test_split`:
+        split, seed_range, num_scenes, interval
+        measures: {measure: {"higher_is_better", "reference": "teacher" | "ground_truth"}}, the search objective's
+            `TEST_MEASURES` (depth: abs_rel_vs_teacher, abs_rel_vs_ground_truth, delta1_vs_ground_truth;
+            segmentation: miou_vs_ground_truth)
+        teacher: {measure: {"score", "ci95", "se"}}  (measures against ground truth only)
+        models: {"searched" | "all_linear" | "all_window" | "all_linear_untrained" | "all_window_untrained": {
+            "model": its directory,
+            "training": {"distill_steps", "finetune_steps"}  (the same for all but the untrained ones: 0),
+            "scores": {measure: {"score", "ci95", "se"}},
+            "minus_teacher": {measure: {"mean", "ci95", "se"}}  (measures against ground truth only),
+            "searched_minus_this": {measure: {"mean", "ci95", "se"}}  (the baselines only)}}
+    files                            report, eval, bench, plots, model, model_card, baselines {name: dir}, settings
+
+Intervals are 95% percentile bootstraps over the test scenes, differences paired (`evaluation.bootstrap`); a
+measure without per-image scores has null `ci95` and `se`, and its difference is the difference of the scores.
 
 Every setting is checked before any work starts (`validate_config`). Every stage writes into its own directory under
 `output_dir`, next to `pipeline_config.json`, the settings the stages were made with. A rerun with the same settings
 skips the finished stages (and says so), and a training stage resumes from its last checkpoint: one comes at least
 every 10% of a stage, and SIGINT / SIGTERM writes one of the current step before stopping (`TrainingInterrupted`). A
-rerun with other settings is refused unless `overwrite` clears the directory, so no result mixes stages trained with
-different settings.
+rerun with other settings, or an output of an earlier `PROTOCOL`, is refused unless `overwrite` clears the directory,
+so no result mixes stages trained with different settings.
 """
 
 import json
@@ -33,36 +75,47 @@ from .beam import NOISE_FACTOR
 if TYPE_CHECKING:
     from ..models.jetvit.configuration_jetvit import JetViTConfig
 
-DEFAULT_TEACHER = Path(__file__).resolve().parents[2] / "training" / "default_teacher"
+DEFAULT_TEACHER = Path(__file__).resolve().parents[2] / "training" / "teachers" / "depth-dinov2-tiny"
 CONFIG_FILE = "pipeline_config.json"
-NUM_STEPS = 7
+# Bumped when what the stages are trained or scored on changes, so that an output of an earlier protocol is never
+# reused: 2 = rendered splits (render_stream.SPLITS) and the same-budget baselines.
+PROTOCOL = 2
+NUM_STEPS = 12
 CHECKPOINTS_PER_STAGE = 10  # a checkpoint at least every 10% of a training stage
 # The CPU benchmark of the pipeline's small model: one thread (a second one only adds scheduling jitter when the
 # cores are shared), more iterations than `jetvit bench`'s CPU default, the median; still a smoke test.
 CPU_BENCH = {"warmup": 10, "iters": 50, "threads": 1}
-# `scene_dataset` seeds of the evaluation splits; training's scenes:<count> come from --seed (default 0). The default
-# teacher was trained on seed 0 and validated and calibrated on seed 1, so the test split is seed 2, which nothing
-# before the report has seen.
-SCENE_SEEDS = {"search": 1, "test": 2}
+# The settings that depend on where the run happens, by the type of the resolved --device ("gpu" for CUDA). An
+# explicitly given value always wins. image_scale: the training and evaluation size as a fraction of the teacher's
+# native resolution (its config's image_size), rounded to a multiple of the patch size. Measured with the default
+# teacher: the CPU preset takes about 7 minutes on 2 cores (224 px); on one H200 the training stages run at about 9
+# (distillation) and 7 (fine-tuning) steps a second at 448 px, batch 32, so the GPU preset's 12 training stages take
+# about 5 minutes of its 10.
+PRESETS = {
+    "cpu": {"image_scale": 0.5, "eval_scenes": 48, "distill_steps": 32, "finetune_steps": 24, "batch_size": 8},
+    "gpu": {"image_scale": 1.0, "eval_scenes": 256, "distill_steps": 300, "finetune_steps": 200, "batch_size": 32},
+}
+RENDER_SCENES_PER_EPOCH = 10000  # what render:train draws per epoch without a count (train.loader)
+BASELINES = ("linear", "window")  # the fixed layouts trained with the searched model's budget, all-<type>
 
 
 @dataclass
 class PipelineConfig:
     teacher: str = str(DEFAULT_TEACHER)
     output_dir: str = "runs/default"
-    train_data: str = "scenes:600"  # anything the trainer reads: an image folder, a dataset dir, scenes:<count>
-    eval_scenes: int = 48  # procedural scenes (exact depth) in each of the search and the test split
-    image_size: int = 64
-    window_size: int = 4
-    distill_steps: int = 300
-    finetune_steps: int = 200
-    batch_size: int = 16
+    train_data: str = "render:train"  # render:train[:<scenes per epoch>], an image folder or a dataset dir
+    eval_scenes: int | None = None  # rendered scenes in each of the search and the test split; default: PRESETS
+    image_size: int | None = None  # default: PRESETS' image_scale of the teacher's native resolution
+    window_size: int = 8
+    distill_steps: int | None = None  # per supernet stage; the baselines distil for twice this; default: PRESETS
+    finetune_steps: int | None = None  # default: PRESETS
+    batch_size: int | None = None  # default: PRESETS
     learning_rate: float = 3e-4
-    objective: str = "auto"  # depth (AbsRel against the teacher's prediction) for depth teachers, else feature
+    objective: str = "auto"  # depth (AbsRel against the teacher), segmentation (probe teachers), else feature
     noise_factor: float = NOISE_FACTOR  # a search step must gain more than this many paired bootstrap SEs
     beam_width: int = 2
     max_full: int = 1
-    seed: int = 0
+    seed: int = 0  # seeds the training stages (data order, subnets, new weights)
     bench_resolution: str | None = None  # default: 1024x1024 on a GPU, the training size on a CPU
     device: str = "auto"  # search and evaluation: auto (the GPU when there is one), cpu, cuda or cuda:N
     dtype: str = "auto"  # search and evaluation: auto (bf16 autocast on a GPU, else float32), float32, bfloat16, float16
@@ -75,11 +128,12 @@ def flag(name: str) -> str:
 
 @dataclass
 class _Teacher:
-    """What validation learns about the teacher from its config alone: its JetViT config and whether it has a depth
-    head."""
+    """What validation learns about the teacher without loading its weights: its JetViT config, whether it has a depth
+    head, and the directory of its linear probe (a segmentation teacher) or None."""
 
     config: "JetViTConfig"
     depth: bool
+    probe: Path | None
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -91,27 +145,56 @@ def _error(name: str, value, reason: str) -> ValueError:
 
 
 def _teacher_info(teacher: str) -> _Teacher:
-    """The teacher's JetViT config, read from its config.json (a source checkpoint or a JetViT dir) without weights."""
+    """The teacher's JetViT config, read from its config.json without weights, and its probe, checked against the
+    renderer's classes. The teacher must be a source checkpoint: the baselines are converted from it."""
     from transformers import AutoConfig
 
     from ..convert import jetvit_config_from_source, resolve_source
-    from ..models.jetvit.configuration_jetvit import JetViTConfig
+    from ..data.render_layouts import CLASS_NAMES
+    from ..evaluation.probe import PROBE_CONFIG, load_linear_probe
 
     if not (Path(teacher) / "config.json").is_file() and Path(teacher) == DEFAULT_TEACHER:
         raise _error("teacher", teacher, "the default teacher is missing; rebuild it with "
-                                         "`python training/make_default_teacher.py`")
+                                         "`python training/train_teacher.py depth --output training/teachers/depth-dinov2-tiny` on a GPU")
     try:
         path = resolve_source(teacher)
         if not (path / "config.json").is_file():
             raise ValueError(f"{path} holds no config.json")
-        raw = read_json(path / "config.json")
-        if raw.get("model_type") == "jetvit":
-            config = JetViTConfig.from_pretrained(path)
-            return _Teacher(config, (raw.get("architectures") or [""])[0] == "JetViTForDepthEstimation")
-        config, _, _, jetvit_class = jetvit_config_from_source(AutoConfig.from_pretrained(path))
+        converted = read_json(path / "config.json").get("model_type") == "jetvit"
+        if not converted:
+            config, _, _, jetvit_class = jetvit_config_from_source(AutoConfig.from_pretrained(path))
+            probe = load_linear_probe(path) if (path / PROBE_CONFIG).is_file() else None
     except (ValueError, OSError) as error:
         raise _error("teacher", teacher, f"not a loadable teacher ({' '.join(str(error).split())})") from None
-    return _Teacher(config, jetvit_class.__name__ == "JetViTForDepthEstimation")
+    if converted:
+        raise _error("teacher", teacher, "a converted JetViT; pass the source checkpoint it was converted from (the "
+                                         "all-linear and all-window baselines are converted from it)")
+    if probe is not None:
+        if probe.classifier.out_channels != len(CLASS_NAMES):
+            raise _error("teacher", teacher, f"its linear probe predicts {probe.classifier.out_channels} classes, but "
+                                             f"the rendered scenes have {len(CLASS_NAMES)} ({', '.join(CLASS_NAMES)})")
+        if probe.classifier.in_channels != config.hidden_size:
+            raise _error("teacher", teacher, f"its linear probe reads {probe.classifier.in_channels} channels, the "
+                                             f"teacher's features have {config.hidden_size}")
+    return _Teacher(config, jetvit_class.__name__ == "JetViTForDepthEstimation", path if probe is not None else None)
+
+
+def _preset(device: str) -> str:
+    """`"gpu"` when `device` resolves to a CUDA GPU, else `"cpu"` (the key of `PRESETS`)."""
+    from ..device import check_device
+
+    return "gpu" if check_device(device).type == "cuda" else "cpu"
+
+
+def resolve_presets(config: PipelineConfig, teacher_config: "JetViTConfig") -> PipelineConfig:
+    """`config` with each setting left at None filled from `PRESETS` for its device; image_size is the preset's
+    `image_scale` of the teacher's native resolution, rounded to a multiple of its patch size (at least one patch)."""
+    preset = PRESETS[_preset(config.device)]
+    patch = teacher_config.patch_size
+    scaled = preset["image_scale"] * teacher_config.image_size / patch
+    defaults = {"image_size": max(1, int(scaled + 0.5)) * patch,
+                **{name: preset[name] for name in ("eval_scenes", "distill_steps", "finetune_steps", "batch_size")}}
+    return replace(config, **{name: value for name, value in defaults.items() if getattr(config, name) is None})
 
 
 def _check_counts(config: PipelineConfig) -> None:
@@ -130,36 +213,22 @@ def _check_counts(config: PipelineConfig) -> None:
         raise _error("noise_factor", config.noise_factor, "must be a number of at least 0")
 
 
-def scene_splits(config: PipelineConfig) -> dict:
-    """The three splits of the run, `{"train", "search", "test"}`, each with its `scene_dataset` seed and scene count
-    (training from an image folder: its path), after checking scene by scene (`data.scenes.scene_seed`) that no scene
-    is in two of them; a clash (e.g. `--seed` equal to a split's seed) is an error naming `--seed`."""
-    from ..data.scenes import scene_seed
-
-    splits = {name: {"seed": seed, "num_scenes": config.eval_scenes} for name, seed in SCENE_SEEDS.items()}
-    if config.train_data.startswith("scenes:"):
-        splits = {"train": {"seed": config.seed, "num_scenes": int(config.train_data.removeprefix("scenes:"))},
-                  **splits}
-    seen: dict[int, str] = {}
-    for name, split in splits.items():
-        for index in range(split["num_scenes"]):
-            other = seen.setdefault(scene_seed(split["seed"], index), name)
-            if other != name:
-                raise _error("seed", config.seed, f"the {other} and {name} splits share scenes; scene seeds "
-                                                  f"{SCENE_SEEDS} are taken by the search and test splits")
-    splits.setdefault("train", {"data": config.train_data})
-    return {**splits, "disjoint": "checked scene by scene (data.scenes.scene_seed)"}
-
-
 def _check_train_data(config: PipelineConfig) -> None:
+    from ..data.render_stream import SPLITS
+
     data = config.train_data
     if data.startswith("scenes:"):
-        count = data.removeprefix("scenes:")
-        if not count.isdigit() or int(count) < config.batch_size:
-            raise _error("train_data", data, f"write scenes:<count> with a count of at least --batch-size "
-                                             f"({config.batch_size}), e.g. scenes:600")
+        raise _error("train_data", data, "procedural scenes come from the batched renderer now: use render:train "
+                                         "(or render:train:<scenes per epoch>)")
+    if data.startswith("render:"):
+        split, _, count = data.removeprefix("render:").partition(":")
+        if split != "train" or not (count == "" or count.isdigit()
+                                    and config.batch_size <= int(count) <= len(SPLITS["train"])):
+            raise _error("train_data", data, "write render:train or render:train:<scenes per epoch, at least "
+                                             f"--batch-size ({config.batch_size})>; the search and test splits never "
+                                             "train")
     elif not Path(data).is_dir():
-        raise _error("train_data", data, "no such directory; pass an image folder, a dataset dir or scenes:<count>")
+        raise _error("train_data", data, "no such directory; pass an image folder, a dataset dir or render:train")
 
 
 def _check_placement(config: PipelineConfig) -> None:
@@ -190,6 +259,9 @@ def _check_against_teacher(config: PipelineConfig, teacher: _Teacher) -> None:
         raise _error("objective", config.objective, f"choose one of {', '.join(('auto', *OBJECTIVES))}")
     if config.objective in ("depth", "ordinal") and not teacher.depth:
         raise _error("objective", config.objective, "needs a teacher with a depth head; use feature or segmentation")
+    if config.objective == "segmentation" and teacher.probe is None:
+        raise _error("objective", config.objective, "needs a linear probe in the teacher directory (probe.json and "
+                                                    "probe.safetensors, e.g. from training/linear_probe.py)")
     if config.image_size % patch:
         raise _error("image_size", config.image_size, f"must be a multiple of the teacher's patch size {patch}")
     if config.bench_resolution is not None:
@@ -203,23 +275,47 @@ def _check_against_teacher(config: PipelineConfig, teacher: _Teacher) -> None:
 
 
 def validate_config(config: PipelineConfig) -> tuple[PipelineConfig, _Teacher]:
-    """Check every setting before any work: counts, the training data, the teacher (it must exist and its config
-    load), the objective and the resolutions against it. A `ValueError` names the flag. Returns the config with a local
-    teacher path made absolute (so the recorded settings name it wherever the command runs), and the teacher's info."""
-    _check_counts(config)
-    _check_train_data(config)
-    scene_splits(config)
+    """Check every setting before any work: the device and dtype, the teacher (it must exist and its config and probe
+    load), then, with the settings not given filled from `PRESETS` (`resolve_presets`), the counts, the training
+    data, the objective and the resolutions against the teacher. A `ValueError` names the flag. Returns the resolved
+    config, with a local teacher path made absolute (so the recorded settings name it wherever the command runs), and
+    the teacher's info."""
     _check_placement(config)
     teacher = _teacher_info(config.teacher)
+    config = resolve_presets(config, teacher.config)
+    _check_counts(config)
+    _check_train_data(config)
     _check_against_teacher(config, teacher)
     if Path(config.teacher).expanduser().is_dir():
         config = replace(config, teacher=str(Path(config.teacher).expanduser().resolve()))
     return config, teacher
 
 
+def data_splits(config: PipelineConfig) -> dict:
+    """The run's three named splits, as recorded in `report.json`: for each its seed range `[start, stop)` in
+    `render_stream.SPLITS` and how many scenes it gives (training from an image folder or dataset dir: its path)."""
+    from ..data.render_stream import SPLITS
+
+    def seeds(name: str) -> list[int]:
+        return [SPLITS[name].start, SPLITS[name].stop]
+
+    evaluation = {name: {"seed_range": seeds(name), "num_scenes": config.eval_scenes} for name in ("search", "test")}
+    if config.train_data.startswith("render:"):
+        count = config.train_data.removeprefix("render:train").removeprefix(":")
+        train = {"data": config.train_data, "seed_range": seeds("train"),
+                 "scenes_per_epoch": int(count or RENDER_SCENES_PER_EPOCH)}
+        disjoint = "by construction: each split renders scenes from its own seed range, and the ranges do not overlap"
+    else:
+        train = {"data": config.train_data}
+        disjoint = ("by construction: search and test render scenes from their own, non-overlapping seed ranges; "
+                    "training reads the images in train.data")
+    return {"train": train, **evaluation, "disjoint": disjoint}
+
+
 def check_output(config: PipelineConfig, overwrite: bool = False) -> None:
     """Refuse an `output_dir` this run cannot use: a file, a non-empty directory without `pipeline_config.json` (not a
-    pipeline output, so never cleared), or, unless `overwrite`, one whose recorded settings differ from `config`'s."""
+    pipeline output, so never cleared), or, unless `overwrite`, one whose recorded settings differ from `config`'s
+    (both resolved: see `validate_config`)."""
     output = Path(config.output_dir)
     if output.exists() and not output.is_dir():
         raise _error("output_dir", config.output_dir, "exists and is not a directory")
@@ -233,12 +329,13 @@ def check_output(config: PipelineConfig, overwrite: bool = False) -> None:
 
 def start_output(config: PipelineConfig, overwrite: bool = False) -> Path:
     """`output_dir` (checked by `check_output`), cleared first with `overwrite`, with this run's
-    `pipeline_config.json`: a rerun with the same settings reuses its finished stages."""
+    `pipeline_config.json` (the resolved settings and `PROTOCOL`): a rerun with the same settings reuses its finished
+    stages."""
     output = Path(config.output_dir)
     if overwrite and output.is_dir():
         shutil.rmtree(output)
     output.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(output / CONFIG_FILE, asdict(config))
+    atomic_write_json(output / CONFIG_FILE, {**asdict(config), "protocol": PROTOCOL})
     return output
 
 
@@ -249,11 +346,15 @@ def _check_same_settings(config: PipelineConfig, recorded: Path) -> None:
         raise _error("output_dir", config.output_dir,
                      f"{CONFIG_FILE} is unreadable ({error}); pass --overwrite to clear it") from None
     now, defaults = asdict(config), asdict(PipelineConfig())
+    protocol = before.pop("protocol", 1)
     retired = sorted(set(before) - set(now))
-    if retired:  # e.g. eval_seed: that run searched and reported on one set of scenes
+    if retired or protocol != PROTOCOL:  # e.g. eval_seed: that run searched and reported on one set of scenes
+        what = f"it records {', '.join(retired)}, which no longer exist" if retired else (
+            f"it was made with protocol {protocol}; this version, protocol {PROTOCOL}, trains and scores on other "
+            "data")
         raise _error("output_dir", config.output_dir,
-                     f"holds a run from an earlier version of the pipeline (it records {', '.join(retired)}, which no "
-                     "longer exist); pass --overwrite to rerun it, or choose a new --output")
+                     f"holds a run from an earlier version of the pipeline ({what}); pass --overwrite to rerun it, or "
+                     "choose a new --output")
     # a setting added since that run was recorded had its default value then
     changed = [f"{flag(name)} {before.get(name, defaults[name])!r} there, {now[name]!r} now" for name in now
                if name != "output_dir" and before.get(name, defaults[name]) != now[name]]
@@ -273,7 +374,8 @@ def _announce(step: int, title: str, note: str = "") -> None:
 
 def _train(step: int, title: str, stage_dir: Path, result: str, max_steps: int, **settings) -> Path:
     """One training stage into `stage_dir` (skipped when `stage_dir/result` exists, else resumed from its last
-    checkpoint), checkpointing at least every `1 / CHECKPOINTS_PER_STAGE` of it."""
+    checkpoint), checkpointing at least every `1 / CHECKPOINTS_PER_STAGE` of it, with a linear warm-up over its
+    first 10%."""
     from ..train import TrainConfig, reset_accelerate_state, train
     from ..train.checkpoints import CHECKPOINTS_DIR, list_checkpoints, saved_step
 
@@ -284,6 +386,7 @@ def _train(step: int, title: str, stage_dir: Path, result: str, max_steps: int, 
     _announce(step, title, f": resuming at step {saved_step(checkpoints[-1])} of {max_steps}" if checkpoints else "")
     reset_accelerate_state()
     train(TrainConfig(output_dir=str(stage_dir), resume=True, num_workers=_loader_workers(), max_steps=max_steps,
+                      warmup_steps=max(1, max_steps // 10),
                       checkpoint_every=max(1, max_steps // CHECKPOINTS_PER_STAGE), **settings))
     return stage_dir / result
 
@@ -299,26 +402,43 @@ def _search(step: int, title: str, stage_dir: Path, **kwargs) -> Path:
     return stage_dir / "model"
 
 
-def search_objective(config: PipelineConfig, depth: bool) -> dict:
-    """The search's objective options: for a depth teacher (`--objective auto` or `depth`) AbsRel against the teacher's
-    own prediction, lower is better (it separates layouts about ten times more than delta1 against ground truth,
-    which saturates); else `--objective` (auto: the feature-distillation proxy)."""
-    name = config.objective if config.objective != "auto" else ("depth" if depth else "feature")
+def objective_name(config: PipelineConfig, teacher: _Teacher) -> str:
+    """`--objective`, with auto resolved: segmentation for a teacher with a probe, depth for a depth teacher, else
+    feature."""
+    if config.objective != "auto":
+        return config.objective
+    return "segmentation" if teacher.probe is not None else "depth" if teacher.depth else "feature"
+
+
+def search_objective(config: PipelineConfig, teacher: _Teacher) -> dict:
+    """The search's objective options. Depth: AbsRel against the teacher's own prediction, lower is better (it
+    separates layouts about ten times more than delta1 against ground truth, which saturates). Segmentation: the
+    mIoU of the teacher's probe against the rendered labels."""
+    name = objective_name(config, teacher)
     if name == "depth":
         return {"objective": "depth", "metric": "abs_rel", "reference": "teacher"}
+    if name == "segmentation":
+        return {"objective": "segmentation", "probe": str(teacher.probe)}
     return {"objective": name}
 
 
-def _train_and_search(config: PipelineConfig, output: Path, teacher, depth: bool, search_set) -> Path:
+def _depth_loss_weight(teacher: _Teacher) -> float:
+    """Fine-tuning's depth-loss weight: 1 for a depth teacher, 0 for a segmentation (probe) teacher or none."""
+    return 1.0 if teacher.depth and teacher.probe is None else 0.0
+
+
+def _training_settings(config: PipelineConfig) -> dict:
+    return dict(teacher=config.teacher, data=config.train_data, image_size=config.image_size,
+                batch_size=config.batch_size, learning_rate=config.learning_rate, seed=config.seed)
+
+
+def _train_and_search(config: PipelineConfig, output: Path, teacher, info: _Teacher, search_set) -> Path:
     """Steps 1-5: both supernets and their searches (scored on `search_set`), then the fine-tuned model; returns its
     directory."""
-    training = dict(
-        teacher=config.teacher, data=config.train_data, image_size=config.image_size, batch_size=config.batch_size,
-        learning_rate=config.learning_rate, seed=config.seed, warmup_steps=max(1, config.distill_steps // 10),
-    )
+    training = _training_settings(config)
     searching = dict(teacher=teacher, data=search_set, split="search", beam_width=config.beam_width,
                      noise_factor=config.noise_factor, image_size=config.image_size, device=config.device,
-                     dtype=config.dtype, **search_objective(config, depth))
+                     dtype=config.dtype, **search_objective(config, info))
     stage1 = _train(1, "distilling the stage-1 supernet ({linear, window} per layer)", output / "stage1", "supernet",
                     config.distill_steps, mode="distill", student_overrides={"window_size": config.window_size},
                     **training)
@@ -330,22 +450,72 @@ def _train_and_search(config: PipelineConfig, output: Path, teacher, depth: bool
     choice2 = _search(4, "beam search, stage 2 (-> full attention until the teacher's score)", output / "search2",
                       supernet=stage2, stage=2, max_full=config.max_full, **searching)
     return _train(5, "fine-tuning the extracted model", output / "finetune", "model", config.finetune_steps,
-                  mode="finetune", student=str(choice2), depth_loss_weight=1.0 if depth else 0.0,
-                  **{**training, "warmup_steps": max(1, config.finetune_steps // 10)})
+                  mode="finetune", student=str(choice2), depth_loss_weight=_depth_loss_weight(info), **training)
+
+
+def _convert_baselines(config: PipelineConfig, output: Path) -> dict[str, Path]:
+    """Step 6: the teacher converted to all-linear and all-window (`--window-size`), untrained:
+    `baselines/<type>/converted`, skipped when both exist."""
+    from ..convert import convert_to_jetvit, save_converted
+
+    converted = {kind: output / "baselines" / kind / "converted" for kind in BASELINES}
+    title = "converting the teacher to all-linear and all-window attention (the baselines)"
+    if all((directory / "config.json").is_file() for directory in converted.values()):
+        _announce(6, title, f": already done in {output / 'baselines'}, skipped")
+        return converted
+    _announce(6, title)
+    for kind, directory in converted.items():
+        with torch.random.fork_rng(devices=[]):  # the new convolutions' initial weights follow --seed
+            torch.manual_seed(config.seed)
+            model, conversion = convert_to_jetvit(config.teacher, kind, window_size=config.window_size,
+                                                  output_loading_info=True)
+        save_converted(model, directory, config.teacher, conversion, overwrite=True)
+    return converted
+
+
+def _extract(supernet: Path) -> Path:
+    """The one model a single-candidate supernet holds, as a JetViT directory beside it (what fine-tuning trains);
+    kept when it exists."""
+    from ..io import atomic_directory
+    from ..train.supernet import JetViTSupernet
+
+    model = supernet.parent / "model"
+    if not (model / "config.json").is_file():
+        with atomic_directory(model, overwrite=True) as staging:
+            JetViTSupernet.from_pretrained(supernet).extract().save_pretrained(staging)
+    return model
+
+
+def _train_baselines(config: PipelineConfig, converted: dict[str, Path], info: _Teacher) -> dict[str, Path]:
+    """Steps 7-10: each baseline gets the searched model's training: distilled (the fixed layout as the supernet's
+    only candidate) for 2 x `distill_steps`, the searched lineage's two supernet stages, then fine-tuned for
+    `finetune_steps` with the same depth-loss weight. Returns the fine-tuned models."""
+    training = _training_settings(config)
+    steps = 2 * config.distill_steps
+    finetuned = {}
+    for index, (kind, start) in enumerate(converted.items()):
+        directory = start.parent
+        title = f"distilling the all-{kind} baseline ({steps} steps: the two supernet stages')"
+        distilled = _train(7 + 2 * index, title, directory / "distill", "supernet", steps, mode="distill",
+                           student=str(start), candidates=[kind], **training)
+        finetuned[kind] = _train(8 + 2 * index, f"fine-tuning the all-{kind} baseline", directory / "finetune",
+                                 "model", config.finetune_steps, mode="finetune", student=str(_extract(distilled)),
+                                 depth_loss_weight=_depth_loss_weight(info), **training)
+    return finetuned
 
 
 def _benchmark(config: PipelineConfig, model: Path) -> dict:
-    """Step 7: transformers' model, JetViT all-full and the hybrid, timed one after the other with a progress bar. On a
-    CPU a smoke test: the training size, batch 1, `CPU_BENCH` (one thread, more iterations, the median)."""
+    """Step 12: transformers' model, JetViT all-full and the hybrid, timed one after the other with a progress bar. On
+    a CPU a smoke test: the training size, batch 1, `CPU_BENCH` (one thread, more iterations, the median)."""
     from ..bench import CPU_SMOKE_NOTE, benchmark
 
     if torch.cuda.is_available():
         resolution = config.bench_resolution or "1024x1024"
-        _announce(7, f"benchmarking hf, jetvit-full and jetvit on the GPU at {resolution}")
+        _announce(12, f"benchmarking hf, jetvit-full and jetvit on the GPU at {resolution}")
         return benchmark(model=model, resolution=resolution, device="cuda", progress=True)
     resolution = config.bench_resolution or f"{config.image_size}x{config.image_size}"
-    _announce(7, f"benchmarking hf, jetvit-full and jetvit on the CPU at {resolution}, batch 1 ({CPU_SMOKE_NOTE}: "
-                 f"median of {CPU_BENCH['iters']} after {CPU_BENCH['warmup']} warm-up, {CPU_BENCH['threads']} thread)")
+    _announce(12, f"benchmarking hf, jetvit-full and jetvit on the CPU at {resolution}, batch 1 ({CPU_SMOKE_NOTE}: "
+                  f"median of {CPU_BENCH['iters']} after {CPU_BENCH['warmup']} warm-up, {CPU_BENCH['threads']} thread)")
     threads = torch.get_num_threads()
     torch.set_num_threads(CPU_BENCH["threads"])
     try:
@@ -355,10 +525,19 @@ def _benchmark(config: PipelineConfig, model: Path) -> dict:
         torch.set_num_threads(threads)
 
 
-# The test split's measures for a depth teacher: the search objective, then accuracy against ground truth.
-DEPTH_TEST_MEASURES = {"abs_rel_vs_teacher": {"metric": "abs_rel", "reference": "teacher"},
-                       "abs_rel_vs_ground_truth": {"metric": "abs_rel", "reference": "ground_truth"},
-                       "delta1_vs_ground_truth": {"metric": "delta1", "reference": "ground_truth"}}
+# ----------------------------------------------------------------------------------------------------------------------
+# The test split
+
+# The test split's measures by search objective: measure -> make_objective's name and options. "reference" says what
+# a measure compares with: the teacher's own output (the teacher has no score of its own then) or ground truth.
+TEST_MEASURES = {
+    "depth": {"abs_rel_vs_teacher": {"objective": "depth", "metric": "abs_rel", "reference": "teacher"},
+              "abs_rel_vs_ground_truth": {"objective": "depth", "metric": "abs_rel", "reference": "ground_truth"},
+              "delta1_vs_ground_truth": {"objective": "depth", "metric": "delta1", "reference": "ground_truth"}},
+    "segmentation": {"miou_vs_ground_truth": {"objective": "segmentation", "reference": "ground_truth"}},
+    "feature": {"feature_vs_teacher": {"objective": "feature", "reference": "teacher"}},
+    "ordinal": {"ordinal_vs_teacher": {"objective": "ordinal", "reference": "teacher"}},
+}
 
 
 def _interval(score: float, per_image: torch.Tensor | None) -> dict:
@@ -371,65 +550,109 @@ def _interval(score: float, per_image: torch.Tensor | None) -> dict:
     return {"score": score, "ci95": result["ci95"], "se": result["se"]}
 
 
-def score_test_split(config: PipelineConfig, teacher, model_dir: Path, test_set, depth: bool) -> dict:
-    """The final model's scores on the test split, each with its 95% bootstrap interval over scenes (null for an
-    objective without per-image scores). For a depth teacher `DEPTH_TEST_MEASURES` (against ground truth also the
-    teacher's score and the paired student - teacher difference), else the search objective."""
+def _difference(first: tuple, second: tuple) -> dict:
+    """`{"mean", "ci95", "se"}` of first - second, two `(score, per-image scores)` on the same images: the paired
+    bootstrap, or without per-image scores the difference of the scores with null interval."""
+    from ..evaluation.bootstrap import paired_bootstrap
+
+    if first[1] is None or second[1] is None:
+        return {"mean": first[0] - second[0], "ci95": None, "se": None}
+    difference = paired_bootstrap(first[1], second[1])
+    return {key: difference[key] for key in ("mean", "ci95", "se")}
+
+
+def score_test_split(config: PipelineConfig, teacher, info: _Teacher, models: dict[str, Path], test_set) -> dict:
+    """Every model of `models` (`"searched"` first, then the baselines) on the test split, for each of the search
+    objective's `TEST_MEASURES`: each score with its 95% bootstrap interval over scenes, and the paired differences
+    model - teacher (measures against ground truth, where the teacher has a score) and searched - baseline. See the
+    module docstring for the structure."""
     from ..convert import load_jetvit
-    from ..evaluation.bootstrap import NUM_RESAMPLES, paired_bootstrap
+    from ..data.render_stream import SPLITS
+    from ..evaluation.bootstrap import NUM_RESAMPLES
+    from ..evaluation.probe import load_linear_probe
     from .objectives import make_objective
 
-    model = load_jetvit(model_dir)
     options = dict(image_size=config.image_size, device=config.device, dtype=config.dtype, progress=False)
-    if depth:
-        measures = {name: {"name": "depth", **settings} for name, settings in DEPTH_TEST_MEASURES.items()}
-    else:
-        name = search_objective(config, depth)["objective"]
-        measures = {name: {"name": name}}
-    scores = {"split": "test", "seed": SCENE_SEEDS["test"], "num_scenes": config.eval_scenes,
-              "interval": f"95% percentile bootstrap over scenes ({NUM_RESAMPLES} resamples, seed 0)"}
-    for label, settings in measures.items():
-        objective = make_objective(settings.pop("name"), teacher, test_set, **options, **settings)
-        student, student_images = objective.assess(model)
-        entry = {"higher_is_better": objective.higher_is_better, "student": _interval(student, student_images)}
-        if settings.get("reference") != "teacher":
-            teacher_images = objective.teacher_image_scores()
-            entry["teacher"] = _interval(objective.teacher_score(), teacher_images)
-            if student_images is not None and teacher_images is not None:
-                difference = paired_bootstrap(student_images, teacher_images)
-                entry["student_minus_teacher"] = {key: difference[key] for key in ("mean", "ci95", "se")}
-        scores[label] = entry
+    probe = load_linear_probe(info.probe) if info.probe is not None else None
+    loaded = {name: load_jetvit(directory) for name, directory in models.items()}
+    scores = {"split": "test", "seed_range": [SPLITS["test"].start, SPLITS["test"].stop],
+              "num_scenes": config.eval_scenes,
+              "interval": f"95% percentile bootstrap over scenes ({NUM_RESAMPLES} resamples, seed 0), differences "
+                          "paired",
+              "measures": {}, "teacher": {}, "models": {}}
+    for name, directory in models.items():
+        trained = not name.endswith("_untrained")
+        scores["models"][name] = {"model": str(directory),
+                                  "training": {"distill_steps": 2 * config.distill_steps if trained else 0,
+                                               "finetune_steps": config.finetune_steps if trained else 0},
+                                  "scores": {}, "minus_teacher": {}}
+        if name != "searched":
+            scores["models"][name]["searched_minus_this"] = {}
+    for label, settings in TEST_MEASURES[objective_name(config, info)].items():
+        settings = dict(settings)
+        name = settings.pop("objective")
+        objective = make_objective(name, teacher, test_set, probe=probe, **options, **settings)
+        against_truth = settings["reference"] == "ground_truth"
+        scores["measures"][label] = {"higher_is_better": objective.higher_is_better,
+                                     "reference": settings["reference"]}
+        assessed = {model_name: objective.assess(model) for model_name, model in loaded.items()}
+        if against_truth:
+            own = (objective.teacher_score(), objective.teacher_image_scores())
+            scores["teacher"][label] = _interval(*own)
+        for model_name, result in assessed.items():
+            entry = scores["models"][model_name]
+            entry["scores"][label] = _interval(*result)
+            if against_truth:
+                entry["minus_teacher"][label] = _difference(result, own)
+            if "searched_minus_this" in entry:
+                entry["searched_minus_this"][label] = _difference(assessed["searched"], result)
     return scores
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The whole run
 
 
 def run_pipeline(config: PipelineConfig, overwrite: bool = False) -> dict:
     """Check the settings, then run every stage (announcing and skipping finished ones) and return the summary also
     written to `output_dir/report.json`. `overwrite` clears an earlier run in `output_dir` first."""
     from ..convert import load_jetvit
-    from ..data.scenes import scene_dataset
+    from ..data.render_stream import render_dataset
+    from ..device import resolve_placement
     from ..evaluation.evaluator import run_evaluation
+    from ..evaluation.real_photos import real_photo_report
     from ..model_card import write_model_card
 
     config, info = validate_config(config)
     check_output(config, overwrite)
     teacher = load_jetvit(config.teacher)
     output = start_output(config, overwrite)
-    splits = scene_splits(config)
-    search_set, test_set = (scene_dataset(config.eval_scenes, config.image_size, config.image_size,
-                                          seed=SCENE_SEEDS[name]) for name in ("search", "test"))
-    finetuned = _train_and_search(config, output, teacher, info.depth, search_set)
-    _announce(6, f"evaluating against the teacher on the test split ({config.eval_scenes} scenes the search never "
-                 "saw)")
-    report = run_evaluation(finetuned, teacher, test_set, output=output / "eval.json", image_size=config.image_size,
-                            device=config.device, dtype=config.dtype)
-    test_scores = score_test_split(config, teacher, finetuned, test_set, info.depth)
+    render_on = resolve_placement(config.device, config.dtype).device  # the GPU renders a scene in milliseconds
+    search_set, test_set = (render_dataset(split, config.eval_scenes, config.image_size, config.image_size,
+                                           device=render_on) for split in ("search", "test"))
+    finetuned = _train_and_search(config, output, teacher, info, search_set)
+    converted = _convert_baselines(config, output)
+    baselines = _train_baselines(config, converted, info)
+    _announce(11, f"scoring every model on the test split ({config.eval_scenes} scenes the search never saw) and "
+                  "evaluating the searched one against the teacher")
+    models = {"searched": finetuned, **{f"all_{kind}": baselines[kind] for kind in BASELINES},
+              **{f"all_{kind}_untrained": converted[kind] for kind in BASELINES}}
+    test_scores = score_test_split(config, teacher, info, models, test_set)
+    # segmentation only through the teacher's own probe: no probe is fitted to the test split's labels
+    tasks = ["features", *(["depth"] if info.depth else []), *(["segmentation"] if info.probe else [])]
+    report = run_evaluation(finetuned, teacher, test_set, output=output / "eval.json", tasks=tasks,
+                            image_size=config.image_size, probe=info.probe, device=config.device, dtype=config.dtype)
     speed = _benchmark(config, finetuned)
     atomic_write_json(output / "bench.json", speed)
     search_logs = [output / "search1" / "search_log.json", output / "search2" / "search_log.json"]
     write_model_card(finetuned, search_logs=search_logs, eval_report=report, bench_report=speed)
     summary = summarize(json.loads((finetuned / "config.json").read_text())["attention_types"], report, speed)
-    summary["splits"], summary["test_split"] = splits, test_scores
-    summary["files"] = _result_files(output, finetuned)
+    summary["preset"] = _preset(config.device)
+    if info.depth:  # a sanity check off the renderer: scikit-image's photos and the Middlebury motorcycle pair
+        summary["real_photos"] = real_photo_report(load_jetvit(finetuned), teacher, image_size=config.image_size,
+                                                   device=config.device, dtype=config.dtype)
+    summary["splits"], summary["test_split"] = data_splits(config), test_scores
+    summary["files"] = _result_files(output, models)
     atomic_write_json(output / "report.json", summary)
     print(format_summary(summary, finetuned))
     return summary
@@ -439,14 +662,15 @@ def run_pipeline(config: PipelineConfig, overwrite: bool = False) -> dict:
 # The summary
 
 
-def _result_files(output: Path, model: Path) -> dict:
+def _result_files(output: Path, models: dict[str, Path]) -> dict:
     return {
         "report": str(output / "report.json"),
         "eval": str(output / "eval.json"),
         "bench": str(output / "bench.json"),
         "plots": [str(path) for stage in ("search1", "search2") for path in sorted((output / stage).glob("*.png"))],
-        "model": str(model),
-        "model_card": str(model / "README.md"),
+        "model": str(models["searched"]),
+        "model_card": str(models["searched"] / "README.md"),
+        "baselines": {name: str(directory) for name, directory in models.items() if name != "searched"},
         "settings": str(output / CONFIG_FILE),
     }
 
@@ -495,35 +719,46 @@ def format_summary(summary: dict, model_dir: Path) -> str:
     if "test_split" in summary:
         lines += _format_test_split(summary["test_split"])
     lines.append(_format_speed(summary["speed"]))
+    if "real_photos" in summary:
+        from ..evaluation.real_photos import format_real_photo_report
+
+        lines += ["  " + line for line in format_real_photo_report(summary["real_photos"]).splitlines()]
     files = summary.get("files")
     if files:
         lines += ["  files:"] + [f"    {label}: {files[key]}" for key, label in (
             ("report", "report"), ("eval", "evaluation"), ("bench", "benchmark"), ("model_card", "model card"),
             ("settings", "settings"))]
+        lines += [f"    baseline {name}: {path}" for name, path in files["baselines"].items()]
         lines += [f"    plot: {path}" for path in files["plots"]]
     return "\n".join(lines)
 
 
-def _with_interval(entry: dict) -> str:
-    """A score (or a paired difference's mean) and, where it has one, its 95% interval in brackets."""
+def _with_interval(entry: dict | None) -> str:
+    """A score (or a paired difference's mean) and, where it has one, its 95% interval in brackets; "-" for none."""
+    if entry is None:
+        return "-"
     value = entry["score"] if "score" in entry else entry["mean"]
     return f"{value:.4f}" + (f" [{entry['ci95'][0]:.4f}, {entry['ci95'][1]:.4f}]" if entry["ci95"] else "")
 
 
 def _format_test_split(test: dict) -> list[str]:
-    """One line per measure of `score_test_split`: student, teacher and their difference, each with its 95% CI."""
-    lines = [f"  test split (scene seed {test['seed']}, {test['num_scenes']} scenes the search never saw; "
-             f"in brackets the {test['interval']}):"]
-    for label, entry in test.items():
-        if not isinstance(entry, dict):
-            continue
-        parts = [f"student {_with_interval(entry['student'])}"]
-        if "teacher" in entry:
-            parts.append(f"teacher {_with_interval(entry['teacher'])}")
-        if "student_minus_teacher" in entry:
-            parts.append(f"student - teacher {_with_interval(entry['student_minus_teacher'])}")
-        direction = "higher" if entry["higher_is_better"] else "lower"
-        lines.append(f"    {label} ({direction} is better): {'; '.join(parts)}")
+    """`score_test_split` as a table: a row per model (the teacher first), a column per measure, each value with its
+    95% interval; then the rows of the paired differences searched - teacher and searched - each baseline."""
+    measures = list(test["measures"])
+    rows = [("teacher", [test["teacher"].get(label) for label in measures])]
+    rows += [(name, [entry["scores"][label] for label in measures]) for name, entry in test["models"].items()]
+    searched = test["models"]["searched"]
+    rows.append(("searched - teacher", [searched["minus_teacher"].get(label) for label in measures]))
+    rows += [(f"searched - {name}", [entry["searched_minus_this"][label] for label in measures])
+             for name, entry in test["models"].items() if "searched_minus_this" in entry]
+    header = ["model"] + [f"{label} ({'higher' if test['measures'][label]['higher_is_better'] else 'lower'} is "
+                          "better)" for label in measures]
+    table = [header] + [[name] + [_with_interval(entry) for entry in entries] for name, entries in rows]
+    widths = [max(len(row[column]) for row in table) for column in range(len(header))]
+    first, last = test["seed_range"][0], test["seed_range"][0] + test["num_scenes"] - 1
+    lines = [f"  test split (scene seeds {first}..{last}, {test['num_scenes']} scenes the search never saw; in "
+             f"brackets the {test['interval']}):"]
+    lines += ["    " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table]
     return lines
 
 
@@ -544,6 +779,6 @@ def config_from_cli(args) -> PipelineConfig:
     return PipelineConfig(**fields_given)
 
 
-__all__ = ["CONFIG_FILE", "DEFAULT_TEACHER", "SCENE_SEEDS", "PipelineConfig", "check_output", "config_from_cli",
-           "flag", "run_pipeline", "scene_splits", "score_test_split", "search_objective", "start_output",
-           "validate_config"]
+__all__ = ["CONFIG_FILE", "DEFAULT_TEACHER", "PRESETS", "TEST_MEASURES", "PipelineConfig", "check_output",
+           "config_from_cli", "data_splits", "flag", "objective_name", "resolve_presets", "run_pipeline",
+           "score_test_split", "search_objective", "start_output", "validate_config"]

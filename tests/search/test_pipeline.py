@@ -1,12 +1,15 @@
-"""The main job end to end on a tiny teacher: convert -> distill -> search -> distill -> search -> extract ->
-fine-tune -> eval -> bench -> model card, on the CPU; and what a user meets around it: settings checked before any
-work, a rerun that skips finished stages and says so, a refused rerun with other settings, `--overwrite`, and Ctrl-C
-in a training stage, after which the same command continues to the same result."""
+"""The main job end to end on tiny teachers: convert -> distill -> search -> distill -> search -> extract -> fine-tune
+-> the same-budget baselines -> the test split -> eval -> bench -> model card, on the CPU; its settings (presets by
+device, explicit values winning), its splits and report, the segmentation-teacher path; and what a user meets around
+it: settings checked before any work, a rerun that skips finished stages and says so, a refused rerun with other
+settings, `--overwrite`, and Ctrl-C in a training stage, after which the same command continues to the same result."""
 
 import contextlib
 import io
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,14 +26,21 @@ from safetensors.torch import load_file
 
 from jetvit_hf import JetViTForDepthEstimation
 from jetvit_hf.cli import main
-from jetvit_hf.search.post_training import PipelineConfig, check_output, run_pipeline
+from jetvit_hf.convert import load_jetvit
+from jetvit_hf.data.render_stream import SPLITS, render_dataset
+from jetvit_hf.evaluation.images import load_eval_images
+from jetvit_hf.evaluation.probe import (load_linear_probe, make_linear_probe, probe_segmentation_metrics,
+                                        save_linear_probe, train_linear_probe)
+from jetvit_hf.search.post_training import PipelineConfig, check_output, run_pipeline, start_output, validate_config
 from jetvit_hf.train import TrainConfig, reset_accelerate_state, train
 from jetvit_hf.train.checkpoints import StopRequest, TrainingInterrupted, list_checkpoints, stop_on_signals
 from jetvit_hf.train.supernet import JetViTSupernet
 
-SETTINGS = dict(train_data="scenes:8", eval_scenes=4, image_size=56, window_size=2, distill_steps=30,
-                finetune_steps=2, batch_size=2, beam_width=2, max_full=1)
+SETTINGS = dict(eval_scenes=4, image_size=56, window_size=2, distill_steps=10, finetune_steps=2, batch_size=2,
+                beam_width=2, max_full=1)
 INTERRUPTED = "jetvit pipeline: interrupted; rerun the same command to continue"
+MODELS = ("searched", "all_linear", "all_window", "all_linear_untrained", "all_window_untrained")
+DEPTH_MEASURES = ("abs_rel_vs_teacher", "abs_rel_vs_ground_truth", "delta1_vs_ground_truth")
 
 
 def pipeline_argv(teacher, output, **overrides) -> list[str]:
@@ -63,6 +73,11 @@ def run_main(argv) -> tuple[int, str, str]:
     return status, out.getvalue(), err.getvalue()
 
 
+def trainer_state(stage: Path) -> dict:
+    """The trainer state of a training stage's last checkpoint: its step and its training config."""
+    return json.loads((list_checkpoints(stage / "checkpoints")[-1] / "trainer_state.json").read_text())
+
+
 @pytest.fixture(scope="module")
 def reference(source_checkpoint, tmp_path_factory):
     """One uninterrupted `jetvit pipeline --overwrite` into a directory holding an earlier run with other settings:
@@ -84,10 +99,12 @@ def test_pipeline_end_to_end(reference):
     _, run, out = reference
     for path in ("stage1/supernet", "search1/search_log.json", "search1/model", "stage2/supernet",
                  "search2/search_log.json", "search2/pareto.png", "finetune/model/README.md", "eval.json",
-                 "bench.json", "report.json"):
+                 "bench.json", "report.json", "baselines/linear/converted", "baselines/linear/distill/supernet",
+                 "baselines/linear/distill/model", "baselines/linear/finetune/model", "baselines/window/converted",
+                 "baselines/window/finetune/model"):
         assert (run / path).exists(), path
     assert not (run / "stage1" / "supernet" / "stale.txt").exists()  # --overwrite cleared the earlier run
-    assert json.loads((run / "pipeline_config.json").read_text())["distill_steps"] == 30
+    assert json.loads((run / "pipeline_config.json").read_text())["distill_steps"] == 10
     summary = json.loads((run / "report.json").read_text())
     final = JetViTForDepthEstimation.from_pretrained(run / "finetune" / "model")
     assert final.config.attention_types == summary["attention_types"]
@@ -102,30 +119,39 @@ def test_pipeline_end_to_end(reference):
         depth = final(torch.randn(1, 3, 56, 56)).predicted_depth
     assert depth.shape == (1, 56, 56) and torch.isfinite(depth).all()
     # 10 checkpoints per stage (the last 2 kept): an interruption loses at most 10% of a stage
-    assert [path.name for path in list_checkpoints(run / "stage2" / "checkpoints")] == ["step-0000027",
-                                                                                        "step-0000030"]
+    assert [path.name for path in list_checkpoints(run / "stage2" / "checkpoints")] == ["step-0000009",
+                                                                                        "step-0000010"]
 
 
 def test_summary_says_where_everything_is_and_labels_cpu_timings(reference):
     _, run, out = reference
     summary = json.loads((run / "report.json").read_text())
-    assert "[7/7] benchmarking hf, jetvit-full and jetvit on the CPU at 56x56" in out
+    assert "[12/12] benchmarking hf, jetvit-full and jetvit on the CPU at 56x56" in out
     assert "CPU smoke test" in summary["speed"]["note"]
     assert summary["speed"]["timing"] == {"statistic": "median", "warmup": 10, "iters": 50, "threads": 1}
     speed_line = next(line for line in out.splitlines() if line.startswith("  speed"))
     assert speed_line.startswith("  speed: CPU smoke test, not a performance number (56x56, batch 1, median of 50")
     for name in ("report", "eval", "bench", "model_card", "settings"):
         assert summary["files"][name] in out and Path(summary["files"][name]).is_file(), name
+    assert summary["files"]["baselines"] == {
+        "all_linear": str(run / "baselines" / "linear" / "finetune" / "model"),
+        "all_window": str(run / "baselines" / "window" / "finetune" / "model"),
+        "all_linear_untrained": str(run / "baselines" / "linear" / "converted"),
+        "all_window_untrained": str(run / "baselines" / "window" / "converted")}
     assert summary["files"]["plots"] and all(path in out for path in summary["files"]["plots"])
     assert str(run / "search2" / "full_attention_gain.png") in summary["files"]["plots"]
 
 
-def test_search_and_report_use_disjoint_splits_and_report_intervals(reference):
+def test_splits_are_the_renderers_disjoint_seed_ranges(reference):
     _, run, out = reference
     summary = json.loads((run / "report.json").read_text())
     splits = summary["splits"]
-    assert {name: splits[name]["seed"] for name in ("train", "search", "test")} == {"train": 0, "search": 1, "test": 2}
-    assert splits["test"]["num_scenes"] == splits["search"]["num_scenes"] == 4 and "checked" in splits["disjoint"]
+    assert splits["train"] == {"data": "render:train", "seed_range": [0, 10**9], "scenes_per_epoch": 10000}
+    for name in ("search", "test"):
+        assert splits[name] == {"seed_range": [SPLITS[name].start, SPLITS[name].stop], "num_scenes": 4}
+    assert "by construction" in splits["disjoint"]
+    ranges = sorted(tuple(splits[name]["seed_range"]) for name in ("train", "search", "test"))
+    assert all(stop <= start for (_, stop), (start, _) in zip(ranges, ranges[1:]))
     for name in ("search1", "search2"):
         log = json.loads((run / name / "search_log.json").read_text())
         assert log["metadata"]["split"] == "search" and log["objective"]["name"] == "depth_abs_rel"
@@ -134,18 +160,74 @@ def test_search_and_report_use_disjoint_splits_and_report_intervals(reference):
         assert all({"se", "threshold"} <= set(r["decision"]) for r in log["rounds"] if "decision" in r)
     assert log["teacher_score"] == 0.0  # stage 2's target: the teacher's own AbsRel against itself
     assert all(r["role"] != "teacher" for r in log["evaluations"])  # not the supernet's all-full subnet
-    test = summary["test_split"]
-    assert test["seed"] == 2 and test["num_scenes"] == 4
-    for measure in ("abs_rel_vs_teacher", "abs_rel_vs_ground_truth", "delta1_vs_ground_truth"):
-        low, high = test[measure]["student"]["ci95"]
-        assert low <= test[measure]["student"]["score"] <= high
-    truth = test["delta1_vs_ground_truth"]
-    difference = truth["student"]["score"] - truth["teacher"]["score"]
-    assert truth["student_minus_teacher"]["mean"] == pytest.approx(difference)
-    assert truth["student"]["score"] == pytest.approx(summary["depth_vs_ground_truth"]["student"]["delta1"])
-    line = next(line for line in out.splitlines() if "delta1_vs_ground_truth" in line)
-    assert line.startswith("    delta1_vs_ground_truth (higher is better): student ") and line.count("[") == 3
-    assert "  test split (scene seed 2, 4 scenes the search never saw" in out
+    assert summary["preset"] == "cpu"
+    assert f"  test split (scene seeds {2 * 10**9}..{2 * 10**9 + 3}, 4 scenes the search never saw" in out
+
+
+def test_baselines_get_the_searched_lineages_training(reference):
+    _, run, _ = reference
+    stage1, stage2, finetune = (trainer_state(run / name) for name in ("stage1", "stage2", "finetune"))
+    assert (stage1["step"], stage2["step"], finetune["step"]) == (10, 10, 2)
+    for kind in ("linear", "window"):
+        converted = load_jetvit(run / "baselines" / kind / "converted")
+        assert converted.config.attention_types == [kind] * 6 and converted.config.window_size == 2
+        distill = trainer_state(run / "baselines" / kind / "distill")
+        assert distill["step"] == distill["config"]["max_steps"] == stage1["step"] + stage2["step"]
+        assert distill["config"]["mode"] == "distill" and distill["config"]["candidates"] == [kind]
+        assert distill["config"]["student"] == str(run / "baselines" / kind / "converted")
+        subnets = [code for entry in json.loads((run / "baselines" / kind / "distill" / "train_log.json").read_text())
+                   for code in entry["subnets"]]
+        assert len(subnets) == 20 and set(subnets) == {kind[0].upper() * 6}  # one subnet per step: the layout
+        tuned = trainer_state(run / "baselines" / kind / "finetune")
+        assert tuned["step"] == finetune["step"] and tuned["config"]["mode"] == "finetune"
+        assert tuned["config"]["depth_loss_weight"] == finetune["config"]["depth_loss_weight"] == 1.0
+        assert tuned["config"]["student"] == str(run / "baselines" / kind / "distill" / "model")
+        for name in ("data", "image_size", "batch_size", "learning_rate", "seed"):
+            assert tuned["config"][name] == distill["config"][name] == finetune["config"][name], name
+        model = load_jetvit(run / "baselines" / kind / "finetune" / "model")
+        assert model.config.attention_types == [kind] * 6
+
+
+def test_report_holds_every_model_with_intervals_and_paired_differences(reference):
+    _, run, out = reference
+    test = json.loads((run / "report.json").read_text())["test_split"]
+    assert test["seed_range"] == [SPLITS["test"].start, SPLITS["test"].stop] and test["num_scenes"] == 4
+    assert list(test["measures"]) == list(DEPTH_MEASURES) and list(test["models"]) == list(MODELS)
+    assert [test["measures"][name]["higher_is_better"] for name in DEPTH_MEASURES] == [False, False, True]
+    assert set(test["teacher"]) == {"abs_rel_vs_ground_truth", "delta1_vs_ground_truth"}
+    for name, entry in test["models"].items():
+        assert entry["training"] == ({"distill_steps": 0, "finetune_steps": 0} if name.endswith("_untrained")
+                                     else {"distill_steps": 20, "finetune_steps": 2}), name
+        for measure in DEPTH_MEASURES:
+            score = entry["scores"][measure]
+            assert score["ci95"][0] <= score["score"] <= score["ci95"][1] and score["se"] >= 0, (name, measure)
+        # the paired bootstrap's mean of per-image differences is the difference of the two models' means
+        for measure, teacher in test["teacher"].items():
+            difference = entry["minus_teacher"][measure]
+            assert difference["mean"] == pytest.approx(entry["scores"][measure]["score"] - teacher["score"])
+            assert difference["ci95"][0] <= difference["mean"] <= difference["ci95"][1]
+        assert set(entry["minus_teacher"]) == set(test["teacher"])
+        assert ("searched_minus_this" in entry) == (name != "searched")
+        for measure, difference in entry.get("searched_minus_this", {}).items():
+            searched = test["models"]["searched"]["scores"][measure]["score"]
+            assert difference["mean"] == pytest.approx(searched - entry["scores"][measure]["score"]), (name, measure)
+            assert difference["ci95"][0] <= difference["mean"] <= difference["ci95"][1]
+    summary = json.loads((run / "report.json").read_text())
+    photos = summary["real_photos"]  # the sanity check off the renderer, for a depth teacher
+    assert photos["photos"]["student_vs_teacher"]["abs_rel"]["n"] == 4 and "Middlebury motorcycle" in out
+    assert test["models"]["searched"]["scores"]["delta1_vs_ground_truth"]["score"] == pytest.approx(
+        summary["depth_vs_ground_truth"]["student"]["delta1"])  # eval.json's number, computed apart
+    table = [re.split(r"\s{2,}", line.strip())
+             for line in out[out.index("  test split"):out.index("  speed")].splitlines()[1:]]
+    assert table[0] == ["model", "abs_rel_vs_teacher (lower is better)", "abs_rel_vs_ground_truth (lower is better)",
+                        "delta1_vs_ground_truth (higher is better)"]
+    rows = {row[0]: row[1:] for row in table[1:]}
+    assert list(rows) == ["teacher", *MODELS, "searched - teacher", *(f"searched - {name}" for name in MODELS[1:])]
+    assert rows["teacher"][0] == rows["searched - teacher"][0] == "-"  # AbsRel against the teacher: none of its own
+    delta1 = test["models"]["all_window"]["searched_minus_this"]["delta1_vs_ground_truth"]
+    low, high = delta1["ci95"]
+    assert rows["searched - all_window"][2] == f"{delta1['mean']:.4f} [{low:.4f}, {high:.4f}]"
+    assert all(cell.count("[") == 1 for name, cells in rows.items() for cell in cells if cell != "-")
 
 
 def test_rerun_skips_finished_stages_and_says_so(reference, tmp_path):
@@ -154,9 +236,11 @@ def test_rerun_skips_finished_stages_and_says_so(reference, tmp_path):
     status, out, err = run_main(pipeline_argv(teacher, run))
     assert status == 0, err[-3000:]
     assert (run / "finetune" / "model" / "model.safetensors").stat().st_mtime_ns == before
-    for step, stage in ((1, "stage1"), (2, "search1"), (3, "stage2"), (4, "search2"), (5, "finetune")):
+    stages = ("stage1", "search1", "stage2", "search2", "finetune", "baselines", "baselines/linear/distill",
+              "baselines/linear/finetune", "baselines/window/distill", "baselines/window/finetune")
+    for step, stage in enumerate(stages, start=1):
         assert f": already done in {run / stage}, skipped" in next(
-            line for line in out.splitlines() if line.startswith(f"[{step}/7]")), step
+            line for line in out.splitlines() if line.startswith(f"[{step}/12]")), step
 
 
 def test_rerun_with_other_settings_is_refused(reference):
@@ -165,24 +249,26 @@ def test_rerun_with_other_settings_is_refused(reference):
     status, out, err = run_main(pipeline_argv(teacher, run, distill_steps=3, objective="feature"))
     assert status == 2 and not out
     assert len(err.strip().splitlines()) == 1
-    assert "--distill-steps 30 there, 3 now" in err and "--objective 'auto' there, 'feature' now" in err
+    assert "--distill-steps 10 there, 3 now" in err and "--objective 'auto' there, 'feature' now" in err
     assert "--overwrite" in err and "new --output" in err
     assert (run / "pipeline_config.json").read_text() == recorded
 
 
 @pytest.mark.parametrize("flag, value, message", [
     ("--objective", "dpeth", "choose one of auto, feature, depth"),
+    ("--objective", "segmentation", "needs a linear probe in the teacher directory"),
     ("--bench-resolution", "56y56", "HEIGHTxWIDTH"),
     ("--bench-resolution", "8x8", "smaller than one 14-pixel patch"),
     ("--eval-scenes", "0", "at least 1"),
     ("--image-size", "50", "multiple of the teacher's patch size 14"),
     ("--learning-rate", "-1", "positive"),
-    ("--train-data", "scenes:many", "scenes:<count>"),
+    ("--train-data", "scenes:8", "use render:train"),
+    ("--train-data", "render:test", "the search and test splits never train"),
+    ("--train-data", "render:train:1", "at least --batch-size (2)"),
     ("--train-data", "missing-folder", "no such directory"),
     ("--teacher", "missing-teacher", "not a loadable teacher"),
     ("--device", "tpu", "unknown device 'tpu'"),
     ("--dtype", "float8", "unknown dtype 'float8'"),
-    ("--seed", "2", "the train and test splits share scenes"),
     ("--noise-factor", "-1", "at least 0"),
 ])
 def test_bad_settings_fail_before_any_work(source_checkpoint, tmp_path, monkeypatch, flag, value, message):
@@ -200,6 +286,124 @@ def test_pipeline_needs_its_teacher(tmp_path):
     with pytest.raises(ValueError, match="--teacher"):
         run_pipeline(PipelineConfig(teacher=str(tmp_path / "missing"), output_dir=str(tmp_path / "run")))
     assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Presets by device
+
+
+def fake_cuda(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+
+
+def test_presets_follow_the_device_and_explicit_values_win(source_checkpoint, tmp_path, monkeypatch):
+    """The tiny Depth Anything teacher's native resolution is 56 px with 14 px patches: 28 px (half, in whole
+    patches) on the CPU, 56 on a GPU."""
+    teacher, _ = source_checkpoint("depth_anything_v2")
+    given = dict(teacher=str(teacher), output_dir=str(tmp_path / "run"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    on_cpu, _ = validate_config(PipelineConfig(**given))
+    assert (on_cpu.image_size, on_cpu.eval_scenes, on_cpu.distill_steps, on_cpu.finetune_steps,
+            on_cpu.batch_size) == (28, 48, 32, 24, 8)
+    explicit, _ = validate_config(PipelineConfig(**given, image_size=42, eval_scenes=5, distill_steps=3))
+    assert (explicit.image_size, explicit.eval_scenes, explicit.distill_steps, explicit.finetune_steps,
+            explicit.batch_size) == (42, 5, 3, 24, 8)
+    # the recorded settings are the resolved ones: the same values given explicitly are the same run
+    start_output(on_cpu)
+    assert json.loads((tmp_path / "run" / "pipeline_config.json").read_text())["image_size"] == 28
+    check_output(validate_config(PipelineConfig(**given, image_size=28, eval_scenes=48, distill_steps=32,
+                                                finetune_steps=24, batch_size=8))[0])
+    with pytest.raises(ValueError, match="--eval-scenes 48 there, 5 now"):
+        check_output(explicit)
+
+    fake_cuda(monkeypatch)
+    on_gpu, _ = validate_config(PipelineConfig(**given))
+    assert (on_gpu.image_size, on_gpu.eval_scenes, on_gpu.distill_steps, on_gpu.finetune_steps,
+            on_gpu.batch_size) == (56, 256, 300, 200, 32)
+    explicit, _ = validate_config(PipelineConfig(**given, image_size=28, batch_size=4, finetune_steps=7))
+    assert (explicit.image_size, explicit.eval_scenes, explicit.distill_steps, explicit.finetune_steps,
+            explicit.batch_size) == (28, 256, 300, 7, 4)
+    with pytest.raises(ValueError, match="--image-size 28 there, 56 now.*--batch-size 8 there, 32 now"):
+        check_output(on_gpu)  # the CPU run's output: other resolved settings
+    on_cpu_anyway, _ = validate_config(PipelineConfig(**given, device="cpu"))  # --device cpu on a GPU machine
+    assert replace(on_cpu_anyway, device="auto") == on_cpu
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Segmentation teachers
+
+
+def add_probe(teacher: Path, probe) -> None:
+    """`probe.json` and `probe.safetensors` beside the teacher's weights, as training/train_teacher.py exports a
+    segmentation teacher."""
+    save_linear_probe(probe, teacher.parent / "probe")
+    for path in (teacher.parent / "probe").iterdir():
+        shutil.copy(path, teacher / path.name)
+
+
+@pytest.fixture
+def segmentation_teacher(source_checkpoint, tmp_path):
+    """The tiny DINOv2 source with a linear probe over the renderer's 10 classes, fitted to its features of 8
+    rendered train scenes."""
+    source, _ = source_checkpoint("dinov2")
+    teacher = tmp_path / "teacher" / "model"
+    shutil.copytree(source, teacher)
+    add_probe(teacher, train_linear_probe(load_jetvit(source), render_dataset("train", 8, 56, 56), num_labels=10,
+                                          steps=30, batch_size=8, progress=False))
+    return teacher
+
+
+def test_a_segmentation_teacher_is_searched_and_reported_on_its_probes_miou(segmentation_teacher, tmp_path):
+    run = tmp_path / "run"
+    status, out, err = run_main(pipeline_argv(segmentation_teacher, run, distill_steps=2, finetune_steps=1))
+    assert status == 0, err[-3000:]
+    for name in ("search1", "search2"):
+        objective = json.loads((run / name / "search_log.json").read_text())["objective"]
+        assert objective["name"] == "segmentation_miou" and objective["probe"] == "given"
+    for stage in ("finetune", "baselines/linear/finetune", "baselines/window/finetune"):
+        assert trainer_state(run / stage)["config"]["depth_loss_weight"] == 0.0, stage
+    test = json.loads((run / "report.json").read_text())["test_split"]
+    assert test["measures"] == {"miou_vs_ground_truth": {"higher_is_better": True, "reference": "ground_truth"}}
+    assert list(test["models"]) == list(MODELS)
+    # every score is the probe's mIoU against the rendered labels of the test scenes, computed apart
+    probe = load_linear_probe(segmentation_teacher)
+    images = load_eval_images(render_dataset("test", 4, 56, 56), 14, 56)
+    directories = {"teacher": segmentation_teacher, **{name: entry["model"] for name, entry in test["models"].items()}}
+    expected = {name: probe_segmentation_metrics(load_jetvit(directory), probe, images)["mean_iou"]
+                for name, directory in directories.items()}
+    assert len(set(expected.values())) > 1  # the models differ, so the checks below can tell them apart
+    teacher = test["teacher"]["miou_vs_ground_truth"]
+    assert teacher["score"] == pytest.approx(expected["teacher"], abs=1e-6)
+    assert teacher["ci95"][0] <= teacher["score"] <= teacher["ci95"][1]
+    for name, entry in test["models"].items():
+        score = entry["scores"]["miou_vs_ground_truth"]
+        assert score["score"] == pytest.approx(expected[name], abs=1e-6)
+        assert score["ci95"][0] <= score["score"] <= score["ci95"][1]
+        difference = entry["minus_teacher"]["miou_vs_ground_truth"]
+        assert difference["mean"] == pytest.approx(expected[name] - expected["teacher"], abs=1e-6)
+        assert difference["ci95"][0] <= difference["mean"] <= difference["ci95"][1]
+        if name != "searched":
+            difference = entry["searched_minus_this"]["miou_vs_ground_truth"]
+            assert difference["mean"] == pytest.approx(expected["searched"] - expected[name], abs=1e-6)
+            assert difference["ci95"][0] <= difference["mean"] <= difference["ci95"][1]
+    assert "    model                            miou_vs_ground_truth (higher is better)" in out
+
+
+def test_teachers_the_pipeline_cannot_use_fail_before_any_work(source_checkpoint, tmp_path):
+    source, _ = source_checkpoint("dinov2")
+    other_classes = tmp_path / "other_classes" / "model"
+    shutil.copytree(source, other_classes)
+    add_probe(other_classes, make_linear_probe(load_jetvit(source).config.hidden_size, 5))
+    converted = tmp_path / "converted"
+    load_jetvit(source).save_pretrained(converted)
+    for teacher, message in ((other_classes, "its linear probe predicts 5 classes, but the rendered scenes have 10"),
+                             (converted, "a converted JetViT; pass the source checkpoint it was converted from")):
+        status, out, err = run_main(pipeline_argv(teacher, tmp_path / "run"))
+        assert status == 2 and not out and len(err.strip().splitlines()) == 1
+        assert err.startswith(f"jetvit pipeline: error: --teacher '{teacher}': {message}"), err
+        assert not (tmp_path / "run").exists()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -229,14 +433,14 @@ def test_ctrl_c_in_stage_2_then_the_same_command_continues_to_the_same_result(re
     assert err.strip().splitlines()[-1] == INTERRUPTED and "Traceback" not in err
     stopped = list_checkpoints(run / "stage2" / "checkpoints")[-1]
     step = json.loads((stopped / "trainer_state.json").read_text())["step"]
-    assert 0 < step < 30 and not (run / "stage2" / "supernet").exists()
+    assert 0 < step < 10 and not (run / "stage2" / "supernet").exists()
 
     status, out, err = run_main(pipeline_argv(teacher, run))  # the same command, rerun
     assert status == 0, err[-3000:]
-    assert f"[1/7] distilling the stage-1 supernet ({{linear, window}} per layer): already done in {run / 'stage1'}, " \
-           "skipped" in out
-    assert f"[3/7] distilling the stage-2 supernet ({{stage-1 choice, full}} per layer): resuming at step {step} of " \
-           "30" in out
+    assert f"[1/12] distilling the stage-1 supernet ({{linear, window}} per layer): already done in " \
+           f"{run / 'stage1'}, skipped" in out
+    assert f"[3/12] distilling the stage-2 supernet ({{stage-1 choice, full}} per layer): resuming at step {step} " \
+           "of 10" in out
     resumed_log = json.loads((run / "stage2" / "train_log.json").read_text())
     expected_log = json.loads((expected / "stage2" / "train_log.json").read_text())
     assert [entry["subnets"] for entry in resumed_log] == [entry["subnets"] for entry in expected_log]
@@ -245,7 +449,8 @@ def test_ctrl_c_in_stage_2_then_the_same_command_continues_to_the_same_result(re
     for name in ("search1", "search2"):
         assert (json.loads((run / name / "attention_types.json").read_text())["attention_types"]
                 == json.loads((expected / name / "attention_types.json").read_text())["attention_types"])
-    for weights in ("stage2/supernet/supernet.safetensors", "finetune/model/model.safetensors"):
+    for weights in ("stage2/supernet/supernet.safetensors", "finetune/model/model.safetensors",
+                    "baselines/linear/finetune/model/model.safetensors"):
         actual, wanted = load_file(run / weights), load_file(expected / weights)
         assert actual.keys() == wanted.keys()
         for key in wanted:
@@ -332,18 +537,25 @@ def test_a_run_recorded_before_a_setting_existed_is_still_the_same_run(reference
     older = tmp_path / "older"
     older.mkdir()
     (older / "pipeline_config.json").write_text(json.dumps({**old, "output_dir": str(older)}))
+    del old["protocol"]
     check_output(replace(PipelineConfig(**old), output_dir=str(older)))
     with pytest.raises(ValueError, match="--dtype 'auto' there, 'bfloat16' now"):
         check_output(replace(PipelineConfig(**old), output_dir=str(older), dtype="bfloat16"))
 
 
-def test_a_run_of_an_earlier_pipeline_version_is_not_reused(reference, tmp_path):
-    """An output recording a setting that no longer exists (eval_seed: the search and the report shared one set of
-    scenes) comes from another protocol: its stages must not be reused."""
+@pytest.mark.parametrize("earlier, recorded", [
+    ({"eval_seed": 1}, "eval_seed, which no longer exist"),  # the search and the report shared one set of scenes
+    ({"protocol": None}, "protocol 1"),  # before the rendered splits and the baselines
+])
+def test_a_run_of_an_earlier_pipeline_version_is_not_reused(reference, tmp_path, earlier, recorded):
+    """An output of another protocol (it records a setting that no longer exists, or no or another protocol) must
+    not have its stages reused."""
     teacher, run, _ = reference
     old = json.loads((run / "pipeline_config.json").read_text())
+    record = {key: value for key, value in {**old, **earlier}.items() if value is not None}
     older = tmp_path / "older"
     older.mkdir()
-    (older / "pipeline_config.json").write_text(json.dumps({**old, "output_dir": str(older), "eval_seed": 1}))
-    with pytest.raises(ValueError, match="earlier version of the pipeline .*eval_seed"):
+    (older / "pipeline_config.json").write_text(json.dumps({**record, "output_dir": str(older)}))
+    del old["protocol"]
+    with pytest.raises(ValueError, match=f"earlier version of the pipeline .*{recorded}"):
         check_output(replace(PipelineConfig(**old), output_dir=str(older)))
