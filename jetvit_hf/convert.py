@@ -519,8 +519,15 @@ def load_jetvit(source: str | os.PathLike, **kwargs) -> JetViTPreTrainedModel:
     config = check_checkpoint_files(path)
     if config.get("model_type") == "jetvit":
         architecture = (config.get("architectures") or ["JetViTModel"])[0]
-        return getattr(modeling_jetvit, architecture).from_pretrained(path, **kwargs).eval()
+        try:
+            return getattr(modeling_jetvit, architecture).from_pretrained(path, **kwargs).eval()
+        except RuntimeError as error:  # transformers' loading report: a tensor shaped otherwise than config.json says
+            if "mismatch" not in str(error):
+                raise
+            raise JetViTUserError(f"{path}: its weights do not match its config.json (a tensor has another size "
+                                  "than the config implies; were the config or the weights replaced?)") from error
     return convert_to_jetvit(path, **kwargs).eval()
+
 
 def _default_image_processor_config(family: str, config: JetViTConfig) -> dict:
     """The source family's own preprocessing, for sources that ship no preprocessor_config.json."""

@@ -3,6 +3,7 @@ only with `--debug`. Broken checkpoints and image folders are named; an output t
 every output file, plots included, has ordinary permissions."""
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -339,3 +340,22 @@ def test_broken_layout_and_latency_files_are_named(tmp_path):
         read_attention_types(broken, 4)
     with pytest.raises(ValueError, match="attention_types.json: not valid JSON"):
         estimate_latency(broken, "all-linear")
+
+
+def test_weights_that_do_not_match_their_config_are_a_user_error_naming_the_directory(source_checkpoint, tmp_path,
+                                                                                      capsys):
+    directory, _ = source_checkpoint("dinov2")
+    model = tmp_path / "model"
+    converted, info = convert_to_jetvit(directory, output_loading_info=True)
+    save_converted(converted, model, directory, info)
+    config = json.loads((model / "config.json").read_text())
+    config["intermediate_size"] += 8  # every MLP weight now has another shape than the config implies
+    (model / "config.json").write_text(json.dumps(config))
+    with pytest.raises(JetViTUserError, match="its weights do not match its config.json"):
+        load_jetvit(model)
+    assert cli_main(["eval", "--model", str(model), "--teacher", str(directory), "--data", str(tmp_path),
+                     "--output", str(tmp_path / "eval.json")]) == 2
+    assert error_lines(capsys.readouterr()) == [
+        f"jetvit eval: error: {model}: its weights do not match its config.json (a tensor has another size than the "
+        "config implies; were the config or the weights replaced?)"]
+
