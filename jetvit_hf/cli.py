@@ -441,9 +441,9 @@ def _add_pipeline_parser(commands) -> None:
         help="the whole post-training attention search (the main job)",
         description="Distill a stage-1 supernet, search, distill stage 2, search, fine-tune, train the all-linear and "
         "all-window baselines with the same steps, score every model on the test split with 95% intervals, "
-        "evaluate against the teacher, benchmark and write the model card. Defaults: the small teacher in "
-        "training/teachers/depth-dinov2-tiny on rendered scenes, offline, CPU or GPU; sizes and step counts follow the device "
-        "unless given. Every setting is checked before any work. Rerunning the same command continues an "
+        "evaluate against the teacher, benchmark and write the model card. Defaults: the depth teacher in "
+        "training/teachers/depth-dinov2-tiny on rendered scenes, offline, CPU or GPU; sizes and step counts follow "
+        "the device unless given. Every setting is checked before any work. Rerunning the same command continues an "
         "interrupted run: finished stages are skipped, and a training stage resumes from its last checkpoint (one "
         "every 10% of a stage, and one of the current step on Ctrl-C). An --output holding a run with other "
         "settings is refused unless --overwrite.",
@@ -489,6 +489,32 @@ def run_card(args: argparse.Namespace) -> int:
                             search_logs=args.search_log or (), eval_report=args.eval, bench_report=args.bench)
     print(f"wrote {path}")
     return 0
+
+
+def run_findings(args: argparse.Namespace) -> int:
+    """`jetvit findings`: the paper's ablations as extra rows at a finished pipeline run's budget."""
+    from .search.findings import format_findings, run_findings as findings
+
+    result = findings(args.run, tables=[table.strip() for table in args.tables.split(",") if table.strip()])
+    print(format_findings(result))
+    return 0
+
+
+def _add_findings_parser(commands) -> None:
+    from .search.findings import TABLES
+
+    findings = commands.add_parser(
+        "findings",
+        help="the paper's ablations on a finished `jetvit pipeline` run, at its budget, on its test split",
+        description="Train fixed-layout rows exactly as the run's baselines (Table 1: the linear attention's "
+        "convolution; Table 2: the stage-1 layout; Table 3: stage 2's layouts with 0, 1, ... full layers; Fig. 5: "
+        "MLP-only inheritance) and score them with the run's models on its test split, with 95%% intervals, into "
+        "RUN/findings/findings.json and findings.md. Rerunning skips finished rows.",
+    )
+    findings.add_argument("--run", required=True, help="the output directory of a finished `jetvit pipeline`")
+    findings.add_argument("--tables", default=",".join(TABLES), help=f"comma list of {', '.join(TABLES)} "
+                          "(default: all)")
+    findings.set_defaults(func=run_findings)
 
 
 def _add_card_parser(commands) -> None:
@@ -559,6 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_parser(commands)
     _add_pipeline_parser(commands)
     _add_card_parser(commands)
+    _add_findings_parser(commands)
     for command in commands.choices.values():  # `--debug` after the subcommand too; SUPPRESS keeps one given before
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="show the traceback of an error")

@@ -559,3 +559,49 @@ def test_a_run_of_an_earlier_pipeline_version_is_not_reused(reference, tmp_path,
     del old["protocol"]
     with pytest.raises(ValueError, match=f"earlier version of the pipeline .*{recorded}"):
         check_output(replace(PipelineConfig(**old), output_dir=str(older)))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# `jetvit findings`: the paper's ablations at a finished run's budget
+
+
+def test_findings_train_rows_at_the_runs_budget_and_score_them_on_its_test_split(reference, tmp_path):
+    _, finished, _ = reference
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    with offline(tmp_path / "hf"):
+        status, out, err = run_main(["findings", "--run", str(run), "--tables", "conv,inheritance"])
+    assert status == 0, err[-3000:]
+    result = json.loads((run / "findings" / "findings.json").read_text())
+    rows = ["all_linear_conv_none", "all_linear_conv_static", "searched_inherit_all", "searched_inherit_mlp_only"]
+    assert list(result["rows"]) == rows
+    searched_layout = json.loads((run / "report.json").read_text())["attention_types"]
+    for name in rows:
+        model = load_jetvit(run / "findings" / name / "finetune" / "model")
+        layout = ["linear"] * 6 if name.startswith("all_linear") else searched_layout
+        assert model.config.attention_types == layout, name
+        assert trainer_state(run / "findings" / name / "distill")["step"] == 2 * SETTINGS["distill_steps"]
+        assert trainer_state(run / "findings" / name / "finetune")["step"] == SETTINGS["finetune_steps"]
+    assert load_jetvit(run / "findings" / "all_linear_conv_none" / "converted").config.linear_attention_conv == "none"
+    provenance = json.loads((run / "findings" / "searched_inherit_mlp_only" / "converted" /
+                             "jetvit_conversion.json").read_text())
+    assert provenance["inherit"] == "mlp_only"
+    # the run's own models score exactly as in its report: the same test scenes, the same measures
+    report = json.loads((run / "report.json").read_text())["test_split"]["models"]
+    for name in ("searched", "all_linear", "all_window"):
+        assert result["test_split"]["models"][name]["scores"] == report[name]["scores"], name
+    for name in rows:
+        for score in result["test_split"]["models"][name]["scores"].values():
+            assert score["ci95"][0] <= score["score"] <= score["ci95"][1]
+    assert "### conv" in out and "### inheritance" in out and "| all_linear_conv_static | LLLLLL |" in out
+    with offline(tmp_path / "hf"):
+        status, out, _ = run_main(["findings", "--run", str(run), "--tables", "conv"])
+    assert status == 0 and "already done" in out
+
+
+def test_findings_refuse_an_unfinished_run_and_unknown_tables(reference, tmp_path):
+    _, finished, _ = reference
+    status, _, err = run_main(["findings", "--run", str(tmp_path)])
+    assert status == 2 and f"--run {tmp_path}: not a finished jetvit pipeline run (no report.json)" in err
+    status, _, err = run_main(["findings", "--run", str(finished), "--tables", "conv,table9"])
+    assert status == 2 and "--tables: unknown table9; choose from conv, stage1, full_layers, inheritance" in err

@@ -1,0 +1,154 @@
+"""The paper's ablations at proxy scale, on a finished `jetvit pipeline` run (`jetvit findings --run DIR`).
+
+Each row is a fixed-layout student trained exactly as the run's baselines are (the teacher converted to the row's
+layout and options, distilled for 2 x `distill_steps`, fine-tuned for `finetune_steps`, the run's settings), then
+scored with the run's searched model and baselines on the same test split (`post_training.score_test_split`): every
+score with its 95% bootstrap interval, with the paired differences row - teacher and searched - row.
+
+- `conv` (Table 1): all-linear with no convolution of V and with a static depthwise one; the run's `all_linear`
+  baseline is the squeeze dynamic one.
+- `stage1` (Table 2): the stage-1 search's linear + window layout beside the run's all-linear and all-window.
+- `full_layers` (Table 3 / Fig. 4): stage 2's best layout after each round (0, 1, ... full layers), each retrained as
+  a fixed layout, so that the number of full layers is the only difference between rows.
+- `inheritance` (Fig. 5): the searched layout converted with MLP-only inheritance (fresh attention weights) and with
+  every weight inherited.
+
+Rows go under `DIR/findings/<row>/`, resumable and skipped when done like the pipeline's stages; the scores go to
+`DIR/findings/findings.json` and, as Markdown tables, to `DIR/findings/findings.md`.
+"""
+
+import json
+from pathlib import Path
+
+from ..io import atomic_file, atomic_write_json, read_json
+from ..layouts import check_attention_types
+from .post_training import (CONFIG_FILE, PROTOCOL, PipelineConfig, _depth_loss_weight, _extract, _train,
+                            _training_settings, score_test_split, validate_config)
+
+TABLES = ("conv", "stage1", "full_layers", "inheritance")
+FINDINGS_DIR = "findings"
+
+
+def _code(layout: list[str]) -> str:
+    return "".join(kind[0].upper() for kind in layout)
+
+
+def findings_rows(run: Path, tables=TABLES) -> dict[str, dict]:
+    """`{row: {"table", "attention_types", "convert": convert_to_jetvit options}}` for `tables`, from the run's
+    searched model and search logs."""
+    unknown = sorted(set(tables) - set(TABLES))
+    if unknown:
+        raise ValueError(f"--tables: unknown {', '.join(unknown)}; choose from {', '.join(TABLES)}")
+    searched = read_json(run / "finetune" / "model" / "config.json")["attention_types"]
+    num_layers = len(searched)
+    rows = {}
+    if "conv" in tables:
+        for conv in ("none", "static"):
+            rows[f"all_linear_conv_{conv}"] = {"table": "conv", "attention_types": ["linear"] * num_layers,
+                                               "convert": {"linear_attention_conv": conv}}
+    if "stage1" in tables:
+        stage1 = read_json(run / "search1" / "search_log.json")["best"]
+        rows[f"stage1_{_code(stage1)}"] = {"table": "stage1", "attention_types": stage1, "convert": {}}
+    if "full_layers" in tables:
+        for round_log in read_json(run / "search2" / "search_log.json")["rounds"]:
+            layout = round_log["beam"][0]["assignment"]
+            rows[f"full{layout.count('full')}_{_code(layout)}"] = {"table": "full_layers", "attention_types": layout,
+                                                                  "convert": {}}
+    if "inheritance" in tables:
+        for inherit in ("all", "mlp_only"):
+            rows[f"searched_inherit_{inherit}"] = {"table": "inheritance", "attention_types": searched,
+                                                   "convert": {"inherit": inherit}}
+    for row in rows.values():
+        check_attention_types(row["attention_types"], "a findings row")
+    return rows
+
+
+def _train_row(config: PipelineConfig, info, name: str, row: dict, directory: Path, index: int, total: int) -> Path:
+    """Convert, distil and fine-tune one row into `directory` (each step skipped when done); returns its model."""
+    import torch
+
+    from ..convert import convert_to_jetvit, save_converted
+
+    converted = directory / "converted"
+    if not (converted / "config.json").is_file():
+        with torch.random.fork_rng(devices=[]):  # new parameters' initial values follow --seed, as the baselines'
+            torch.manual_seed(config.seed)
+            model, conversion = convert_to_jetvit(config.teacher, row["attention_types"],
+                                                  window_size=config.window_size, output_loading_info=True,
+                                                  **row["convert"])
+        save_converted(model, converted, config.teacher, conversion, overwrite=True)
+    training = _training_settings(config)
+    steps = 2 * config.distill_steps
+    distilled = _train(index, f"{name}: distilling ({steps} steps, as the baselines) [{index}/{total}]",
+                       directory / "distill", "supernet", steps, mode="distill", student=str(converted),
+                       candidates=[[kind] for kind in row["attention_types"]], **training)
+    return _train(index, f"{name}: fine-tuning [{index}/{total}]", directory / "finetune", "model",
+                  config.finetune_steps, mode="finetune", student=str(_extract(distilled)),
+                  depth_loss_weight=_depth_loss_weight(info), **training)
+
+
+def run_findings(run: str | Path, tables=TABLES) -> dict:
+    """Train every row of `tables` for the pipeline run in `run` and score them with its models on its test split."""
+    from ..convert import load_jetvit
+    from ..data.render_stream import render_dataset
+    from ..device import resolve_placement
+
+    run = Path(run)
+    if not (run / "report.json").is_file():
+        raise ValueError(f"--run {run}: not a finished jetvit pipeline run (no report.json)")
+    recorded = read_json(run / CONFIG_FILE)
+    if recorded.pop("protocol", None) != PROTOCOL:
+        raise ValueError(f"--run {run}: made by an earlier version of the pipeline; rerun it first")
+    config, info = validate_config(PipelineConfig(**recorded))
+    rows = findings_rows(run, tables)
+    output = run / FINDINGS_DIR
+    models = {"searched": run / "finetune" / "model",
+              **{f"all_{kind}": run / "baselines" / kind / "finetune" / "model" for kind in ("linear", "window")}}
+    for index, (name, row) in enumerate(rows.items(), start=1):
+        models[name] = _train_row(config, info, name, row, output / name, index, len(rows))
+    teacher = load_jetvit(config.teacher)
+    device = resolve_placement(config.device, config.dtype).device
+    test_set = render_dataset("test", config.eval_scenes, config.image_size, config.image_size, device=device)
+    scores = score_test_split(config, teacher, info, models, test_set)
+    result = {"run": str(run), "rows": rows, "test_split": scores,
+              "budget": {"distill_steps": 2 * config.distill_steps, "finetune_steps": config.finetune_steps,
+                         "image_size": config.image_size, "batch_size": config.batch_size}}
+    atomic_write_json(output / "findings.json", result)
+    with atomic_file(output / "findings.md") as staging:
+        Path(staging).write_text(format_findings(result))
+    return result
+
+
+def _cell(entry: dict | None) -> str:
+    if not entry:
+        return "-"
+    value = entry["score"] if "score" in entry else entry["mean"]
+    return f"{value:.4f} [{entry['ci95'][0]:.4f}, {entry['ci95'][1]:.4f}]" if entry.get("ci95") else f"{value:.4f}"
+
+
+def format_findings(result: dict) -> str:
+    """One Markdown table per table of rows, with the teacher, searched model and baselines for reference."""
+    test = result["test_split"]
+    measures = list(test["measures"])
+    header = "| model | layout | " + " | ".join(measures) + " | " + " | ".join(f"{m}: minus teacher"
+                                                                              for m in test["teacher"]) + " |"
+    lines = [f"Budget per trained row: {json.dumps(result['budget'])}; {test['num_scenes']} test scenes; "
+             f"{test['interval']}.", ""]
+    reference_rows = {"searched": "the pipeline's searched model", "all_linear": "squeeze dynamic conv",
+                      "all_window": ""}
+    for table in dict.fromkeys(row["table"] for row in result["rows"].values()):
+        lines += [f"### {table}", "", header, "|" + "---|" * (2 + len(measures) + len(test["teacher"]))]
+        lines.append("| teacher | full | " + " | ".join(_cell(test["teacher"].get(m)) for m in measures) + " |"
+                     + " - |" * len(test["teacher"]))
+        names = list(reference_rows) + [name for name, row in result["rows"].items() if row["table"] == table]
+        for name in names:
+            entry = test["models"][name]
+            layout = (_code(result["rows"][name]["attention_types"]) if name in result["rows"]
+                      else reference_rows[name])
+            lines.append(f"| {name} | {layout} | " + " | ".join(_cell(entry["scores"].get(m)) for m in measures)
+                         + " | " + " | ".join(_cell(entry["minus_teacher"].get(m)) for m in test["teacher"]) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+__all__ = ["TABLES", "findings_rows", "format_findings", "run_findings"]
