@@ -13,8 +13,9 @@ score with its 95% bootstrap interval, with the paired differences row - teacher
 - `inheritance` (Fig. 5): the searched layout converted with MLP-only inheritance (fresh attention weights) and with
   every weight inherited.
 
-Rows go under `DIR/findings/<row>/`, resumable and skipped when done like the pipeline's stages; the scores go to
-`DIR/findings/findings.json` and, as Markdown tables, to `DIR/findings/findings.md`.
+Rows go under `DIR/findings/<row>/`, resumable and skipped when done like the pipeline's stages; a row trained exactly
+as a baseline or an earlier row (same layout and options) is that model, not trained again (training is
+deterministic). The scores go to `DIR/findings/findings.json` and, as Markdown tables, to `DIR/findings/findings.md`.
 """
 
 import json
@@ -63,6 +64,11 @@ def findings_rows(run: Path, tables=TABLES) -> dict[str, dict]:
     return rows
 
 
+def _row_key(row: dict) -> tuple:
+    convert = {"linear_attention_conv": "squeeze_dynamic", "inherit": "all", **row["convert"]}
+    return tuple(row["attention_types"]), tuple(sorted(convert.items()))
+
+
 def _train_row(config: PipelineConfig, info, name: str, row: dict, directory: Path, index: int, total: int) -> Path:
     """Convert, distil and fine-tune one row into `directory` (each step skipped when done); returns its model."""
     import torch
@@ -104,8 +110,15 @@ def run_findings(run: str | Path, tables=TABLES) -> dict:
     output = run / FINDINGS_DIR
     models = {"searched": run / "finetune" / "model",
               **{f"all_{kind}": run / "baselines" / kind / "finetune" / "model" for kind in ("linear", "window")}}
+    num_layers = len(next(iter(rows.values()))["attention_types"]) if rows else 0
+    # a row that is trained exactly as a baseline or an earlier row is that model (training is deterministic)
+    trained = {_row_key({"attention_types": [kind] * num_layers, "convert": {}}): models[f"all_{kind}"]
+               for kind in ("linear", "window")}
     for index, (name, row) in enumerate(rows.items(), start=1):
-        models[name] = _train_row(config, info, name, row, output / name, index, len(rows))
+        key = _row_key(row)
+        if key not in trained:
+            trained[key] = _train_row(config, info, name, row, output / name, index, len(rows))
+        models[name] = trained[key]
     teacher = load_jetvit(config.teacher)
     device = resolve_placement(config.device, config.dtype).device
     test_set = render_dataset("test", config.eval_scenes, config.image_size, config.image_size, device=device)

@@ -594,9 +594,18 @@ def test_findings_train_rows_at_the_runs_budget_and_score_them_on_its_test_split
         for score in result["test_split"]["models"][name]["scores"].values():
             assert score["ci95"][0] <= score["score"] <= score["ci95"][1]
     assert "### conv" in out and "### inheritance" in out and "| all_linear_conv_static | LLLLLL |" in out
+    # a rerun skips finished rows; stage 2's round-0 layout is the stage-1 layout, trained once and reported twice
     with offline(tmp_path / "hf"):
-        status, out, _ = run_main(["findings", "--run", str(run), "--tables", "conv"])
-    assert status == 0 and "already done" in out
+        status, out, err = run_main(["findings", "--run", str(run), "--tables", "conv,stage1,full_layers"])
+    assert status == 0 and "all_linear_conv_none: distilling" in out and "already done" in out, err[-2000:]
+    again = json.loads((run / "findings" / "findings.json").read_text())
+    stage1 = next(name for name in again["rows"] if name.startswith("stage1_"))
+    full0 = next(name for name in again["rows"] if name.startswith("full0_"))
+    models = again["test_split"]["models"]
+    assert not (run / "findings" / full0).exists()
+    assert models[full0]["model"] == models[stage1]["model"] and models[full0]["scores"] == models[stage1]["scores"]
+    if again["rows"][stage1]["attention_types"] == ["linear"] * 6:  # then it is the all-linear baseline itself
+        assert models[stage1]["model"] == str(run / "baselines" / "linear" / "finetune" / "model")
 
 
 def test_findings_refuse_an_unfinished_run_and_unknown_tables(reference, tmp_path):
