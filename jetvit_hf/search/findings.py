@@ -85,12 +85,12 @@ def _train_row(config: PipelineConfig, info, name: str, row: dict, directory: Pa
         save_converted(model, converted, config.teacher, conversion, overwrite=True)
     training = _training_settings(config)
     steps = 2 * config.distill_steps
-    distilled = _train(index, f"{name}: distilling ({steps} steps, as the baselines) [{index}/{total}]",
-                       directory / "distill", "supernet", steps, mode="distill", student=str(converted),
+    distilled = _train(index, f"{name}: distilling ({steps} steps, as the baselines)", directory / "distill",
+                       "supernet", steps, total=total, mode="distill", student=str(converted),
                        candidates=[[kind] for kind in row["attention_types"]], **training)
-    return _train(index, f"{name}: fine-tuning [{index}/{total}]", directory / "finetune", "model",
-                  config.finetune_steps, mode="finetune", student=str(_extract(distilled)),
-                  depth_loss_weight=_depth_loss_weight(info), **training)
+    return _train(index, f"{name}: fine-tuning", directory / "finetune", "model", config.finetune_steps, total=total,
+                  mode="finetune", student=str(_extract(distilled)), depth_loss_weight=_depth_loss_weight(info),
+                  **training)
 
 
 def run_findings(run: str | Path, tables=TABLES) -> dict:

@@ -368,11 +368,12 @@ def _check_same_settings(config: PipelineConfig, recorded: Path) -> None:
 # The stages
 
 
-def _announce(step: int, title: str, note: str = "") -> None:
-    print(f"[{step}/{NUM_STEPS}] {title}{note}", flush=True)
+def _announce(step: int, title: str, note: str = "", total: int = NUM_STEPS) -> None:
+    print(f"[{step}/{total}] {title}{note}", flush=True)
 
 
-def _train(step: int, title: str, stage_dir: Path, result: str, max_steps: int, **settings) -> Path:
+def _train(step: int, title: str, stage_dir: Path, result: str, max_steps: int, total: int = NUM_STEPS,
+           **settings) -> Path:
     """One training stage into `stage_dir` (skipped when `stage_dir/result` exists, else resumed from its last
     checkpoint), checkpointing at least every `1 / CHECKPOINTS_PER_STAGE` of it, with a linear warm-up over its
     first 10%."""
@@ -380,10 +381,11 @@ def _train(step: int, title: str, stage_dir: Path, result: str, max_steps: int, 
     from ..train.checkpoints import CHECKPOINTS_DIR, list_checkpoints, saved_step
 
     if (stage_dir / result).is_dir():
-        _announce(step, title, f": already done in {stage_dir}, skipped")
+        _announce(step, title, f": already done in {stage_dir}, skipped", total)
         return stage_dir / result
     checkpoints = list_checkpoints(stage_dir / CHECKPOINTS_DIR)
-    _announce(step, title, f": resuming at step {saved_step(checkpoints[-1])} of {max_steps}" if checkpoints else "")
+    _announce(step, title, f": resuming at step {saved_step(checkpoints[-1])} of {max_steps}" if checkpoints else "",
+              total)
     reset_accelerate_state()
     train(TrainConfig(output_dir=str(stage_dir), resume=True, num_workers=_loader_workers(), max_steps=max_steps,
                       warmup_steps=max(1, max_steps // 10),
