@@ -3,7 +3,9 @@
 Each row is a fixed-layout student trained exactly as the run's baselines are (the teacher converted to the row's
 layout and options, distilled for 2 x `distill_steps`, fine-tuned for `finetune_steps`, the run's settings), then
 scored with the run's searched model and baselines on the same test split (`post_training.score_test_split`): every
-score with its 95% bootstrap interval, with the paired differences row - teacher and searched - row.
+score with its 95% bootstrap interval, with the paired differences row - teacher, searched - row, and row - the model
+the row is compared with (its `compare`: the squeeze dynamic all-linear baseline for the convolutions and the stage-1
+layout, stage 2's round 0 for the later rounds, full inheritance for MLP-only inheritance).
 
 - `conv` (Table 1): all-linear with no convolution of V and with a static depthwise one; the run's `all_linear`
   baseline is the squeeze dynamic one.
@@ -46,19 +48,25 @@ def findings_rows(run: Path, tables=TABLES) -> dict[str, dict]:
     if "conv" in tables:
         for conv in ("none", "static"):
             rows[f"all_linear_conv_{conv}"] = {"table": "conv", "attention_types": ["linear"] * num_layers,
-                                               "convert": {"linear_attention_conv": conv}}
+                                               "convert": {"linear_attention_conv": conv}, "compare": "all_linear"}
     if "stage1" in tables:
         stage1 = read_json(run / "search1" / "search_log.json")["best"]
-        rows[f"stage1_{_code(stage1)}"] = {"table": "stage1", "attention_types": stage1, "convert": {}}
+        rows[f"stage1_{_code(stage1)}"] = {"table": "stage1", "attention_types": stage1, "convert": {},
+                                           "compare": "all_linear"}
     if "full_layers" in tables:
+        first = None  # every round against the stage-1 layout it started from
         for round_log in read_json(run / "search2" / "search_log.json")["rounds"]:
             layout = round_log["beam"][0]["assignment"]
-            rows[f"full{layout.count('full')}_{_code(layout)}"] = {"table": "full_layers", "attention_types": layout,
-                                                                  "convert": {}}
+            name = f"full{layout.count('full')}_{_code(layout)}"
+            rows[name] = {"table": "full_layers", "attention_types": layout, "convert": {},
+                          "compare": first or "all_linear"}
+            first = first or name
     if "inheritance" in tables:
         for inherit in ("all", "mlp_only"):
             rows[f"searched_inherit_{inherit}"] = {"table": "inheritance", "attention_types": searched,
-                                                   "convert": {"inherit": inherit}}
+                                                   "convert": {"inherit": inherit},
+                                                   "compare": "all_linear" if inherit == "all" else
+                                                   "searched_inherit_all"}
     for row in rows.values():
         check_attention_types(row["attention_types"], "a findings row")
     return rows
@@ -122,7 +130,8 @@ def run_findings(run: str | Path, tables=TABLES) -> dict:
     teacher = load_jetvit(config.teacher)
     device = resolve_placement(config.device, config.dtype).device
     test_set = render_dataset("test", config.eval_scenes, config.image_size, config.image_size, device=device)
-    scores = score_test_split(config, teacher, info, models, test_set)
+    scores = score_test_split(config, teacher, info, models, test_set,
+                              compare={name: row["compare"] for name, row in rows.items()})
     result = {"run": str(run), "rows": rows, "test_split": scores,
               "budget": {"distill_steps": 2 * config.distill_steps, "finetune_steps": config.finetune_steps,
                          "image_size": config.image_size, "batch_size": config.batch_size}}
@@ -140,26 +149,30 @@ def _cell(entry: dict | None) -> str:
 
 
 def format_findings(result: dict) -> str:
-    """One Markdown table per table of rows, with the teacher, searched model and baselines for reference."""
+    """One Markdown table per table of rows, with the teacher, searched model and baselines for reference; each row's
+    paired difference to the model it is compared with (`compare`) is in the last columns."""
     test = result["test_split"]
-    measures = list(test["measures"])
-    header = "| model | layout | " + " | ".join(measures) + " | " + " | ".join(f"{m}: minus teacher"
-                                                                              for m in test["teacher"]) + " |"
+    measures, truth = list(test["measures"]), list(test["teacher"])
+    header = ("| model | layout | " + " | ".join(measures) + " | " + " | ".join(f"{m}: minus teacher" for m in truth)
+              + " | compared with | " + " | ".join(f"{m}: minus compared" for m in measures) + " |")
     lines = [f"Budget per trained row: {json.dumps(result['budget'])}; {test['num_scenes']} test scenes; "
              f"{test['interval']}.", ""]
     reference_rows = {"searched": "the pipeline's searched model", "all_linear": "squeeze dynamic conv",
                       "all_window": ""}
     for table in dict.fromkeys(row["table"] for row in result["rows"].values()):
-        lines += [f"### {table}", "", header, "|" + "---|" * (2 + len(measures) + len(test["teacher"]))]
+        lines += [f"### {table}", "", header, "|" + "---|" * (3 + 2 * len(measures) + len(truth))]
         lines.append("| teacher | full | " + " | ".join(_cell(test["teacher"].get(m)) for m in measures) + " |"
-                     + " - |" * len(test["teacher"]))
+                     + " - |" * (len(truth) + 1 + len(measures)))
         names = list(reference_rows) + [name for name, row in result["rows"].items() if row["table"] == table]
         for name in names:
             entry = test["models"][name]
             layout = (_code(result["rows"][name]["attention_types"]) if name in result["rows"]
                       else reference_rows[name])
+            compared = entry.get("minus_compared", {})
             lines.append(f"| {name} | {layout} | " + " | ".join(_cell(entry["scores"].get(m)) for m in measures)
-                         + " | " + " | ".join(_cell(entry["minus_teacher"].get(m)) for m in test["teacher"]) + " |")
+                         + " | " + " | ".join(_cell(entry["minus_teacher"].get(m)) for m in truth)
+                         + f" | {compared.get('model', '-')} | "
+                         + " | ".join(_cell(compared.get(m)) for m in measures) + " |")
         lines.append("")
     return "\n".join(lines)
 

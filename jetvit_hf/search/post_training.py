@@ -563,11 +563,13 @@ def _difference(first: tuple, second: tuple) -> dict:
     return {key: difference[key] for key in ("mean", "ci95", "se")}
 
 
-def score_test_split(config: PipelineConfig, teacher, info: _Teacher, models: dict[str, Path], test_set) -> dict:
+def score_test_split(config: PipelineConfig, teacher, info: _Teacher, models: dict[str, Path], test_set,
+                     compare: dict[str, str] | None = None) -> dict:
     """Every model of `models` (`"searched"` first, then the baselines) on the test split, for each of the search
     objective's `TEST_MEASURES`: each score with its 95% bootstrap interval over scenes, and the paired differences
     model - teacher (measures against ground truth, where the teacher has a score) and searched - baseline. See the
-    module docstring for the structure."""
+    module docstring for the structure. `compare` (`{model: other model}`) adds `minus_compared`, the paired
+    difference model - other, to those models' entries."""
     from ..convert import load_jetvit
     from ..data.render_stream import SPLITS
     from ..evaluation.bootstrap import NUM_RESAMPLES
@@ -608,6 +610,9 @@ def score_test_split(config: PipelineConfig, teacher, info: _Teacher, models: di
                 entry["minus_teacher"][label] = _difference(result, own)
             if "searched_minus_this" in entry:
                 entry["searched_minus_this"][label] = _difference(assessed["searched"], result)
+            if model_name in (compare or {}):
+                other = compare[model_name]
+                entry.setdefault("minus_compared", {"model": other})[label] = _difference(result, assessed[other])
     return scores
 
 

@@ -590,9 +590,17 @@ def test_findings_train_rows_at_the_runs_budget_and_score_them_on_its_test_split
     report = json.loads((run / "report.json").read_text())["test_split"]["models"]
     for name in ("searched", "all_linear", "all_window"):
         assert result["test_split"]["models"][name]["scores"] == report[name]["scores"], name
+    models = result["test_split"]["models"]
     for name in rows:
-        for score in result["test_split"]["models"][name]["scores"].values():
+        for score in models[name]["scores"].values():
             assert score["ci95"][0] <= score["score"] <= score["ci95"][1]
+    # each row's paired difference to what it is compared with: the mean of per-scene differences = the difference
+    for name, other in (("all_linear_conv_none", "all_linear"), ("searched_inherit_mlp_only", "searched_inherit_all")):
+        compared = models[name]["minus_compared"]
+        assert compared["model"] == other
+        for measure, score in models[name]["scores"].items():
+            expected = score["score"] - models[other]["scores"][measure]["score"]
+            assert compared[measure]["mean"] == pytest.approx(expected, abs=1e-12), (name, measure)
     assert "### conv" in out and "### inheritance" in out and "| all_linear_conv_static | LLLLLL |" in out
     # a rerun skips finished rows; stage 2's round-0 layout is the stage-1 layout, trained once and reported twice
     with offline(tmp_path / "hf"):
