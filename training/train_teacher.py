@@ -182,6 +182,13 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, resumed_at: int | 
     return factor
 
 
+def synchronized_time(device: torch.device) -> float:
+    """`time.time()` once the device has finished its queued work (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.time()
+
+
 def plan_steps(step_seconds: float, minutes: float, elapsed: float, reserve: float) -> int:
     """How many steps fit in `minutes` after `elapsed` seconds, keeping `reserve` seconds for the final export."""
     return max(1, int((minutes * 60 - elapsed - reserve) / step_seconds))
@@ -291,11 +298,9 @@ def main(argv=None) -> int:
         progress.update(1)
         if total is None:  # plan the schedule from the step time after 20 warm-up steps (compilation, autotuning)
             if step - (resumed_at or 0) == 20:
-                torch.cuda.synchronize(device) if device.type == "cuda" else None
-                timed_from = (time.time(), step)
+                timed_from = (synchronized_time(device), step)
             elif timed_from and step - timed_from[1] == 30:
-                torch.cuda.synchronize(device) if device.type == "cuda" else None
-                seconds = (time.time() - timed_from[0]) / 30
+                seconds = (synchronized_time(device) - timed_from[0]) / 30
                 total = report["total_steps"] = step + plan_steps(seconds, args.minutes, time.time() - start, 45)
                 report["planned"] = {"step_seconds": round(seconds, 4), "minutes": args.minutes}
                 progress.total = total

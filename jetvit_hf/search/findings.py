@@ -25,8 +25,8 @@ from pathlib import Path
 
 from ..io import atomic_file, atomic_write_json, read_json
 from ..layouts import check_attention_types
-from .post_training import (CONFIG_FILE, PROTOCOL, PipelineConfig, _depth_loss_weight, _extract, _train,
-                            _training_settings, score_test_split, validate_config)
+from .post_training import (CONFIG_FILE, PROTOCOL, PipelineConfig, extract_model, finetune_depth_weight,
+                            score_test_split, train_stage, training_settings, validate_config)
 
 TABLES = ("conv", "stage1", "full_layers", "inheritance")
 FINDINGS_DIR = "findings"
@@ -91,14 +91,14 @@ def _train_row(config: PipelineConfig, info, name: str, row: dict, directory: Pa
                                                   window_size=config.window_size, output_loading_info=True,
                                                   **row["convert"])
         save_converted(model, converted, config.teacher, conversion, overwrite=True)
-    training = _training_settings(config)
+    training = training_settings(config)
     steps = 2 * config.distill_steps
-    distilled = _train(index, f"{name}: distilling ({steps} steps, as the baselines)", directory / "distill",
-                       "supernet", steps, total=total, mode="distill", student=str(converted),
-                       candidates=[[kind] for kind in row["attention_types"]], **training)
-    return _train(index, f"{name}: fine-tuning", directory / "finetune", "model", config.finetune_steps, total=total,
-                  mode="finetune", student=str(_extract(distilled)), depth_loss_weight=_depth_loss_weight(info),
-                  **training)
+    distilled = train_stage(index, f"{name}: distilling ({steps} steps, as the baselines)", directory / "distill",
+                            "supernet", steps, total=total, mode="distill", student=str(converted),
+                            candidates=[[kind] for kind in row["attention_types"]], **training)
+    return train_stage(index, f"{name}: fine-tuning", directory / "finetune", "model", config.finetune_steps,
+                       total=total, mode="finetune", student=str(extract_model(distilled)),
+                       depth_loss_weight=finetune_depth_weight(info), **training)
 
 
 def run_findings(run: str | Path, tables=TABLES) -> dict:

@@ -155,7 +155,8 @@ def _teacher_info(teacher: str) -> _Teacher:
 
     if not (Path(teacher) / "config.json").is_file() and Path(teacher) == DEFAULT_TEACHER:
         raise _error("teacher", teacher, "the default teacher is missing; rebuild it with "
-                                         "`python training/train_teacher.py depth --output training/teachers/depth-dinov2-tiny` on a GPU")
+                                         "`python training/train_teacher.py depth --output "
+                                         "training/teachers/depth-dinov2-tiny` on a GPU")
     try:
         path = resolve_source(teacher)
         if not (path / "config.json").is_file():
@@ -372,7 +373,7 @@ def _announce(step: int, title: str, note: str = "", total: int = NUM_STEPS) -> 
     print(f"[{step}/{total}] {title}{note}", flush=True)
 
 
-def _train(step: int, title: str, stage_dir: Path, result: str, max_steps: int, total: int = NUM_STEPS,
+def train_stage(step: int, title: str, stage_dir: Path, result: str, max_steps: int, total: int = NUM_STEPS,
            **settings) -> Path:
     """One training stage into `stage_dir` (skipped when `stage_dir/result` exists, else resumed from its last
     checkpoint), checkpointing at least every `1 / CHECKPOINTS_PER_STAGE` of it, with a linear warm-up over its
@@ -424,12 +425,12 @@ def search_objective(config: PipelineConfig, teacher: _Teacher) -> dict:
     return {"objective": name}
 
 
-def _depth_loss_weight(teacher: _Teacher) -> float:
+def finetune_depth_weight(teacher: _Teacher) -> float:
     """Fine-tuning's depth-loss weight: 1 for a depth teacher, 0 for a segmentation (probe) teacher or none."""
     return 1.0 if teacher.depth and teacher.probe is None else 0.0
 
 
-def _training_settings(config: PipelineConfig) -> dict:
+def training_settings(config: PipelineConfig) -> dict:
     return dict(teacher=config.teacher, data=config.train_data, image_size=config.image_size,
                 batch_size=config.batch_size, learning_rate=config.learning_rate, seed=config.seed)
 
@@ -437,22 +438,23 @@ def _training_settings(config: PipelineConfig) -> dict:
 def _train_and_search(config: PipelineConfig, output: Path, teacher, info: _Teacher, search_set) -> Path:
     """Steps 1-5: both supernets and their searches (scored on `search_set`), then the fine-tuned model; returns its
     directory."""
-    training = _training_settings(config)
+    training = training_settings(config)
     searching = dict(teacher=teacher, data=search_set, split="search", beam_width=config.beam_width,
                      noise_factor=config.noise_factor, image_size=config.image_size, device=config.device,
                      dtype=config.dtype, **search_objective(config, info))
-    stage1 = _train(1, "distilling the stage-1 supernet ({linear, window} per layer)", output / "stage1", "supernet",
-                    config.distill_steps, mode="distill", student_overrides={"window_size": config.window_size},
-                    **training)
+    stage1 = train_stage(1, "distilling the stage-1 supernet ({linear, window} per layer)", output / "stage1",
+                         "supernet", config.distill_steps, mode="distill",
+                         student_overrides={"window_size": config.window_size}, **training)
     choice1 = _search(2, "beam search, stage 1 (linear -> window while it helps)", output / "search1",
                       supernet=stage1, stage=1, **searching)
-    stage2 = _train(3, "distilling the stage-2 supernet ({stage-1 choice, full} per layer)", output / "stage2",
-                    "supernet", config.distill_steps, mode="distill", student=str(choice1), candidates="stage2",
-                    **training)
+    stage2 = train_stage(3, "distilling the stage-2 supernet ({stage-1 choice, full} per layer)", output / "stage2",
+                         "supernet", config.distill_steps, mode="distill", student=str(choice1), candidates="stage2",
+                         **training)
     choice2 = _search(4, "beam search, stage 2 (-> full attention until the teacher's score)", output / "search2",
                       supernet=stage2, stage=2, max_full=config.max_full, **searching)
-    return _train(5, "fine-tuning the extracted model", output / "finetune", "model", config.finetune_steps,
-                  mode="finetune", student=str(choice2), depth_loss_weight=_depth_loss_weight(info), **training)
+    return train_stage(5, "fine-tuning the extracted model", output / "finetune", "model", config.finetune_steps,
+                       mode="finetune", student=str(choice2), depth_loss_weight=finetune_depth_weight(info),
+                       **training)
 
 
 def _convert_baselines(config: PipelineConfig, output: Path) -> dict[str, Path]:
@@ -475,7 +477,7 @@ def _convert_baselines(config: PipelineConfig, output: Path) -> dict[str, Path]:
     return converted
 
 
-def _extract(supernet: Path) -> Path:
+def extract_model(supernet: Path) -> Path:
     """The one model a single-candidate supernet holds, as a JetViT directory beside it (what fine-tuning trains);
     kept when it exists."""
     from ..io import atomic_directory
@@ -492,17 +494,18 @@ def _train_baselines(config: PipelineConfig, converted: dict[str, Path], info: _
     """Steps 7-10: each baseline gets the searched model's training: distilled (the fixed layout as the supernet's
     only candidate) for 2 x `distill_steps`, the searched lineage's two supernet stages, then fine-tuned for
     `finetune_steps` with the same depth-loss weight. Returns the fine-tuned models."""
-    training = _training_settings(config)
+    training = training_settings(config)
     steps = 2 * config.distill_steps
     finetuned = {}
     for index, (kind, start) in enumerate(converted.items()):
         directory = start.parent
         title = f"distilling the all-{kind} baseline ({steps} steps: the two supernet stages')"
-        distilled = _train(7 + 2 * index, title, directory / "distill", "supernet", steps, mode="distill",
-                           student=str(start), candidates=[kind], **training)
-        finetuned[kind] = _train(8 + 2 * index, f"fine-tuning the all-{kind} baseline", directory / "finetune",
-                                 "model", config.finetune_steps, mode="finetune", student=str(_extract(distilled)),
-                                 depth_loss_weight=_depth_loss_weight(info), **training)
+        distilled = train_stage(7 + 2 * index, title, directory / "distill", "supernet", steps, mode="distill",
+                                student=str(start), candidates=[kind], **training)
+        finetuned[kind] = train_stage(8 + 2 * index, f"fine-tuning the all-{kind} baseline", directory / "finetune",
+                                      "model", config.finetune_steps, mode="finetune",
+                                      student=str(extract_model(distilled)),
+                                      depth_loss_weight=finetune_depth_weight(info), **training)
     return finetuned
 
 
