@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torchmetrics.functional.classification import multiclass_confusion_matrix
 from tqdm.auto import tqdm
 
 from jetvit_hf.data.render_layouts import CLASS_NAMES
@@ -51,10 +52,9 @@ def depth_scores(prediction: torch.Tensor, depth: torch.Tensor) -> dict[str, tor
 
 
 def confusions(prediction: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """`[B, C, C]` per-scene confusion counts, rows = label, columns = prediction."""
-    index = labels.flatten(1) * num_classes + prediction.flatten(1)
-    return torch.stack([torch.bincount(row, minlength=num_classes**2) for row in index]).view(-1, num_classes,
-                                                                                            num_classes)
+    """`[B, C, C]` per-scene confusion counts, rows = label, columns = prediction (what `bootstrap` resamples)."""
+    return torch.stack([multiclass_confusion_matrix(one_prediction, one_labels, num_classes, validate_args=False)
+                        for one_prediction, one_labels in zip(prediction, labels)])
 
 
 @torch.inference_mode()

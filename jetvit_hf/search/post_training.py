@@ -95,7 +95,6 @@ PRESETS = {
     "cpu": {"image_scale": 0.5, "eval_scenes": 48, "distill_steps": 32, "finetune_steps": 24, "batch_size": 8},
     "gpu": {"image_scale": 1.0, "eval_scenes": 256, "distill_steps": 300, "finetune_steps": 200, "batch_size": 32},
 }
-RENDER_SCENES_PER_EPOCH = 10000  # what render:train draws per epoch without a count (train.loader)
 BASELINES = ("linear", "window")  # the fixed layouts trained with the searched model's budget, all-<type>
 
 
@@ -296,6 +295,7 @@ def data_splits(config: PipelineConfig) -> dict:
     """The run's three named splits, as recorded in `report.json`: for each its seed range `[start, stop)` in
     `render_stream.SPLITS` and how many scenes it gives (training from an image folder or dataset dir: its path)."""
     from ..data.render_stream import SPLITS
+    from ..train.loader import RENDER_SCENES_PER_EPOCH
 
     def seeds(name: str) -> list[int]:
         return [SPLITS[name].start, SPLITS[name].stop]

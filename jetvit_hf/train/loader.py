@@ -2,6 +2,8 @@
 
 from .config import TrainConfig
 
+RENDER_SCENES_PER_EPOCH = 10000  # what `render:train` draws per epoch without a count
+
 
 def build_training_loader(config: TrainConfig, patch_size: int, accelerator):
     """Batches of randomly cropped and flipped `config.image_size` crops, `{"pixel_values": [B, 3, H, W]}`."""
@@ -34,8 +36,8 @@ def build_rendered_loader(config: TrainConfig, patch_size: int, device):
                          "render:train:10000 (the search and test splits never train).")
     if config.image_size % patch_size:
         raise ValueError(f"image_size {config.image_size} is not a multiple of the patch size {patch_size}.")
-    dataset = RenderedSceneDataset("train", int(count or 10000), config.image_size, config.image_size, device=device,
-                                   compiled=device.type == "cuda")
+    dataset = RenderedSceneDataset("train", int(count or RENDER_SCENES_PER_EPOCH), config.image_size,
+                                   config.image_size, device=device, compiled=device.type == "cuda")
     workers = 0 if device.type == "cuda" else config.num_workers
     return build_dataloader(dataset, config.batch_size, seed=config.seed, num_workers=workers)
 
