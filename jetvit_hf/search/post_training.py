@@ -63,6 +63,7 @@ so no result mixes stages trained with different settings.
 import json
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -89,11 +90,11 @@ CPU_BENCH = {"warmup": 10, "iters": 50, "threads": 1}
 # explicitly given value always wins. image_scale: the training and evaluation size as a fraction of the teacher's
 # native resolution (its config's image_size), rounded to a multiple of the patch size. Measured with the default
 # teacher: the CPU preset takes about 7 minutes on 2 cores (224 px); on one H200 the training stages run at about 9
-# (distillation) and 7 (fine-tuning) steps a second at 448 px, batch 32, so the GPU preset's 12 training stages take
-# about 5 minutes of its 10.
+# (distillation) and 7 (fine-tuning) steps a second at 448 px, batch 32, so the GPU preset's training stages take
+# about 3.5 of its 10 minutes, the searches, scoring and benchmark most of the rest.
 PRESETS = {
     "cpu": {"image_scale": 0.5, "eval_scenes": 48, "distill_steps": 32, "finetune_steps": 24, "batch_size": 8},
-    "gpu": {"image_scale": 1.0, "eval_scenes": 256, "distill_steps": 300, "finetune_steps": 200, "batch_size": 32},
+    "gpu": {"image_scale": 1.0, "eval_scenes": 256, "distill_steps": 200, "finetune_steps": 150, "batch_size": 32},
 }
 BASELINES = ("linear", "window")  # the fixed layouts trained with the searched model's budget, all-<type>
 
@@ -369,8 +370,12 @@ def _check_same_settings(config: PipelineConfig, recorded: Path) -> None:
 # The stages
 
 
+_STARTED = time.monotonic()  # reset by run_pipeline: each announcement says how long the run has taken so far
+
+
 def _announce(step: int, title: str, note: str = "", total: int = NUM_STEPS) -> None:
-    print(f"[{step}/{total}] {title}{note}", flush=True)
+    minutes, seconds = divmod(int(time.monotonic() - _STARTED), 60)
+    print(f"[{step}/{total}] {title}{note} (at {minutes}:{seconds:02d})", flush=True)
 
 
 def train_stage(step: int, title: str, stage_dir: Path, result: str, max_steps: int, total: int = NUM_STEPS,
@@ -626,6 +631,7 @@ def score_test_split(config: PipelineConfig, teacher, info: _Teacher, models: di
 def run_pipeline(config: PipelineConfig, overwrite: bool = False) -> dict:
     """Check the settings, then run every stage (announcing and skipping finished ones) and return the summary also
     written to `output_dir/report.json`. `overwrite` clears an earlier run in `output_dir` first."""
+    global _STARTED
     from ..convert import load_jetvit
     from ..data.render_stream import render_dataset
     from ..device import resolve_placement
@@ -633,6 +639,7 @@ def run_pipeline(config: PipelineConfig, overwrite: bool = False) -> dict:
     from ..evaluation.real_photos import real_photo_report
     from ..model_card import write_model_card
 
+    _STARTED = time.monotonic()
     config, info = validate_config(config)
     check_output(config, overwrite)
     teacher = load_jetvit(config.teacher)

@@ -101,6 +101,12 @@ def test_depth_metric_takes_arrays_tensors_nested_lists_and_flat_maps():
     for prediction, reference in zip(predictions, references):
         flat.add(prediction=prediction.ravel(), reference=reference.ravel())
     assert as_lists == flat.compute() == expected
+    # a batch of flat arrays is stored without conversion to Python floats, still exactly in float64
+    rounded = [prediction.astype(np.float32) for prediction in predictions]
+    as_float32 = JetViTDepthMetric().compute(predictions=[p.ravel() for p in rounded],
+                                             references=[r.ravel() for r in references])
+    assert as_float32 == JetViTDepthMetric().compute(predictions=[p.astype(np.float64) for p in rounded],
+                                                     references=[r.tolist() for r in references])
     with pytest.raises(ValueError, match="Shapes must match"):
         JetViTDepthMetric().compute(predictions=[predictions[0]], references=[references[1]])
     with pytest.raises(ValueError, match="mode must be one of"):

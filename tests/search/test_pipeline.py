@@ -321,10 +321,10 @@ def test_presets_follow_the_device_and_explicit_values_win(source_checkpoint, tm
     fake_cuda(monkeypatch)
     on_gpu, _ = validate_config(PipelineConfig(**given))
     assert (on_gpu.image_size, on_gpu.eval_scenes, on_gpu.distill_steps, on_gpu.finetune_steps,
-            on_gpu.batch_size) == (56, 256, 300, 200, 32)
+            on_gpu.batch_size) == (56, 256, 200, 150, 32)
     explicit, _ = validate_config(PipelineConfig(**given, image_size=28, batch_size=4, finetune_steps=7))
     assert (explicit.image_size, explicit.eval_scenes, explicit.distill_steps, explicit.finetune_steps,
-            explicit.batch_size) == (28, 256, 300, 7, 4)
+            explicit.batch_size) == (28, 256, 200, 7, 4)
     with pytest.raises(ValueError, match="--image-size 28 there, 56 now.*--batch-size 8 there, 32 now"):
         check_output(on_gpu)  # the CPU run's output: other resolved settings
     on_cpu_anyway, _ = validate_config(PipelineConfig(**given, device="cpu"))  # --device cpu on a GPU machine
