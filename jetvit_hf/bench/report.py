@@ -58,9 +58,25 @@ def format_benchmark(result: dict) -> str:
                      f"{_fmt(ratio['throughput'], '.2f', 'x')} | | | | |")
     for name, entry in result["results"].items():
         lines.append(f"  {name}: {entry['description']}")
+    for name, entry in result["results"].items():
+        lines += _memory_advice(name, entry, res)
     for note in result.get("notes", []):
         lines.append(f"  note: {note}")
     return "\n".join(lines)
+
+
+def _memory_advice(name: str, entry: dict, resolution) -> list[str]:
+    """What to run instead when a model ran out of memory: the largest throughput batch that fits, or a smaller
+    resolution when batch 1 does not."""
+    latency, throughput = entry.get("latency") or {}, entry.get("throughput") or {}
+    if latency.get("status") == "oom":
+        return [f"  {name}: out of memory at batch 1 and {resolution[0]}x{resolution[1]} on this device; try a smaller "
+                "--resolution"]
+    if throughput.get("status") != "oom":
+        return []
+    fits = throughput.get("fits_batch_size")
+    return [f"  {name}: out of memory at batch {throughput['batch_size']} on this device; batch {fits} fits: rerun "
+            f"with --batch-size {fits}"]
 
 
 def _sdpa_text(summary) -> str:

@@ -204,10 +204,30 @@ def _measure_model(model_fn, config, batch_size: int, resolution, settings: RunS
         pixels = None
     if oom is not None:
         _free_memory(settings.device)
-        return _status("oom", batch_size=batch_size, error=oom)
+        record = _status("oom", batch_size=batch_size, error=oom)
+        if batch_size > 1:
+            record["fits_batch_size"] = _largest_fitting_batch(model_fn, config, batch_size, resolution, settings)
+        return record
     record["batch_size"] = batch_size
     record["images_per_s"] = batch_size / (record["median_ms"] / 1e3) if record["median_ms"] > 0 else None
     return record
+
+
+def _largest_fitting_batch(model_fn, config, batch_size: int, resolution, settings: RunSettings) -> int | None:
+    """The largest of `batch_size` // 2, // 4, ... whose forward fits in memory (one forward each, untimed); None
+    when not even batch 1 does."""
+    candidate = batch_size // 2
+    while candidate >= 1:
+        try:
+            model_fn(pixel_values=_random_pixels(config, candidate, resolution, settings))
+            return candidate
+        except Exception as error:  # noqa: BLE001 - only OOM means "try smaller", everything else propagates
+            if not _is_oom(error):
+                raise
+        finally:
+            _free_memory(settings.device)
+        candidate //= 2
+    return None
 
 
 def _build_case(factory, settings: RunSettings):

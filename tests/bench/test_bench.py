@@ -238,6 +238,27 @@ def test_sweep_records_out_of_memory(monkeypatch, tmp_path):
     assert (tmp_path / "oom.png").is_file()
 
 
+def test_benchmark_out_of_memory_at_the_throughput_batch_names_a_batch_that_fits(monkeypatch, capsys):
+    """The throughput batch runs out of memory, batch 2 fits: the record and the printed table say so."""
+    real_pixels = timing._random_pixels
+    tried = []
+
+    def pixels(config, batch_size, resolution, settings):
+        tried.append(batch_size)
+        if batch_size > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB")
+        return real_pixels(config, batch_size, resolution, settings)
+
+    monkeypatch.setattr(timing, "_random_pixels", pixels)
+    status = cli_main(["bench", "--preset", "tiny", "--device", "cpu", "--resolution", "64x64", "--batch-size", "8",
+                       "--warmup", "1", "--iters", "2", "--baselines", "jetvit-full", "--no-progress"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "jetvit: out of memory at batch 8 on this device; batch 2 fits: rerun with --batch-size 2" in out
+    assert "jetvit-full: out of memory at batch 8 on this device; batch 2 fits" in out
+    assert tried.count(4) == 2 and tried.count(2) == 2  # halving from 8: 4 (out of memory), then 2 (fits)
+
+
 def test_layer_table_and_estimate(tmp_path, capsys):
     path = tmp_path / "layers.json"
     argv = ["bench", "--preset", "tiny", "--device", "cpu", "--resolution", "128x128", "--warmup", "2",
