@@ -14,22 +14,31 @@ layout, stage 2's round 0 for the later rounds, full inheritance for MLP-only in
   a fixed layout, so that the number of full layers is the only difference between rows.
 - `inheritance` (Fig. 5): the searched layout converted with MLP-only inheritance (fresh attention weights) and with
   every weight inherited.
+- `skip_stage1` (Table 3's ablation): the searched layout's full layers kept and every other layer linear (linear +
+  full only) or window (window + full only), against the searched layout trained the same way. The full layers stay
+  where the search put them rather than being searched again without stage 1.
+- `random` (beyond the paper): `RANDOM_LAYOUTS` random orders of the searched layout's attention types, seeded by the
+  run's seed. With the same number of layers of each type they have the same estimated latency (`jetvit bench
+  --layer-table` prices a layout by its type counts), so they ask whether the search placed its layers well.
 
 Rows go under `DIR/findings/<row>/`, resumable and skipped when done like the pipeline's stages; a row trained exactly
 as a baseline or an earlier row (same layout and options) is that model, not trained again (training is
-deterministic). The scores go to `DIR/findings/findings.json` and, as Markdown tables, to `DIR/findings/findings.md`.
+deterministic). The scores go to `DIR/findings/findings.json` and, as Markdown tables, to `DIR/findings/findings.md`;
+the tables of earlier calls stay there beside the new ones.
 """
 
 import json
+import random
 from pathlib import Path
 
 from ..io import atomic_file, atomic_write_json, read_json
 from ..layouts import check_attention_types
 from .post_training import (CONFIG_FILE, PROTOCOL, PipelineConfig, extract_model, finetune_depth_weight,
-                            score_test_split, train_stage, training_settings, validate_config)
+                            restart_clock, score_test_split, train_stage, training_settings, validate_config)
 
-TABLES = ("conv", "stage1", "full_layers", "inheritance")
+TABLES = ("conv", "stage1", "full_layers", "inheritance", "skip_stage1", "random")
 FINDINGS_DIR = "findings"
+RANDOM_LAYOUTS = 3
 
 
 def _code(layout: list[str]) -> str:
@@ -67,9 +76,34 @@ def findings_rows(run: Path, tables=TABLES) -> dict[str, dict]:
                                                    "convert": {"inherit": inherit},
                                                    "compare": "all_linear" if inherit == "all" else
                                                    "searched_inherit_all"}
+    fixed = f"searched_{_code(searched)}"  # the searched layout trained as a fixed layout, as every row is
+    if "skip_stage1" in tables or "random" in tables:  # listed under the first; the other shows it as compared with
+        rows[fixed] = {"table": "skip_stage1" if "skip_stage1" in tables else "random", "attention_types": searched,
+                       "convert": {}, "compare": "all_linear"}
+    if "skip_stage1" in tables:
+        for kind in ("linear", "window"):
+            layout = [layer if layer == "full" else kind for layer in searched]
+            rows[f"{kind}_full_{_code(layout)}"] = {"table": "skip_stage1", "attention_types": layout, "convert": {},
+                                                    "compare": fixed}
+    if "random" in tables:
+        for layout in _random_orders(searched, RANDOM_LAYOUTS, read_json(run / CONFIG_FILE)["seed"]):
+            rows[f"random_{_code(layout)}"] = {"table": "random", "attention_types": layout, "convert": {},
+                                               "compare": fixed}
     for row in rows.values():
         check_attention_types(row["attention_types"], "a findings row")
     return rows
+
+
+def _random_orders(layout: list[str], count: int, seed: int) -> list[list[str]]:
+    """Up to `count` distinct orders of `layout`'s attention types other than `layout` itself, drawn with `seed`."""
+    generator, orders = random.Random(seed), []
+    for _ in range(1000):  # a layout with few distinct orders has fewer than `count`
+        order = generator.sample(layout, len(layout))
+        if order != layout and order not in orders:
+            orders.append(order)
+            if len(orders) == count:
+                break
+    return orders
 
 
 def _row_key(row: dict) -> tuple:
@@ -102,11 +136,13 @@ def _train_row(config: PipelineConfig, info, name: str, row: dict, directory: Pa
 
 
 def run_findings(run: str | Path, tables=TABLES) -> dict:
-    """Train every row of `tables` for the pipeline run in `run` and score them with its models on its test split."""
+    """Train every row of `tables` for the pipeline run in `run` and score them, with the rows of earlier calls, and
+    the run's models on its test split."""
     from ..convert import load_jetvit
     from ..data.render_stream import render_dataset
     from ..device import resolve_placement
 
+    restart_clock()
     run = Path(run)
     if not (run / "report.json").is_file():
         raise ValueError(f"--run {run}: not a finished jetvit pipeline run (no report.json)")
@@ -114,8 +150,11 @@ def run_findings(run: str | Path, tables=TABLES) -> dict:
     if recorded.pop("protocol", None) != PROTOCOL:
         raise ValueError(f"--run {run}: made by an earlier version of the pipeline; rerun it first")
     config, info = validate_config(PipelineConfig(**recorded))
-    rows = findings_rows(run, tables)
     output = run / FINDINGS_DIR
+    rows = findings_rows(run, tables)
+    if (output / "findings.json").is_file():  # an earlier call's rows stay (trained, so skipped) and are scored again
+        earlier = read_json(output / "findings.json")["rows"]
+        rows = {**{name: row for name, row in earlier.items() if name not in rows}, **rows}
     models = {"searched": run / "finetune" / "model",
               **{f"all_{kind}": run / "baselines" / kind / "finetune" / "model" for kind in ("linear", "window")}}
     num_layers = len(next(iter(rows.values()))["attention_types"]) if rows else 0
@@ -163,7 +202,10 @@ def format_findings(result: dict) -> str:
         lines += [f"### {table}", "", header, "|" + "---|" * (3 + 2 * len(measures) + len(truth))]
         lines.append("| teacher | full | " + " | ".join(_cell(test["teacher"].get(m)) for m in measures) + " |"
                      + " - |" * (len(truth) + 1 + len(measures)))
-        names = list(reference_rows) + [name for name, row in result["rows"].items() if row["table"] == table]
+        own = [name for name, row in result["rows"].items() if row["table"] == table]
+        compared_rows = [row["compare"] for name, row in result["rows"].items() if name in own]
+        names = list(dict.fromkeys([*reference_rows, *(name for name in compared_rows if name in result["rows"]),
+                                    *own]))
         for name in names:
             entry = test["models"][name]
             layout = (_code(result["rows"][name]["attention_types"]) if name in result["rows"]

@@ -370,7 +370,13 @@ def _check_same_settings(config: PipelineConfig, recorded: Path) -> None:
 # The stages
 
 
-_STARTED = time.monotonic()  # reset by run_pipeline: each announcement says how long the run has taken so far
+_STARTED = time.monotonic()  # each announcement says how long the run has taken so far (restart_clock)
+
+
+def restart_clock() -> None:
+    """Count the elapsed time in the announcements from now: the start of a pipeline or findings run."""
+    global _STARTED
+    _STARTED = time.monotonic()
 
 
 def _announce(step: int, title: str, note: str = "", total: int = NUM_STEPS) -> None:
@@ -631,7 +637,6 @@ def score_test_split(config: PipelineConfig, teacher, info: _Teacher, models: di
 def run_pipeline(config: PipelineConfig, overwrite: bool = False) -> dict:
     """Check the settings, then run every stage (announcing and skipping finished ones) and return the summary also
     written to `output_dir/report.json`. `overwrite` clears an earlier run in `output_dir` first."""
-    global _STARTED
     from ..convert import load_jetvit
     from ..data.render_stream import render_dataset
     from ..device import resolve_placement
@@ -639,7 +644,7 @@ def run_pipeline(config: PipelineConfig, overwrite: bool = False) -> dict:
     from ..evaluation.real_photos import real_photo_report
     from ..model_card import write_model_card
 
-    _STARTED = time.monotonic()
+    restart_clock()
     config, info = validate_config(config)
     check_output(config, overwrite)
     teacher = load_jetvit(config.teacher)

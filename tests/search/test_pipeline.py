@@ -32,6 +32,7 @@ from jetvit_hf.evaluation.images import load_eval_images
 from jetvit_hf.evaluation.probe import (load_linear_probe, make_linear_probe, probe_segmentation_metrics,
                                         save_linear_probe, train_linear_probe)
 from jetvit_hf.search.post_training import PipelineConfig, check_output, run_pipeline, start_output, validate_config
+from jetvit_hf.search.findings import RANDOM_LAYOUTS, findings_rows
 from jetvit_hf.train import TrainConfig, reset_accelerate_state, train
 from jetvit_hf.train.checkpoints import StopRequest, TrainingInterrupted, list_checkpoints, stop_on_signals
 from jetvit_hf.train.supernet import JetViTSupernet
@@ -614,6 +615,33 @@ def test_findings_train_rows_at_the_runs_budget_and_score_them_on_its_test_split
     assert models[full0]["model"] == models[stage1]["model"] and models[full0]["scores"] == models[stage1]["scores"]
     if again["rows"][stage1]["attention_types"] == ["linear"] * 6:  # then it is the all-linear baseline itself
         assert models[stage1]["model"] == str(run / "baselines" / "linear" / "finetune" / "model")
+    # the first call's rows stay, not trained again, with the same scores (the same models on the same scenes)
+    assert set(rows) < set(again["rows"]) and "### inheritance" in out
+    for name in rows:
+        assert models[name]["scores"] == result["test_split"]["models"][name]["scores"], name
+
+
+def test_findings_rows_skip_stage1_and_random_orders_keep_the_searched_layouts_types(tmp_path):
+    searched = ["full", "linear", "window", "linear", "window", "linear"]
+    (tmp_path / "finetune" / "model").mkdir(parents=True)
+    (tmp_path / "finetune" / "model" / "config.json").write_text(json.dumps({"attention_types": searched}))
+    (tmp_path / "pipeline_config.json").write_text(json.dumps({"seed": 0}))
+    rows = findings_rows(tmp_path, ["skip_stage1", "random"])
+    fixed = "searched_FLWLWL"
+    assert rows[fixed] == {"table": "skip_stage1", "attention_types": searched, "convert": {},
+                           "compare": "all_linear"}
+    assert rows["linear_full_FLLLLL"]["attention_types"] == ["full"] + ["linear"] * 5
+    assert rows["window_full_FWWWWW"]["attention_types"] == ["full"] + ["window"] * 5
+    orders = [row["attention_types"] for name, row in rows.items() if name.startswith("random_")]
+    assert len(orders) == RANDOM_LAYOUTS and len({tuple(order) for order in orders}) == RANDOM_LAYOUTS
+    assert all(sorted(order) == sorted(searched) and order != searched for order in orders)
+    assert all(rows[name]["compare"] == fixed for name in rows if name.startswith(("random_", "linear_full",
+                                                                                   "window_full")))
+    assert findings_rows(tmp_path, ["random"]) == {**{fixed: {**rows[fixed], "table": "random"}},
+                                                   **{n: r for n, r in rows.items() if n.startswith("random_")}}
+    # a layout with a single order has no other
+    (tmp_path / "finetune" / "model" / "config.json").write_text(json.dumps({"attention_types": ["linear"] * 6}))
+    assert [name for name in findings_rows(tmp_path, ["random"]) if name.startswith("random_")] == []
 
 
 def test_findings_refuse_an_unfinished_run_and_unknown_tables(reference, tmp_path):
@@ -621,4 +649,4 @@ def test_findings_refuse_an_unfinished_run_and_unknown_tables(reference, tmp_pat
     status, _, err = run_main(["findings", "--run", str(tmp_path)])
     assert status == 2 and f"--run {tmp_path}: not a finished jetvit pipeline run (no report.json)" in err
     status, _, err = run_main(["findings", "--run", str(finished), "--tables", "conv,table9"])
-    assert status == 2 and "--tables: unknown table9; choose from conv, stage1, full_layers, inheritance" in err
+    assert status == 2 and "--tables: unknown table9; choose from conv, stage1, full_layers, inheritance, skip_stage1, random" in err
