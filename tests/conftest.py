@@ -94,13 +94,13 @@ def depth_source(source_checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
-    """Six procedural scenes (42 x 56, exact depth and labels), saved to disk."""
+    """Six rendered scenes of the train split (42 x 56, exact depth and labels), saved to disk."""
     import datasets
 
-    from jetvit_hf.data.scenes import scene_dataset
+    from jetvit_hf.data.render_stream import render_dataset
 
     directory = tmp_path_factory.mktemp("scenes")
-    with pytest.MonkeyPatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch:  # set up before the per-test `_offline`, whose cache is not in force
         patch.setattr(datasets.config, "HF_DATASETS_CACHE", directory / "cache")
-        scene_dataset(6, 42, 56, seed=1).save_to_disk(str(directory / "data"))
+        render_dataset("train", 6, 42, 56).save_to_disk(str(directory / "data"))
     return directory / "data"

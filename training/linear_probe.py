@@ -9,7 +9,7 @@ decay 1e-3) with linear warm-up and cosine decay. The probe is saved atomically 
         [--eval-data HELD_OUT_DIR]
 
 `--data` is anything `jetvit_hf.data.images.load_images` reads with a `labels` column of [H, W] class ids (e.g. a
-`jetvit_hf.data.scenes.scene_dataset` saved with `save_to_disk`). The training logic is
+`jetvit_hf.data.render_stream.render_dataset` saved with `save_to_disk`). The training logic is
 `jetvit_hf.evaluation.probe.train_linear_probe`.
 """
 

@@ -1,3 +1,3 @@
-"""Data: images for distillation and evaluation (`images`), and procedural scenes with exact depth and labels, from
-the per-scene sphere tracer (`scenes`) and the batched GPU renderer (`render`, with `render_layouts`,
-`render_textures` and `render_stream` for seed splits, streams of batches and `datasets` exports)."""
+"""Data: images for distillation and evaluation (`images`), and procedural scenes with exact depth and labels from
+the batched renderer (`render`, with `render_layouts`, `render_textures` and `render_stream` for seed splits, streams
+of batches and `datasets` exports)."""

@@ -124,9 +124,10 @@ class RenderedSceneDataset(torch.utils.data.Dataset):
 
 def render_dataset(split: str, count: int, height: int, width: int, offset: int = 0,
                    device: torch.device | str = "cpu", chunk_size: int | None = None, classes=None):
-    """Scenes `offset` .. `offset + count - 1` of `split` as a `datasets.Dataset` with the columns of
-    `scenes.scene_dataset`: `image` (Image), `depth` (float32 [H, W] array, metres, 0 = sky), `labels` (uint8 [H, W]
-    array of `render_layouts.CLASS_NAMES` ids) and `seed` (int64; re-render a row with `render.render_scenes`).
+    """Scenes `offset` .. `offset + count - 1` of `split` as a `datasets.Dataset` (to save with `save_to_disk`, or
+    for `data.images.load_images` and `evaluation.images.load_eval_images`): `image` (Image), `depth` (float32 [H, W]
+    array, metres, 0 = sky), `labels` (uint8 [H, W] array of `render_layouts.CLASS_NAMES` ids) and `seed` (int64;
+    re-render a row with `render.render_scenes`).
 
     Rendered on `device`, `chunk_size` scenes at a time (default: 64); the result is cached in the datasets cache
     under a key made of these arguments, the torch and scikit-image versions and a hash of the renderer's source.

@@ -99,7 +99,7 @@ def build_eval_images(images, patch_size: int, image_size, batch_size: int = 8, 
 
 def load_eval_images(data, patch_size: int, image_size, num_images: int | None = None, batch_size: int = 8,
                      image_column: str | None = None) -> EvalImages:
-    """The first `num_images` images of `data` (anything `data.load_images` reads, e.g. `scenes.scene_dataset`),
+    """The first `num_images` images of `data` (anything `data.load_images` reads, e.g. `render_stream.render_dataset`),
     with its `depth` and `labels` columns as ground truth when it has them. Depth beyond `MAX_EVAL_DEPTH` is set to 0
     (not valid), as KITTI caps its evaluation at 80 m: a rendered ground plane reaches the horizon, where a disparity
     near 0 would make every relative error meaningless."""
@@ -186,4 +186,4 @@ def within_ground_truth(maps: torch.Tensor, depth: torch.Tensor) -> torch.Tensor
 def require_labels(images: EvalImages, what: str) -> None:
     if images.labels is None:
         raise ValueError(f"{what} needs segmentation labels: a `labels` column of [H, W] class ids in the data "
-                         "(e.g. jetvit_hf.data.scenes.scene_dataset).")
+                         "(e.g. jetvit_hf.data.render_stream.render_dataset).")

@@ -56,10 +56,10 @@ class TrainConfig:
         metadata=_help("JetViTConfig fields for a student built from a source or JetViT dir, e.g. {window_size: 8}."),
     )
     data: str = field(
-        default="scenes:1000",
+        default="render:train",
         metadata=_help(
-            "The images: an image folder, a saved or local dataset dir, 'scenes:<count>' for procedural scenes, or "
-            "'render:train[:<scenes per epoch>]' for batches the scene renderer draws on the training device."
+            "The images: 'render:train[:<scenes per epoch>]' for new procedural scenes every epoch, drawn by the "
+            "scene renderer on the training device; or an image folder, or a saved or local dataset dir."
         ),
     )
     image_column: str | None = field(default=None, metadata=_help("The dataset's image column (default: found)."))

@@ -47,13 +47,8 @@ def load_training_images(config: TrainConfig):
     from ..data.images import load_images
 
     if config.data.startswith("scenes:"):
-        from ..data.scenes import scene_dataset
-
-        count = config.data.removeprefix("scenes:")
-        if not count.isdigit() or int(count) < 1:
-            raise ValueError(f"data {config.data!r}: write scenes:<number of scenes>, e.g. scenes:1000.")
-        dataset = scene_dataset(int(count), config.image_size, config.image_size, seed=config.seed)
-        return load_images(dataset, image_column=config.image_column or "image")
+        raise ValueError(f"data {config.data!r}: procedural scenes come from the batched renderer now: use "
+                         "render:train[:<scenes per epoch>].")
     dataset = load_images(config.data, image_column=config.image_column)
     try:
         dataset[0]

@@ -1,5 +1,5 @@
-"""The batched scene renderer: determinism, batch invariance, depth against closed forms, classes, shadows, seed
-splits, bad input, the datasets export and resumable streams of batches (CPU, tiny images)."""
+"""The batched scene renderer: determinism, batch invariance, depth against closed forms, classes, patterns, shadows,
+seed splits, bad input, the datasets export and resumable streams of batches (CPU, tiny images)."""
 
 import math
 
@@ -10,8 +10,10 @@ import torch
 from jetvit_hf.data.render import SceneBatch, check_render_options, render_layouts, render_scenes
 from jetvit_hf.data.render_layouts import (
     BLOCK_SLOTS,
+    BOX,
     CAR,
     CAR_SIZE,
+    CHECKER,
     CLASS_NAMES,
     CRATE,
     CRATE_SIZE,
@@ -21,6 +23,8 @@ from jetvit_hf.data.render_layouts import (
     POST_HEIGHT,
     POST_RADIUS,
     SKY,
+    SPHERE,
+    SPHERE_SLOTS,
     scene_layouts,
 )
 
@@ -28,7 +32,7 @@ try:  # the streams need `datasets`, which a machine kept for GPU tests may lack
     import datasets
     from accelerate.data_loader import skip_first_batches
 
-    from jetvit_hf.data.images import IMAGENET_MEAN, IMAGENET_STD
+    from jetvit_hf.data.images import IMAGENET_MEAN, IMAGENET_STD, find_image_column, load_images
     from jetvit_hf.data.render_stream import SPLITS, RenderedBatches, render_dataset, split_seeds
     from jetvit_hf.train.config import TrainConfig
     from jetvit_hf.train.loader import build_rendered_loader
@@ -51,6 +55,7 @@ def test_a_scene_is_a_function_of_its_seed():
     assert 0 <= first.image.min() and first.image.max() <= 1
     assert first.labels.dtype == torch.int64 and first.valid.dtype == torch.bool
     assert torch.equal(first.valid, first.depth > 0) and torch.equal(first.valid, first.labels != SKY)
+    assert torch.isfinite(first.depth).all()
 
 
 def test_a_scene_alone_equals_the_same_scene_in_a_batch():
@@ -94,6 +99,100 @@ def test_a_post_appears_as_tall_as_the_pinhole_model_says():
     torch.testing.assert_close(scene.depth[0][post].double(), expected, rtol=2e-6, atol=0)
     image_height = post[:, width // 2].sum().item()
     assert abs(image_height - focal * POST_HEIGHT / (distance - POST_RADIUS)) <= 1
+
+
+def test_a_yawed_box_and_a_sphere_match_analytic_intersections_from_a_pitched_camera():
+    height, width, camera_height, pitch, fov = 48, 64, 1.5, math.radians(12), math.radians(60)
+    box_center, box_half, box_yaw = np.array([-0.9, 0.6, 5.0]), np.array([0.8, 0.6, 0.5]), math.radians(35)
+    sphere_center, radius = np.array([1.2, 0.7, 6.5]), 0.7
+    layout = SceneBatch.blank(1)
+    layout.camera_height[0], layout.pitch[0], layout.fov[0] = camera_height, pitch, fov
+    box, sphere = BLOCK_SLOTS[0], SPHERE_SLOTS[0]
+    layout.present[0, [box, sphere]] = True
+    layout.label[0, box], layout.label[0, sphere] = BOX, SPHERE
+    layout.center[0, box], layout.size[0, box] = torch.tensor(box_center), torch.tensor(box_half)
+    layout.yaw[0, box] = box_yaw
+    layout.center[0, sphere], layout.size[0, sphere] = torch.tensor(sphere_center), torch.tensor([radius] * 3)
+    scene = render_layouts(layout, height, width)
+    labels, depth = scene.labels[0].numpy(), scene.depth[0].numpy().astype(np.float64)
+
+    # Unit rays in float64 from the documented camera: at (0, h, 0) looking along +z, pitched down; pixel centres.
+    origin = np.array([0.0, camera_height, 0.0])
+    forward = np.array([0.0, -math.sin(pitch), math.cos(pitch)])
+    up = np.array([0.0, math.cos(pitch), math.sin(pitch)])
+    focal = height / 2 / math.tan(fov / 2)
+    v, u = np.mgrid[0:height, 0:width] + 0.5
+    rays = ((u - width / 2) / focal)[..., None] * np.cross(up, forward) + ((height / 2 - v) / focal)[..., None] * up
+    rays += forward
+    rays /= np.linalg.norm(rays, axis=-1, keepdims=True)  # so a hit's ray parameter is its distance
+
+    with np.errstate(divide="ignore"):
+        ground = np.where(rays[..., 1] < 0, -camera_height / rays[..., 1], np.inf)
+
+    def sphere_distance(r):  # |o + t d - c| = r, the nearer root
+        q = origin - sphere_center
+        b = rays @ q
+        discriminant = b * b - (q @ q - r * r)
+        return np.where(discriminant >= 0, -b - np.sqrt(np.maximum(discriminant, 0)), np.inf)
+
+    def box_distance(half):  # slabs along the box's axes; yaw turns local x from +x towards -z
+        axes = np.array([[math.cos(box_yaw), 0, -math.sin(box_yaw)], [0, 1, 0],
+                         [math.sin(box_yaw), 0, math.cos(box_yaw)]])
+        local_origin, local_rays = axes @ (origin - box_center), rays @ axes.T
+        with np.errstate(divide="ignore"):
+            t1, t2 = (-half - local_origin) / local_rays, (half - local_origin) / local_rays
+        near, far = np.minimum(t1, t2).max(-1), np.maximum(t1, t2).min(-1)
+        return np.where((near <= far) & (near > 0), near, np.inf)
+
+    on_sphere, on_box = sphere_distance(radius), box_distance(box_half)
+    grown_sphere, grown_box = sphere_distance(radius + 1e-3), box_distance(box_half + 1e-3)
+    surely = {  # a margin of 1 mm around every silhouette
+        SPHERE: np.isfinite(sphere_distance(radius - 1e-3)) & (on_sphere < np.minimum(ground, grown_box) - 1e-3),
+        BOX: np.isfinite(box_distance(box_half - 1e-3)) & (on_box < np.minimum(ground, grown_sphere) - 1e-3),
+        GROUND: np.isfinite(ground) & (ground < np.minimum(grown_sphere, grown_box) - 1e-3),
+    }
+    sky = ~np.isfinite(np.minimum(np.minimum(ground, grown_sphere), grown_box))
+    planar = rays @ forward  # depth per unit distance along each ray
+    for label, distance in ((SPHERE, on_sphere), (BOX, on_box), (GROUND, ground)):
+        where = surely[label]
+        assert where.sum() > 50, CLASS_NAMES[label]
+        assert (labels[where] == label).all(), CLASS_NAMES[label]
+        np.testing.assert_allclose(depth[where], (distance * planar)[where], rtol=2e-6, atol=0,
+                                   err_msg=CLASS_NAMES[label])
+    assert sky.sum() > 50 and (labels[sky] == SKY).all() and (depth[sky] == 0).all()
+
+
+def test_a_checker_has_the_two_colours_in_cells_of_its_scale():
+    height, width, cell = 64, 80, 0.5
+    layout = SceneBatch.blank(1)
+    layout.camera_height[0], layout.ambient[0] = 1.0, 1.0  # no shading: every pixel shows its albedo
+    slot = BLOCK_SLOTS[0]
+    layout.present[0, slot] = True  # a 3 x 2 m board 3.8 m ahead, facing the camera, its edges on the 0.5 m grid
+    layout.center[0, slot] = torch.tensor([0.0, 1.0, 4.0], dtype=torch.float64)
+    layout.size[0, slot] = torch.tensor([1.5, 1.0, 0.2], dtype=torch.float64)
+    colors = torch.tensor([[0.9, 0.7, 0.2], [0.1, 0.3, 0.6]], dtype=torch.float64)
+    layout.color[0, slot], layout.color2[0, slot] = colors
+    layout.pattern[0, slot], layout.scale[0, slot] = CHECKER, cell
+    scene = render_layouts(layout, height, width)
+
+    focal = height / 2 / math.tan(math.radians(30))
+    v, u = np.mgrid[0:height, 0:width] + 0.5
+    x, y = 3.8 * (u - width / 2) / focal, 1.0 + 3.8 * (height / 2 - v) / focal  # where each ray meets the board
+    on_board = (np.abs(x) < 1.5 - 1e-3) & (np.abs(y - 1.0) < 1.0 - 1e-3)
+    within_a_cell = (np.abs(x / cell - np.round(x / cell)) > 0.02) & (np.abs(y / cell - np.round(y / cell)) > 0.02)
+    parity = (np.floor(x / cell) + np.floor(y / cell)) % 2 == 1
+    image = scene.image[0].permute(1, 2, 0).double().numpy()
+    expected = (colors.numpy() ** (1 / 2.2)).astype(np.float32)
+    assert (scene.labels[0].numpy()[on_board] == BOX).all()
+    first, second = on_board & within_a_cell & ~parity, on_board & within_a_cell & parity
+    assert first.sum() > 100 and second.sum() > 100
+    pixels = [image[first], image[second]]
+    if abs(pixels[0][0] - expected[1]).max() < 1e-5:  # which colour the first cell gets is the pattern's choice
+        pixels.reverse()
+    for values, color in zip(pixels, expected, strict=True):
+        np.testing.assert_allclose(values, np.broadcast_to(color, values.shape), rtol=0, atol=1e-5)
+    ground = scene.labels[0].numpy() == GROUND  # plain: one colour
+    np.testing.assert_allclose(image[ground], np.full((ground.sum(), 3), 0.6 ** (1 / 2.2)), rtol=0, atol=1e-5)
 
 
 def test_layouts_stand_on_the_ground_with_fixed_sizes_for_known_classes():
@@ -177,6 +276,8 @@ def test_impossible_options_are_refused_by_name(options, name):
 def test_other_bad_input_is_refused_by_name():
     with pytest.raises(ValueError, match="seeds"):
         render_scenes([], 32, 48)
+    with pytest.raises(ValueError, match="seeds must be >= 0"):
+        render_scenes([3, -1], 32, 48)
     with pytest.raises(ValueError, match="count"):
         SceneBatch.blank(0)
     with pytest.raises(ValueError, match="start_index"):
@@ -188,7 +289,7 @@ def test_other_bad_input_is_refused_by_name():
 
 
 @needs_datasets
-def test_the_dataset_export_has_the_columns_of_scene_dataset():
+def test_the_dataset_export_holds_the_rendered_scenes():
     dataset = render_dataset("test", 3, 16, 24, offset=5)
     assert dataset.features == datasets.Features({
         "image": datasets.Image(),
@@ -203,6 +304,9 @@ def test_the_dataset_export_has_the_columns_of_scene_dataset():
     np.testing.assert_array_equal(rows["depth"], scenes.depth.numpy())
     np.testing.assert_array_equal(rows["labels"], scenes.labels.numpy())
     assert dataset[0]["image"].size == (24, 16)
+    pixels = (scenes.image * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_array_equal(np.stack([np.asarray(image) for image in dataset["image"]]), pixels)
+    assert load_images(dataset) is dataset and find_image_column(dataset) == "image"
 
 
 @needs_datasets

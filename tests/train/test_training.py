@@ -291,7 +291,7 @@ def test_finetune_depth_with_depth_anything_losses(source_checkpoint, tmp_path):
     info.source = "org/depth-anything-tiny"  # a converted student names its source: the saved model carries it
     save_converted(student, tmp_path / "student", source, info)
     output_dir = train(make_config(
-        source, tmp_path / "run", "scenes:4", mode="finetune", student=str(tmp_path / "student"),
+        source, tmp_path / "run", "render:train:4", mode="finetune", student=str(tmp_path / "student"),
         depth_loss_weight=1.0, max_steps=2,
     ))
     log = read_log(output_dir)
@@ -356,8 +356,9 @@ def test_bad_data_is_named(source_checkpoint, tmp_path):
         new_process()
         with pytest.raises(ValueError, match=re.escape(str(data))):
             train(make_config(source, tmp_path / "run", data))
-    with pytest.raises(ValueError, match="scenes:<number of scenes>"):
-        train(make_config(source, tmp_path / "run", "scenes:many"))
+    with pytest.raises(ValueError, match=re.escape("'scenes:8': procedural scenes come from the batched renderer now: "
+                                                   "use render:train[:<scenes per epoch>]")):
+        train(make_config(source, tmp_path / "run", "scenes:8"))
 
 
 def test_config_errors_are_clear(tmp_path, monkeypatch):
