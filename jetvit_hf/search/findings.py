@@ -35,6 +35,7 @@ from ..io import atomic_file, atomic_write_json, read_json
 from ..layouts import check_attention_types
 from .post_training import (CONFIG_FILE, PROTOCOL, PipelineConfig, extract_model, finetune_depth_weight,
                             restart_clock, score_test_split, train_stage, training_settings, validate_config)
+from .summary import with_interval
 
 TABLES = ("conv", "stage1", "full_layers", "inheritance", "skip_stage1", "random")
 FINDINGS_DIR = "findings"
@@ -180,13 +181,6 @@ def run_findings(run: str | Path, tables=TABLES) -> dict:
     return result
 
 
-def _cell(entry: dict | None) -> str:
-    if not entry:
-        return "-"
-    value = entry["score"] if "score" in entry else entry["mean"]
-    return f"{value:.4f} [{entry['ci95'][0]:.4f}, {entry['ci95'][1]:.4f}]" if entry.get("ci95") else f"{value:.4f}"
-
-
 def format_findings(result: dict) -> str:
     """One Markdown table per table of rows, with the teacher, searched model and baselines for reference; each row's
     paired difference to the model it is compared with (`compare`) is in the last columns."""
@@ -200,7 +194,7 @@ def format_findings(result: dict) -> str:
                       "all_window": ""}
     for table in dict.fromkeys(row["table"] for row in result["rows"].values()):
         lines += [f"### {table}", "", header, "|" + "---|" * (3 + 2 * len(measures) + len(truth))]
-        lines.append("| teacher | full | " + " | ".join(_cell(test["teacher"].get(m)) for m in measures) + " |"
+        lines.append("| teacher | full | " + " | ".join(with_interval(test["teacher"].get(m)) for m in measures) + " |"
                      + " - |" * (len(truth) + 1 + len(measures)))
         own = [name for name, row in result["rows"].items() if row["table"] == table]
         compared_rows = [row["compare"] for name, row in result["rows"].items() if name in own]
@@ -211,10 +205,10 @@ def format_findings(result: dict) -> str:
             layout = (_code(result["rows"][name]["attention_types"]) if name in result["rows"]
                       else reference_rows[name])
             compared = entry.get("minus_compared", {})
-            lines.append(f"| {name} | {layout} | " + " | ".join(_cell(entry["scores"].get(m)) for m in measures)
-                         + " | " + " | ".join(_cell(entry["minus_teacher"].get(m)) for m in truth)
+            lines.append(f"| {name} | {layout} | " + " | ".join(with_interval(entry["scores"].get(m)) for m in measures)
+                         + " | " + " | ".join(with_interval(entry["minus_teacher"].get(m)) for m in truth)
                          + f" | {compared.get('model', '-')} | "
-                         + " | ".join(_cell(compared.get(m)) for m in measures) + " |")
+                         + " | ".join(with_interval(compared.get(m)) for m in measures) + " |")
         lines.append("")
     return "\n".join(lines)
 
