@@ -519,6 +519,7 @@ def test_sigterm_ends_the_step_writes_a_checkpoint_and_resuming_matches(source_c
 
 def test_a_forwarded_signal_is_the_same_request_and_a_later_one_stops_at_once():
     request = StopRequest()
+    before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN in a job started in the background
     with stop_on_signals(request):
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: the terminal's copy ...
         os.kill(os.getpid(), signal.SIGINT)  # ... and the one `accelerate launch` forwards: still one request
@@ -526,7 +527,7 @@ def test_a_forwarded_signal_is_the_same_request_and_a_later_one_stops_at_once():
         request.at -= 2  # seconds later: the user means it
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGTERM)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_a_run_recorded_before_a_setting_existed_is_still_the_same_run(reference, tmp_path):
