@@ -22,8 +22,8 @@ layout, stage 2's round 0 for the later rounds, full inheritance for MLP-only in
   --layer-table` prices a layout by its type counts), so they ask whether the search placed its layers well.
 
 Rows go under `DIR/findings/<row>/`, resumable and skipped when done like the pipeline's stages; a row trained exactly
-as a baseline or an earlier row (same layout and options) is that model, not trained again (training is
-deterministic). The scores go to `DIR/findings/findings.json` and, as Markdown tables, to `DIR/findings/findings.md`;
+as a baseline or an earlier row (same layout and options) is that model, not trained again (training is seeded;
+on a GPU not bit-exact, so a second training would differ only by that noise). The scores go to `DIR/findings/findings.json` and, as Markdown tables, to `DIR/findings/findings.md`;
 the tables of earlier calls stay there beside the new ones.
 """
 
@@ -159,7 +159,7 @@ def run_findings(run: str | Path, tables=TABLES) -> dict:
     models = {"searched": run / "finetune" / "model",
               **{f"all_{kind}": run / "baselines" / kind / "finetune" / "model" for kind in ("linear", "window")}}
     num_layers = len(next(iter(rows.values()))["attention_types"]) if rows else 0
-    # a row that is trained exactly as a baseline or an earlier row is that model (training is deterministic)
+    # a row that is trained exactly as a baseline or an earlier row is that model (training is seeded)
     trained = {_row_key({"attention_types": [kind] * num_layers, "convert": {}}): models[f"all_{kind}"]
                for kind in ("linear", "window")}
     for index, (name, row) in enumerate(rows.items(), start=1):

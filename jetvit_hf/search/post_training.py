@@ -89,9 +89,9 @@ CPU_BENCH = {"warmup": 10, "iters": 50, "threads": 1}
 # The settings that depend on where the run happens, by the type of the resolved --device ("gpu" for CUDA). An
 # explicitly given value always wins. image_scale: the training and evaluation size as a fraction of the teacher's
 # native resolution (its config's image_size), rounded to a multiple of the patch size. Measured with the default
-# teacher: the CPU preset takes about 7 minutes on 2 cores (224 px); on one H200 the training stages run at about 9
-# (distillation) and 7 (fine-tuning) steps a second at 448 px, batch 32, so the GPU preset's training stages take
-# about 3.5 of its 10 minutes, the searches, scoring and benchmark most of the rest.
+# teacher: the CPU preset takes about 7 minutes on 2 cores (224 px); the GPU preset took 9 minutes on one H200 (448
+# px, batch 32): 4 of training, 1 of start-up and searches, 3.5 of scoring the test split (most of it the `evaluate`
+# modules' storage, since made four times faster) and half a minute of benchmark.
 PRESETS = {
     "cpu": {"image_scale": 0.5, "eval_scenes": 48, "distill_steps": 32, "finetune_steps": 24, "batch_size": 8},
     "gpu": {"image_scale": 1.0, "eval_scenes": 256, "distill_steps": 200, "finetune_steps": 150, "batch_size": 32},
