@@ -204,12 +204,10 @@ class DepthObjective(_TeacherObjective):
             targets = [prediction for batch in self.teacher_predictions for prediction in batch]
             if images.depth is not None:  # compare where the scene has measurable depth, not in the sky
                 targets = [within_ground_truth(target, depth) for target, depth in zip(targets, images.depth)]
-            self.batch_targets = [_one_batch(targets[first : first + len(pixels)])
-                                  for pixels, first in self.images.batch_slices()]
         else:
             targets = self.images.depth
-            self.batch_targets = [_one_batch(targets[first : first + len(pixels)])
-                                  for pixels, first in self.images.batch_slices()]
+        self.batch_targets = [_one_batch(targets[first : first + len(pixels)])
+                              for pixels, first in self.images.batch_slices()]
         self.metrics = make_depth_metrics(mode, targets, target_is_depth=reference == "ground_truth")
 
     def _metric(self, predictions: Iterable[torch.Tensor]) -> tuple[float, torch.Tensor]:

@@ -304,13 +304,15 @@ def test_presets_follow_the_device_and_explicit_values_win(source_checkpoint, tm
     patches) on the CPU, 56 on a GPU."""
     teacher, _ = source_checkpoint("depth_anything_v2")
     given = dict(teacher=str(teacher), output_dir=str(tmp_path / "run"))
+
+    def resolved(config):
+        return config.image_size, config.eval_scenes, config.distill_steps, config.finetune_steps, config.batch_size
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     on_cpu, _ = validate_config(PipelineConfig(**given))
-    assert (on_cpu.image_size, on_cpu.eval_scenes, on_cpu.distill_steps, on_cpu.finetune_steps,
-            on_cpu.batch_size) == (28, 48, 32, 24, 8)
+    assert resolved(on_cpu) == (28, 48, 32, 24, 8)
     explicit, _ = validate_config(PipelineConfig(**given, image_size=42, eval_scenes=5, distill_steps=3))
-    assert (explicit.image_size, explicit.eval_scenes, explicit.distill_steps, explicit.finetune_steps,
-            explicit.batch_size) == (42, 5, 3, 24, 8)
+    assert resolved(explicit) == (42, 5, 3, 24, 8)
     # the recorded settings are the resolved ones: the same values given explicitly are the same run
     start_output(on_cpu)
     assert json.loads((tmp_path / "run" / "pipeline_config.json").read_text())["image_size"] == 28
@@ -321,11 +323,9 @@ def test_presets_follow_the_device_and_explicit_values_win(source_checkpoint, tm
 
     fake_cuda(monkeypatch)
     on_gpu, _ = validate_config(PipelineConfig(**given))
-    assert (on_gpu.image_size, on_gpu.eval_scenes, on_gpu.distill_steps, on_gpu.finetune_steps,
-            on_gpu.batch_size) == (56, 256, 200, 150, 32)
+    assert resolved(on_gpu) == (56, 256, 200, 150, 32)
     explicit, _ = validate_config(PipelineConfig(**given, image_size=28, batch_size=4, finetune_steps=7))
-    assert (explicit.image_size, explicit.eval_scenes, explicit.distill_steps, explicit.finetune_steps,
-            explicit.batch_size) == (28, 256, 200, 7, 4)
+    assert resolved(explicit) == (28, 256, 200, 7, 4)
     with pytest.raises(ValueError, match="--image-size 28 there, 56 now.*--batch-size 8 there, 32 now"):
         check_output(on_gpu)  # the CPU run's output: other resolved settings
     on_cpu_anyway, _ = validate_config(PipelineConfig(**given, device="cpu"))  # --device cpu on a GPU machine
