@@ -510,7 +510,7 @@ def _add_findings_parser(commands) -> None:
         "convolution; Table 2: the stage-1 layout; Table 3: stage 2's layouts with 0, 1, ... full layers; Fig. 5: "
         "MLP-only inheritance; skip_stage1: the searched full layers with every other layer linear or window; "
         "random: random orders of the searched layout's types, the same estimated latency) and score them with the "
-        "run's models on its test split, with 95%% intervals, into RUN/findings/findings.json and findings.md. "
+        "run's models on its test split, with 95% intervals, into RUN/findings/findings.json and findings.md. "
         "Rerunning skips finished rows; the rows of earlier calls stay in the files.",
     )
     findings.add_argument("--run", required=True, help="the output directory of a finished `jetvit pipeline`")
