@@ -463,6 +463,10 @@ def _add_pipeline_parser(commands) -> None:
         "objective": "search objective: auto (segmentation for a teacher with a probe, depth for a depth teacher, "
         "else feature), feature, depth (AbsRel against the teacher's prediction), segmentation or ordinal",
         "bench_resolution": "benchmark HEIGHTxWIDTH (default 1024x1024 on a GPU, --image-size on a CPU)",
+        "latency_table": "per-layer latency table of the teacher (`jetvit bench --model <converted teacher> "
+        "--layer-table OUT.json`): both searches' Pareto fronts are against estimated milliseconds, and `jetvit "
+        "findings` plots the test split's accuracy against them",
+        "latency_budget_ms": "with --latency-table: the searches skip layouts estimated slower than this",
     }
     for spec in fields(PipelineConfig):
         kind = next((t for t in typing.get_args(spec.type) if t is not type(None)), spec.type)
@@ -495,7 +499,8 @@ def run_findings(args: argparse.Namespace) -> int:
     """`jetvit findings`: the paper's ablations as extra rows at a finished pipeline run's budget."""
     from .search.findings import format_findings, run_findings as findings
 
-    result = findings(args.run, tables=[table.strip() for table in args.tables.split(",") if table.strip()])
+    result = findings(args.run, tables=[table.strip() for table in args.tables.split(",") if table.strip()],
+                      latency_table=args.latency_table)
     print(format_findings(result))
     return 0
 
@@ -511,11 +516,17 @@ def _add_findings_parser(commands) -> None:
         "MLP-only inheritance; skip_stage1: the searched full layers with every other layer linear or window; "
         "random: random orders of the searched layout's types, the same estimated latency) and score them with the "
         "run's models on its test split, with 95% intervals, into RUN/findings/findings.json and findings.md. "
-        "Rerunning skips finished rows; the rows of earlier calls stay in the files.",
+        "Rerunning skips finished rows; the rows of earlier calls stay in the files. With a latency table (the "
+        "run's --latency-table or --latency-table here), every scored model is also priced at its estimated latency "
+        "and plotted with the front of accuracy against latency (RUN/findings/pareto.png); --tables pareto does only "
+        "that, on the rows already scored.",
     )
     findings.add_argument("--run", required=True, help="the output directory of a finished `jetvit pipeline`")
-    findings.add_argument("--tables", default=",".join(TABLES), help=f"comma list of {', '.join(TABLES)} "
-                          "(default: all)")
+    findings.add_argument("--tables", default=",".join(TABLES), help=f"comma list of {', '.join(TABLES)}, pareto "
+                          "(default: every table with rows)")
+    findings.add_argument("--latency-table", default=None,
+                          help="per-layer latency table (`jetvit bench --layer-table`; default: the run's own, if "
+                          "it had one) for the accuracy / latency front")
     findings.set_defaults(func=run_findings)
 
 

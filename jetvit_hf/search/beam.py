@@ -141,12 +141,14 @@ def _load_latency_table(table, num_layers: int) -> dict | None:
 
 
 def pareto_front(evaluations: Sequence[dict], cost: str, higher_is_better: bool) -> list[dict]:
-    """The evaluations that no other beats on both `cost` (lower is better) and score, by increasing cost."""
+    """The evaluations that no other beats on both `cost` (lower is better) and score, by increasing cost; exact ties
+    (two models with the same cost and score) are both on it."""
     ordered = sorted(evaluations, key=lambda r: (r[cost], -_goodness(r["score"], higher_is_better)))
     front, best = [], -math.inf
     for record in ordered:
         goodness = _goodness(record["score"], higher_is_better)
-        if goodness > best:
+        tie = bool(front) and goodness == best and record[cost] == front[-1][cost]
+        if goodness > best or tie:
             front.append(record)
             best = goodness
     return front

@@ -21,6 +21,12 @@ layout, stage 2's round 0 for the later rounds, full inheritance for MLP-only in
   run's seed. With the same number of layers of each type they have the same estimated latency (`jetvit bench
   --layer-table` prices a layout by its type counts), so they ask whether the search placed its layers well.
 
+- `pareto` (beyond the paper): no rows of its own. With a per-layer latency table (`--latency-table`, or the one the
+  run's searches used), every scored model is priced at its estimated latency and the test split's score of the
+  search objective's measure is plotted against it, with the front of models no other beats on both
+  (`findings/pareto.png`, the `latency` entry of findings.json). `--tables pareto` alone prices the rows already
+  scored without training or scoring anything.
+
 Rows go under `DIR/findings/<row>/`, resumable and skipped when done like the pipeline's stages; a row trained exactly
 as a baseline or an earlier row (same layout and options) is that model, not trained again (training is seeded;
 on a GPU not bit-exact, so a second training would differ only by that noise). The scores go to `DIR/findings/findings.json` and, as Markdown tables, to `DIR/findings/findings.md`;
@@ -37,7 +43,7 @@ from .post_training import (CONFIG_FILE, PROTOCOL, PipelineConfig, extract_model
                             restart_clock, score_test_split, train_stage, training_settings, validate_config)
 from .summary import with_interval
 
-TABLES = ("conv", "stage1", "full_layers", "inheritance", "skip_stage1", "random")
+TABLES = ("conv", "stage1", "full_layers", "inheritance", "skip_stage1", "random")  # the tables with rows
 FINDINGS_DIR = "findings"
 RANDOM_LAYOUTS = 3
 
@@ -49,9 +55,9 @@ def _code(layout: list[str]) -> str:
 def findings_rows(run: Path, tables=TABLES) -> dict[str, dict]:
     """`{row: {"table", "attention_types", "convert": convert_to_jetvit options}}` for `tables`, from the run's
     searched model and search logs."""
-    unknown = sorted(set(tables) - set(TABLES))
-    if unknown:
-        raise ValueError(f"--tables: unknown {', '.join(unknown)}; choose from {', '.join(TABLES)}")
+    _check_tables(tables)
+    if not set(tables) - {"pareto"}:
+        return {}
     searched = read_json(run / "finetune" / "model" / "config.json")["attention_types"]
     num_layers = len(searched)
     rows = {}
@@ -95,6 +101,13 @@ def findings_rows(run: Path, tables=TABLES) -> dict[str, dict]:
     return rows
 
 
+def _check_tables(tables) -> None:
+    unknown = sorted(set(tables) - {*TABLES, "pareto"})
+    if unknown or not tables:
+        raise ValueError(f"--tables: {'unknown ' + ', '.join(unknown) if unknown else 'none given'}; choose from "
+                         f"{', '.join(TABLES)}, pareto")
+
+
 def _random_orders(layout: list[str], count: int, seed: int) -> list[list[str]]:
     """Up to `count` distinct orders of `layout`'s attention types other than `layout` itself, drawn with `seed`."""
     generator, orders = random.Random(seed), []
@@ -136,21 +149,47 @@ def _train_row(config: PipelineConfig, info, name: str, row: dict, directory: Pa
                        depth_loss_weight=finetune_depth_weight(info), **training)
 
 
-def run_findings(run: str | Path, tables=TABLES) -> dict:
+def run_findings(run: str | Path, tables=TABLES, latency_table=None) -> dict:
     """Train every row of `tables` for the pipeline run in `run` and score them, with the rows of earlier calls, and
-    the run's models on its test split."""
-    from ..convert import load_jetvit
-    from ..data.render_stream import render_dataset
-    from ..device import resolve_placement
-
+    the run's models on its test split. With a latency table (`latency_table`, else the run's `--latency-table`)
+    the scored models also get the accuracy / latency front (`latency_front`); `tables=["pareto"]` only that, on
+    the rows already scored."""
     restart_clock()
+    _check_tables(tables)
     run = Path(run)
     if not (run / "report.json").is_file():
         raise ValueError(f"--run {run}: not a finished jetvit pipeline run (no report.json)")
     recorded = read_json(run / CONFIG_FILE)
     if recorded.pop("protocol", None) != PROTOCOL:
         raise ValueError(f"--run {run}: made by an earlier version of the pipeline; rerun it first")
-    config, info = validate_config(PipelineConfig(**recorded))
+    latency_table = latency_table or recorded.get("latency_table")
+    if "pareto" in tables and latency_table is None:
+        raise ValueError("--tables pareto needs --latency-table (write one with `jetvit bench --model <converted "
+                         "teacher> --layer-table OUT.json`)")
+    output = run / FINDINGS_DIR
+    if set(tables) - {"pareto"}:
+        result = _train_and_score(run, PipelineConfig(**recorded), tables)
+    elif (output / "findings.json").is_file():
+        result = read_json(output / "findings.json")
+    else:
+        raise ValueError(f"--run {run}: no rows scored yet ({output / 'findings.json'}); run tables with rows first")
+    if latency_table is not None:
+        from .plots import plot_latency_front
+
+        result["latency"] = latency_front(result, read_json(run / "report.json")["attention_types"], latency_table)
+        plot_latency_front(result, output / "pareto.png")
+    atomic_write_json(output / "findings.json", result)
+    with atomic_file(output / "findings.md") as staging:
+        Path(staging).write_text(format_findings(result))
+    return result
+
+
+def _train_and_score(run: Path, config: PipelineConfig, tables) -> dict:
+    from ..convert import load_jetvit
+    from ..data.render_stream import render_dataset
+    from ..device import resolve_placement
+
+    config, info = validate_config(config)
     output = run / FINDINGS_DIR
     rows = findings_rows(run, tables)
     if (output / "findings.json").is_file():  # an earlier call's rows stay (trained, so skipped) and are scored again
@@ -172,13 +211,39 @@ def run_findings(run: str | Path, tables=TABLES) -> dict:
     test_set = render_dataset("test", config.eval_scenes, config.image_size, config.image_size, device=device)
     scores = score_test_split(config, teacher, info, models, test_set,
                               compare={name: row["compare"] for name, row in rows.items()})
-    result = {"run": str(run), "rows": rows, "test_split": scores,
-              "budget": {"distill_steps": 2 * config.distill_steps, "finetune_steps": config.finetune_steps,
-                         "image_size": config.image_size, "batch_size": config.batch_size}}
-    atomic_write_json(output / "findings.json", result)
-    with atomic_file(output / "findings.md") as staging:
-        Path(staging).write_text(format_findings(result))
-    return result
+    return {"run": str(run), "rows": rows, "test_split": scores,
+            "budget": {"distill_steps": 2 * config.distill_steps, "finetune_steps": config.finetune_steps,
+                       "image_size": config.image_size, "batch_size": config.batch_size}}
+
+
+def latency_front(result: dict, searched: list[str], latency_table) -> dict:
+    """Every trained model of a findings `result` at its estimated latency (`bench.estimate_latency`) with its test
+    score in the search objective's measure (the first), and the front of those no other beats on both. `searched`
+    is the run's searched layout; the teacher is priced as all-full. Untrained conversions are left out."""
+    from ..bench import estimate_latency
+    from .beam import pareto_front
+
+    table = latency_table if isinstance(latency_table, dict) else read_json(latency_table)
+    test = result["test_split"]
+    measure = next(iter(test["measures"]))
+    higher = test["measures"][measure]["higher_is_better"]
+    layouts = {"searched": searched, "all_linear": ["linear"] * len(searched),
+               "all_window": ["window"] * len(searched),
+               **{name: row["attention_types"] for name, row in result["rows"].items()}}
+    points = [{"model": name, "layout": _code(layouts[name]),
+               "estimated_latency_ms": estimate_latency(table, layouts[name]),
+               "score": entry["scores"][measure]["score"], "ci95": entry["scores"][measure]["ci95"]}
+              for name, entry in test["models"].items() if name in layouts]
+    front = {point["model"] for point in pareto_front(points, "estimated_latency_ms", higher)}
+    for point in points:
+        point["on_front"] = point["model"] in front
+    teacher = test["teacher"].get(measure)
+    return {"measure": measure, "higher_is_better": higher,
+            "table": str(latency_table) if not isinstance(latency_table, dict) else table.get("command"),
+            "device": table.get("gpu") or table.get("device"), "resolution": table.get("resolution"),
+            "teacher": {"estimated_latency_ms": estimate_latency(table, ["full"] * len(searched)),
+                        "score": teacher["score"] if teacher else None, "ci95": teacher["ci95"] if teacher else None},
+            "points": sorted(points, key=lambda point: point["estimated_latency_ms"])}
 
 
 def format_findings(result: dict) -> str:
@@ -210,7 +275,22 @@ def format_findings(result: dict) -> str:
                          + f" | {compared.get('model', '-')} | "
                          + " | ".join(with_interval(compared.get(m)) for m in measures) + " |")
         lines.append("")
+    if "latency" in result:
+        lines += _format_latency_front(result["latency"])
     return "\n".join(lines)
 
 
-__all__ = ["TABLES", "findings_rows", "format_findings", "run_findings"]
+def _format_latency_front(front: dict) -> list[str]:
+    direction = "higher" if front["higher_is_better"] else "lower"
+    lines = ["### pareto", "", f"Estimated latency from the layer table {front['table']} ({front['device']}, "
+             f"{'x'.join(map(str, front['resolution'] or []))}); the teacher, all full, "
+             f"{front['teacher']['estimated_latency_ms']:.3f} ms. {front['measure']}: {direction} is better.", "",
+             f"| model | layout | estimated ms | {front['measure']} | on the front |", "|---|---|---|---|---|"]
+    for point in front["points"]:
+        score = with_interval({"score": point["score"], "ci95": point["ci95"]})
+        lines.append(f"| {point['model']} | {point['layout']} | {point['estimated_latency_ms']:.3f} | {score} | "
+                     f"{'yes' if point['on_front'] else ''} |")
+    return [*lines, ""]
+
+
+__all__ = ["TABLES", "findings_rows", "format_findings", "latency_front", "run_findings"]

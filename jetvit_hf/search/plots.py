@@ -1,4 +1,5 @@
-"""Plots of one search stage's `SearchResult`: the per-layer gain heatmap and score against cost with the Pareto front.
+"""Plots of one search stage's `SearchResult` (the per-layer gain heatmap, score against cost with the Pareto front) and
+of `jetvit findings`' trained models against estimated latency.
 Images are written atomically (a reader never sees a partial file; `io.atomic_save_figure`)."""
 
 import os
@@ -83,6 +84,50 @@ def plot_pareto(result: SearchResult, path: str | os.PathLike) -> Path:
     axes.set_title(f"Attention search, stage {result.stage}: accuracy / cost", fontsize=10)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
+    try:
+        return _save_figure(figure, path)
+    finally:
+        plt.close(figure)
+
+
+def plot_latency_front(result: dict, path: str | os.PathLike) -> Path:
+    """A findings result's `latency` entry: every trained model's test score (95% interval bars) against its estimated
+    latency, the front of models no other beats on both, and the teacher (all full) for reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    front = result["latency"]
+    points = front["points"]
+    figure, axes = plt.subplots(figsize=(7.0, 4.6))
+    for point in points:
+        low, high = point["ci95"] or (point["score"], point["score"])
+        axes.errorbar([point["estimated_latency_ms"]], [point["score"]],
+                      yerr=[[point["score"] - low], [high - point["score"]]], fmt="o", markersize=4, capsize=2,
+                      color="tab:blue" if point["on_front"] else "0.6")
+        axes.annotate(point["layout"], (point["estimated_latency_ms"], point["score"]), textcoords="offset points",
+                      xytext=(4, 4), fontsize=6, family="monospace",
+                      color="black" if point["on_front"] else "0.45")
+    on_front = [point for point in points if point["on_front"]]
+    axes.plot([p["estimated_latency_ms"] for p in on_front], [p["score"] for p in on_front], "-", color="tab:blue",
+              drawstyle="steps-post", label="front (no model beats it on both)")
+    searched = next((p for p in points if p["model"] == "searched"), None)
+    if searched is not None:
+        axes.scatter([searched["estimated_latency_ms"]], [searched["score"]], marker="*", s=160, color="tab:red",
+                     zorder=3, label="searched")
+    teacher = front["teacher"]
+    axes.axvline(teacher["estimated_latency_ms"], color="tab:green", linestyle=":", linewidth=1,
+                 label="teacher's latency (all full)")
+    if teacher["score"] is not None:
+        axes.axhline(teacher["score"], color="tab:green", linestyle="--", linewidth=1, label="teacher's score")
+    resolution = "x".join(map(str, front["resolution"] or []))
+    axes.set_xlabel(f"estimated latency (ms, {front['device']}, {resolution})")
+    direction = "higher" if front["higher_is_better"] else "lower"
+    axes.set_ylabel(f"{front['measure']}, test split ({direction} is better)")
+    axes.set_title("Trained models: test accuracy against estimated latency", fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7)
     try:
         return _save_figure(figure, path)
     finally:

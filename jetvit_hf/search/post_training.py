@@ -117,6 +117,8 @@ class PipelineConfig:
     max_full: int = 1
     seed: int = 0  # seeds the training stages (data order, subnets, new weights)
     bench_resolution: str | None = None  # default: 1024x1024 on a GPU, the training size on a CPU
+    latency_table: str | None = None  # `jetvit bench --layer-table` JSON: the searches' cost axis in estimated ms
+    latency_budget_ms: float | None = None  # the searches skip layouts estimated slower than this (needs the table)
     device: str = "auto"  # search and evaluation: auto (the GPU when there is one), cpu, cuda or cuda:N
     dtype: str = "auto"  # search and evaluation: auto (bf16 autocast on a GPU, else float32), float32, bfloat16, float16
 
@@ -275,20 +277,49 @@ def _check_against_teacher(config: PipelineConfig, teacher: _Teacher) -> None:
             raise _error("bench_resolution", config.bench_resolution, f"smaller than one {patch}-pixel patch")
 
 
+def _check_latency(config: PipelineConfig, teacher: _Teacher) -> None:
+    """The layer table must be for the teacher's depth; a budget needs the table and must admit all-linear, where
+    both searches start."""
+    from ..bench import estimate_latency
+
+    budget = config.latency_budget_ms
+    if budget is not None and (not isinstance(budget, (int, float)) or not budget > 0):
+        raise _error("latency_budget_ms", budget, "must be a positive number of milliseconds")
+    if config.latency_table is None:
+        if budget is not None:
+            raise _error("latency_budget_ms", budget, "needs --latency-table (write one with `jetvit bench "
+                                                      "--model <converted teacher> --layer-table OUT.json`)")
+        return
+    if not Path(config.latency_table).is_file():
+        raise _error("latency_table", config.latency_table, "no such file; write one with `jetvit bench --model "
+                                                            "<converted teacher> --layer-table OUT.json`")
+    table, layers = read_json(config.latency_table), teacher.config.num_hidden_layers
+    if table.get("num_layers") != layers or not {"per_layer_ms", "remainder_ms"} <= set(table):
+        raise _error("latency_table", config.latency_table,
+                     f"not a layer table of a {layers}-layer model (`jetvit bench --layer-table` of the teacher)")
+    linear = estimate_latency(table, ["linear"] * layers)
+    if budget is not None and linear > budget:
+        raise _error("latency_budget_ms", budget, f"below all-linear's estimated {linear:.3f} ms, where the searches "
+                                                  "start")
+
+
 def validate_config(config: PipelineConfig) -> tuple[PipelineConfig, _Teacher]:
     """Check every setting before any work: the device and dtype, the teacher (it must exist and its config and probe
     load), then, with the settings not given filled from `PRESETS` (`resolve_presets`), the counts, the training
-    data, the objective and the resolutions against the teacher. A `ValueError` names the flag. Returns the resolved
-    config, with a local teacher path made absolute (so the recorded settings name it wherever the command runs), and
-    the teacher's info."""
+    data, the objective and the resolutions against the teacher, the latency table and budget. A `ValueError` names the
+    flag. Returns the resolved config, with a local teacher path and the latency table made absolute (so the recorded
+    settings name them wherever the command runs), and the teacher's info."""
     _check_placement(config)
     teacher = _teacher_info(config.teacher)
     config = resolve_presets(config, teacher.config)
     _check_counts(config)
     _check_train_data(config)
     _check_against_teacher(config, teacher)
+    _check_latency(config, teacher)
     if Path(config.teacher).expanduser().is_dir():
         config = replace(config, teacher=str(Path(config.teacher).expanduser().resolve()))
+    if config.latency_table is not None:
+        config = replace(config, latency_table=str(Path(config.latency_table).resolve()))
     return config, teacher
 
 
@@ -452,7 +483,8 @@ def _train_and_search(config: PipelineConfig, output: Path, teacher, info: _Teac
     training = training_settings(config)
     searching = dict(teacher=teacher, data=search_set, split="search", beam_width=config.beam_width,
                      noise_factor=config.noise_factor, image_size=config.image_size, device=config.device,
-                     dtype=config.dtype, **search_objective(config, info))
+                     dtype=config.dtype, latency_table=config.latency_table,
+                     latency_budget_ms=config.latency_budget_ms, **search_objective(config, info))
     stage1 = train_stage(1, "distilling the stage-1 supernet ({linear, window} per layer)", output / "stage1",
                          "supernet", config.distill_steps, mode="distill",
                          student_overrides={"window_size": config.window_size}, **training)

@@ -37,8 +37,12 @@ from jetvit_hf.train import TrainConfig, reset_accelerate_state, train
 from jetvit_hf.train.checkpoints import StopRequest, TrainingInterrupted, list_checkpoints, stop_on_signals
 from jetvit_hf.train.supernet import JetViTSupernet
 
+# a hand-written per-layer latency table (full 3, window 2, linear 1 ms, remainder 0.5 ms): every estimate is a
+# known sum
+LATENCY_TABLE = Path(__file__).parent / "latency_table_6_layers.json"
+LAYER_MS = {"full": 3.0, "window": 2.0, "linear": 1.0}
 SETTINGS = dict(eval_scenes=4, image_size=56, window_size=2, distill_steps=10, finetune_steps=2, batch_size=2,
-                beam_width=2, max_full=1)
+                beam_width=2, max_full=1, latency_table=str(LATENCY_TABLE))
 INTERRUPTED = "jetvit pipeline: interrupted; rerun the same command to continue"
 MODELS = ("searched", "all_linear", "all_window", "all_linear_untrained", "all_window_untrained")
 DEPTH_MEASURES = ("abs_rel_vs_teacher", "abs_rel_vs_ground_truth", "delta1_vs_ground_truth")
@@ -119,6 +123,13 @@ def test_pipeline_end_to_end(reference):
     with torch.no_grad():
         depth = final(torch.randn(1, 3, 56, 56)).predicted_depth
     assert depth.shape == (1, 56, 56) and torch.isfinite(depth).all()
+    # --latency-table: both searches price every layout they evaluate from the table, a known sum per layout
+    for name in ("search1", "search2"):
+        log = json.loads((run / name / "search_log.json").read_text())
+        assert log["pareto_cost"] == "estimated_latency_ms"
+        for record in log["evaluations"]:
+            expected = 0.5 + sum(LAYER_MS[kind] for kind in record["assignment"])
+            assert record["estimated_latency_ms"] == pytest.approx(expected), record["assignment"]
     # 10 checkpoints per stage (the last 2 kept): an interruption loses at most 10% of a stage
     assert [path.name for path in list_checkpoints(run / "stage2" / "checkpoints")] == ["step-0000009",
                                                                                         "step-0000010"]
@@ -271,6 +282,9 @@ def test_rerun_with_other_settings_is_refused(reference):
     ("--device", "tpu", "unknown device 'tpu'"),
     ("--dtype", "float8", "unknown dtype 'float8'"),
     ("--noise-factor", "-1", "at least 0"),
+    ("--latency-table", "missing.json", "no such file; write one with `jetvit bench"),
+    ("--latency-budget-ms", "5", "below all-linear's estimated 6.500 ms, where the searches start"),
+    ("--latency-budget-ms", "-1", "must be a positive number of milliseconds"),
 ])
 def test_bad_settings_fail_before_any_work(source_checkpoint, tmp_path, monkeypatch, flag, value, message):
     teacher, _ = source_checkpoint("depth_anything_v2")
@@ -281,6 +295,18 @@ def test_bad_settings_fail_before_any_work(source_checkpoint, tmp_path, monkeypa
         f"jetvit pipeline: error: {flag} {value}")
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()  # nothing written, no stage started
+
+
+def test_a_latency_table_must_fit_the_teacher_and_a_budget_needs_one(source_checkpoint, tmp_path):
+    teacher, _ = source_checkpoint("depth_anything_v2")
+    twelve = tmp_path / "layers_12.json"
+    twelve.write_text(json.dumps({**json.loads(LATENCY_TABLE.read_text()), "num_layers": 12}))
+    status, _, err = run_main(pipeline_argv(teacher, tmp_path / "run", latency_table=twelve))
+    assert status == 2 and f"--latency-table '{twelve}': not a layer table of a 6-layer model" in err
+    argv = [arg for arg in pipeline_argv(teacher, tmp_path / "run") if not arg.startswith("--latency-table")]
+    status, _, err = run_main(argv + ["--latency-budget-ms=9"])
+    assert status == 2 and "--latency-budget-ms 9.0: needs --latency-table" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_pipeline_needs_its_teacher(tmp_path):
@@ -604,6 +630,8 @@ def test_findings_train_rows_at_the_runs_budget_and_score_them_on_its_test_split
             expected = score["score"] - models[other]["scores"][measure]["score"]
             assert compared[measure]["mean"] == pytest.approx(expected, abs=1e-12), (name, measure)
     assert "### conv" in out and "### inheritance" in out and "| all_linear_conv_static | LLLLLL |" in out
+    _check_latency_front(result, searched_layout)
+    assert (run / "findings" / "pareto.png").stat().st_size > 0 and "### pareto" in out
     # a rerun skips finished rows; stage 2's round-0 layout is the stage-1 layout, trained once and reported twice
     with offline(tmp_path / "hf"):
         status, out, err = run_main(["findings", "--run", str(run), "--tables", "conv,stage1,full_layers"])
@@ -620,6 +648,39 @@ def test_findings_train_rows_at_the_runs_budget_and_score_them_on_its_test_split
     assert set(rows) < set(again["rows"]) and "### inheritance" in out
     for name in rows:
         assert models[name]["scores"] == result["test_split"]["models"][name]["scores"], name
+    # --tables pareto alone trains and scores nothing: it prices the rows already scored
+    before = {path: path.stat().st_mtime_ns for path in (run / "findings").rglob("*.safetensors")}
+    with offline(tmp_path / "hf"):
+        status, out, err = run_main(["findings", "--run", str(run), "--tables", "pareto"])
+    assert status == 0 and "distilling" not in out and "### pareto" in out, err[-2000:]
+    priced = json.loads((run / "findings" / "findings.json").read_text())
+    assert priced["test_split"] == again["test_split"] and priced["rows"] == again["rows"]
+    _check_latency_front(priced, searched_layout)
+    assert {path: path.stat().st_mtime_ns for path in (run / "findings").rglob("*.safetensors")} == before
+
+
+def _check_latency_front(result: dict, searched: list[str]) -> None:
+    """Every trained model priced from the run's table (a known sum), scored as in the table of rows, and the front
+    checked by its definition: nothing on it is beaten on both by another model, and everything off it is."""
+    front = result["latency"]
+    assert front["measure"] == "abs_rel_vs_teacher" and front["higher_is_better"] is False
+    assert front["teacher"]["estimated_latency_ms"] == pytest.approx(0.5 + 6 * LAYER_MS["full"])
+    models = result["test_split"]["models"]
+    layouts = {"searched": searched, "all_linear": ["linear"] * 6, "all_window": ["window"] * 6,
+               **{name: row["attention_types"] for name, row in result["rows"].items()}}
+    points = {point["model"]: point for point in front["points"]}
+    assert set(points) == set(layouts)  # the untrained conversions are not on it
+    for name, point in points.items():
+        assert point["estimated_latency_ms"] == pytest.approx(0.5 + sum(LAYER_MS[kind] for kind in layouts[name]))
+        assert point["score"] == models[name]["scores"]["abs_rel_vs_teacher"]["score"]
+
+    def beats(a, b):  # a at most as slow as b and strictly better, or as good and strictly faster
+        faster, better = a["estimated_latency_ms"] - b["estimated_latency_ms"], b["score"] - a["score"]
+        return faster <= 1e-9 and better >= 0 and (better > 0 or faster < -1e-9)
+
+    for point in points.values():
+        beaten = any(beats(other, point) for other in points.values() if other is not point)
+        assert point["on_front"] is not beaten, point
 
 
 def test_findings_rows_skip_stage1_and_random_orders_keep_the_searched_layouts_types(tmp_path):
@@ -650,4 +711,12 @@ def test_findings_refuse_an_unfinished_run_and_unknown_tables(reference, tmp_pat
     status, _, err = run_main(["findings", "--run", str(tmp_path)])
     assert status == 2 and f"--run {tmp_path}: not a finished jetvit pipeline run (no report.json)" in err
     status, _, err = run_main(["findings", "--run", str(finished), "--tables", "conv,table9"])
-    assert status == 2 and "--tables: unknown table9; choose from conv, stage1, full_layers, inheritance, skip_stage1, random" in err
+    assert status == 2 and "--tables: unknown table9; choose from conv, stage1, full_layers, inheritance, skip_stage1, random, pareto" in err
+    status, _, err = run_main(["findings", "--run", str(finished), "--tables", "pareto"])  # nothing scored yet
+    assert status == 2 and "no rows scored yet" in err
+    settings = json.loads((finished / "pipeline_config.json").read_text())
+    unpriced = tmp_path / "unpriced"
+    shutil.copytree(finished, unpriced, ignore=shutil.ignore_patterns("*.safetensors", "checkpoints"))
+    (unpriced / "pipeline_config.json").write_text(json.dumps({**settings, "latency_table": None}))
+    status, _, err = run_main(["findings", "--run", str(unpriced), "--tables", "pareto"])
+    assert status == 2 and "--tables pareto needs --latency-table" in err
