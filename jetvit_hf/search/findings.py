@@ -219,7 +219,8 @@ def _train_and_score(run: Path, config: PipelineConfig, tables) -> dict:
 def latency_front(result: dict, searched: list[str], latency_table) -> dict:
     """Every trained model of a findings `result` at its estimated latency (`bench.estimate_latency`) with its test
     score in the search objective's measure (the first), and the front of those no other beats on both. `searched`
-    is the run's searched layout; the teacher is priced as all-full. Untrained conversions are left out."""
+    is the run's searched layout; the teacher is priced as all-full. Untrained conversions are left out, and rows
+    that are the same trained model (a row trained as a baseline or an earlier row) are one point."""
     from ..bench import estimate_latency
     from .beam import pareto_front
 
@@ -230,10 +231,18 @@ def latency_front(result: dict, searched: list[str], latency_table) -> dict:
     layouts = {"searched": searched, "all_linear": ["linear"] * len(searched),
                "all_window": ["window"] * len(searched),
                **{name: row["attention_types"] for name, row in result["rows"].items()}}
-    points = [{"model": name, "layout": _code(layouts[name]),
-               "estimated_latency_ms": estimate_latency(table, layouts[name]),
-               "score": entry["scores"][measure]["score"], "ci95": entry["scores"][measure]["ci95"]}
-              for name, entry in test["models"].items() if name in layouts]
+    by_directory = {}  # one point per trained model: rows that reuse a model are listed under it
+    for name, entry in test["models"].items():
+        if name not in layouts:
+            continue
+        if entry["model"] in by_directory:
+            by_directory[entry["model"]]["same_model"].append(name)
+            continue
+        by_directory[entry["model"]] = {
+            "model": name, "same_model": [], "layout": _code(layouts[name]),
+            "estimated_latency_ms": estimate_latency(table, layouts[name]),
+            "score": entry["scores"][measure]["score"], "ci95": entry["scores"][measure]["ci95"]}
+    points = list(by_directory.values())
     front = {point["model"] for point in pareto_front(points, "estimated_latency_ms", higher)}
     for point in points:
         point["on_front"] = point["model"] in front
@@ -288,7 +297,8 @@ def _format_latency_front(front: dict) -> list[str]:
              f"| model | layout | estimated ms | {front['measure']} | on the front |", "|---|---|---|---|---|"]
     for point in front["points"]:
         score = with_interval({"score": point["score"], "ci95": point["ci95"]})
-        lines.append(f"| {point['model']} | {point['layout']} | {point['estimated_latency_ms']:.3f} | {score} | "
+        names = " = ".join([point["model"], *point["same_model"]])
+        lines.append(f"| {names} | {point['layout']} | {point['estimated_latency_ms']:.3f} | {score} | "
                      f"{'yes' if point['on_front'] else ''} |")
     return [*lines, ""]
 

@@ -92,7 +92,8 @@ def plot_pareto(result: SearchResult, path: str | os.PathLike) -> Path:
 
 def plot_latency_front(result: dict, path: str | os.PathLike) -> Path:
     """A findings result's `latency` entry: every trained model's test score (95% interval bars) against its estimated
-    latency, the front of models no other beats on both, and the teacher (all full) for reference."""
+    latency, the front of models no other beats on both (labelled with their layouts), the searched model, and the
+    teacher (all full) for reference."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -106,9 +107,9 @@ def plot_latency_front(result: dict, path: str | os.PathLike) -> Path:
         axes.errorbar([point["estimated_latency_ms"]], [point["score"]],
                       yerr=[[point["score"] - low], [high - point["score"]]], fmt="o", markersize=4, capsize=2,
                       color="tab:blue" if point["on_front"] else "0.6")
-        axes.annotate(point["layout"], (point["estimated_latency_ms"], point["score"]), textcoords="offset points",
-                      xytext=(4, 4), fontsize=6, family="monospace",
-                      color="black" if point["on_front"] else "0.45")
+        if point["on_front"]:  # the rest in findings.md: labels of close points would overlap
+            axes.annotate(point["layout"], (point["estimated_latency_ms"], point["score"]),
+                          textcoords="offset points", xytext=(4, 4), fontsize=6, family="monospace")
     on_front = [point for point in points if point["on_front"]]
     axes.plot([p["estimated_latency_ms"] for p in on_front], [p["score"] for p in on_front], "-", color="tab:blue",
               drawstyle="steps-post", label="front (no model beats it on both)")
