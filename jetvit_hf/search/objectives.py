@@ -12,9 +12,15 @@ Every objective also gives per-image scores (`Objective.assess`), so the search 
 between two layouts is noise (`evaluation.bootstrap`): one number per image whose mean is the score, or, for
 segmentation (a dataset-level mIoU, which is no mean over images), one confusion matrix per image whose sum the mIoU
 is computed from.
+
+Scoring is two steps an objective can run apart: `predict(model)` (the model's outputs on the images: disparity maps,
+feature maps or task features) and `assess_outputs(outputs)` (the score and per-image scores of those outputs), so that
+several measures of the same outputs run the model once (`assess_all`; e.g. `DepthObjective.derived`, another depth
+metric or reference on the same teacher pass). The teacher's own score is computed once and kept.
 """
 
 import contextlib
+import copy
 import os
 import time
 from collections.abc import Iterable
@@ -46,7 +52,8 @@ class Objective:
     """A search objective: `evaluate(model)` scores the subnet a supernet has set (or any JetViT) on a fixed held-out
     set whose reference outputs were computed once, `assess(model)` also gives the per-image scores. Subclasses set
     `name`, `higher_is_better` and `score` (or `score_images`, where the score is a mean over images); one with a
-    `placement` runs the models it scores there."""
+    `placement` runs the models it scores there. One that computes the model's outputs apart from scoring them
+    implements `model_outputs` and `score_outputs`, which gives `predict` and `assess_outputs`."""
 
     name = "objective"
     higher_is_better = True
@@ -62,16 +69,28 @@ class Objective:
         float64 CPU per-image scores, what `evaluation.bootstrap` takes: `[N]` numbers whose mean is the score, or
         `[N, C, C]` confusion matrices whose summed mIoU is the score (segmentation); None for an objective without
         them. With a `placement`, the model is moved to its device first and left there."""
-        if self.placement is not None:
-            self.placement.module(model)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.inference_mode():
-                score, per_image = self.score_images(model)
-        finally:
-            model.train(was_training)
-        return float(score), None if per_image is None else per_image.double().cpu()
+        with self._scoring(model):
+            score, per_image = self.score_images(model)
+        return _assessment(score, per_image)
+
+    def predict(self, model: torch.nn.Module) -> list:
+        """`model`'s outputs on the objective's images, one entry per batch (`model_outputs`), computed as `assess`
+        runs the model (placed, in eval mode without gradients, its training flag restored), to be scored by
+        `assess_outputs` of this objective or of any that `shares_outputs` with it."""
+        with self._scoring(model):
+            return list(self.model_outputs(model))
+
+    def assess_outputs(self, outputs) -> tuple[float, torch.Tensor | None]:
+        """What `assess` gives for the model whose outputs `predict` gave: the score and the float64 CPU per-image
+        scores (`score_outputs`, without gradients)."""
+        with torch.inference_mode():
+            score, per_image = self.score_outputs(outputs)
+        return _assessment(score, per_image)
+
+    def shares_outputs(self, other: "Objective") -> bool:
+        """Whether `other.predict(model)` is `self.predict(model)` for every model, so that one of them may run the
+        model for both (`assess_all`). Here: only for the objective itself."""
+        return other is self
 
     def score(self, model: torch.nn.Module) -> float:
         """The score of `model` (already in eval mode, without gradients)."""
@@ -80,6 +99,15 @@ class Objective:
     def score_images(self, model: torch.nn.Module) -> tuple[float, torch.Tensor | None]:
         """The score and the per-image scores (None here: an objective that only overrides `score` has none)."""
         return self.score(model), None
+
+    def model_outputs(self, model: torch.nn.Module) -> Iterable:
+        """`model`'s outputs on the objective's images, batch by batch in the order of the images (the model already
+        placed and in eval mode, without gradients); what `score_outputs` takes."""
+        raise NotImplementedError(f"{type(self).__name__} scores models only as a whole (score_images).")
+
+    def score_outputs(self, outputs: Iterable) -> tuple[float, torch.Tensor | None]:
+        """The score and the per-image scores of a model's outputs (`model_outputs`)."""
+        raise NotImplementedError(f"{type(self).__name__} scores models only as a whole (score_images).")
 
     def teacher_score(self) -> float | None:
         """The score of the teacher the objective was built with, from its kept outputs (no forward pass); None for an
@@ -94,10 +122,56 @@ class Objective:
     def describe(self) -> dict:
         return {"name": self.name, "higher_is_better": self.higher_is_better}
 
+    @contextlib.contextmanager
+    def _scoring(self, model: torch.nn.Module):
+        """`model` on the placement (where there is one), in eval mode, without gradients; its training flag is
+        restored afterwards."""
+        if self.placement is not None:
+            self.placement.module(model)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            model.train(was_training)
+
+
+def _assessment(score, per_image: torch.Tensor | None) -> tuple[float, torch.Tensor | None]:
+    """`(score, per-image scores)` as `Objective.assess` gives them: a float and float64 CPU numbers (or None)."""
+    return float(score), None if per_image is None else per_image.double().cpu()
+
+
+def assess_all(objectives: dict[str, Objective], models: dict[str, torch.nn.Module]) -> dict[str, dict[str, tuple]]:
+    """`{label: {model name: objectives[label].assess(model)}}` for every objective and model, the same numbers, but
+    each model runs once for every group of objectives that share their outputs (`Objective.shares_outputs`; grouped
+    with the first of the group): its `predict`, which every objective of the group scores (`assess_outputs`). A
+    group of one scores through `assess` (batch by batch, without keeping the outputs of the whole set)."""
+    groups: list[list[str]] = []
+    for label, objective in objectives.items():
+        group = next((group for group in groups if objectives[group[0]].shares_outputs(objective)), None)
+        if group is None:
+            groups.append([label])
+        else:
+            group.append(label)
+    assessed: dict[str, dict[str, tuple]] = {label: {} for label in objectives}
+    for group in groups:
+        leader = objectives[group[0]]
+        for model_name, model in models.items():
+            if len(group) == 1:
+                assessed[group[0]][model_name] = leader.assess(model)
+                continue
+            outputs = leader.predict(model)
+            for label in group:
+                assessed[label][model_name] = objectives[label].assess_outputs(outputs)
+    return assessed
+
 
 class _TeacherObjective(Objective):
     """An objective with a teacher and a fixed `EvalImages` set on one placement (default `resolve_placement()`);
-    students must match the teacher's shape. Subclasses compute what they keep of the teacher in `reference_pass`."""
+    students must match the teacher's shape. Subclasses compute what they keep of the teacher (`teacher_outputs`,
+    what `predict(teacher)` would give) in `reference_pass`, and score outputs in `score_outputs`; the teacher's own
+    score comes from its kept outputs, computed once."""
 
     def __init__(self, teacher: torch.nn.Module, images: EvalImages, placement: Placement | None = None):
         if len(images) == 0:
@@ -105,6 +179,7 @@ class _TeacherObjective(Objective):
         self.placement = placement or resolve_placement()
         self.teacher = self.placement.module(teacher).eval()
         self.images = images.to(self.placement.device)
+        self._teacher_assessment = None
 
     @contextlib.contextmanager
     def reference_pass(self):
@@ -116,8 +191,37 @@ class _TeacherObjective(Objective):
         self.placement.synchronize()
         self.reference_seconds = time.perf_counter() - start
 
+    @property
+    def teacher_outputs(self) -> list:
+        """The teacher's kept outputs, one entry per batch: what `predict(teacher)` gives."""
+        raise NotImplementedError
+
     def check(self, model: torch.nn.Module) -> None:
         check_teacher_student(unwrap(self.teacher).config, unwrap(model).config)
+
+    def model_outputs(self, model: torch.nn.Module) -> Iterable:
+        self.check(model)
+        return self._outputs(model)
+
+    def _outputs(self, model: torch.nn.Module) -> Iterable:
+        """`model`'s outputs batch by batch, lazily where the scoring allows (unchecked: the teacher's, too)."""
+        raise NotImplementedError
+
+    def score_images(self, model) -> tuple[float, torch.Tensor]:
+        return self.score_outputs(self.model_outputs(model))
+
+    def _teacher_scores(self) -> tuple[float, torch.Tensor | None]:
+        """The teacher's score and float64 CPU per-image scores from its kept outputs: one scoring, kept."""
+        if self._teacher_assessment is None:
+            self._teacher_assessment = self.assess_outputs(self.teacher_outputs)
+        return self._teacher_assessment
+
+    def teacher_score(self) -> float:
+        return self._teacher_scores()[0]
+
+    def teacher_image_scores(self) -> torch.Tensor | None:
+        per_image = self._teacher_scores()[1]
+        return None if per_image is None else per_image.clone()  # the kept one stays as computed
 
     def describe(self) -> dict:
         sizes = sorted({tuple(batch.shape[-2:]) for batch in self.images.batches})
@@ -137,7 +241,11 @@ class FeatureObjective(_TeacherObjective):
         self.targets = resolve_targets(teacher, targets)
         self.loss = loss if loss is not None else FeatureDistillationLoss()
         with self.reference_pass():
-            self.teacher_features = [self._features(self.teacher, pixels) for pixels in self.images.batches]
+            self.teacher_features = list(self._outputs(self.teacher))
+
+    @property
+    def teacher_outputs(self) -> list[list[torch.Tensor]]:
+        return self.teacher_features
 
     def _features(self, model: torch.nn.Module, pixels: torch.Tensor) -> list[torch.Tensor]:
         """`model`'s float32 task features of one batch (the forward in the placement's autocast)."""
@@ -145,26 +253,19 @@ class FeatureObjective(_TeacherObjective):
             features = task_features(model, model_inputs(pixels, model), self.targets).features
         return [tap.float() for tap in features]
 
-    def _negated_loss(self, features: Iterable[list[torch.Tensor]]) -> tuple[float, torch.Tensor]:
+    def _outputs(self, model) -> Iterable[list[torch.Tensor]]:
+        return (self._features(model, pixels) for pixels in self.images.batches)
+
+    def score_outputs(self, outputs: Iterable[list[torch.Tensor]]) -> tuple[float, torch.Tensor]:
         """The negated loss of every image (the loss of its slice of each tap, in float64) and their mean."""
         per_image = []
-        for student, reference in zip(features, self.teacher_features):
+        for student, reference in zip(outputs, self.teacher_features):
             for index in range(len(student[0])):
                 pick = slice(index, index + 1)
                 per_image.append(-self.loss([tap[pick].double() for tap in student],
                                             [tap[pick].double() for tap in reference]).item())
         per_image = torch.tensor(per_image, dtype=torch.float64)
         return per_image.mean().item(), per_image
-
-    def score_images(self, model) -> tuple[float, torch.Tensor]:
-        self.check(model)
-        return self._negated_loss(self._features(model, pixels) for pixels in self.images.batches)
-
-    def teacher_score(self) -> float:
-        return self._negated_loss(self.teacher_features)[0]
-
-    def teacher_image_scores(self) -> torch.Tensor:
-        return self._negated_loss(self.teacher_features)[1]
 
     def describe(self) -> dict:
         return {**super().describe(), "targets": self.targets, "loss": repr(self.loss)}
@@ -178,13 +279,23 @@ def _one_batch(maps: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
 class DepthObjective(_TeacherObjective):
     """A `DepthMetrics` metric (`"delta1"`, `"delta2"`, `"delta3"` or `"abs_rel"`) of the model's predicted disparity
     against ground truth (images with `depth`; at the original resolution) or the teacher's prediction (at the model's
-    resolution), in `mode` `"disparity"` (Depth Anything's) or `"depth"` (MiDaS/Marigold's)."""
+    resolution), in `mode` `"disparity"` (Depth Anything's) or `"depth"` (MiDaS/Marigold's). `derived` gives another
+    of these measures on the same teacher pass, and all of them score the same `predict` (`shares_outputs`)."""
 
     def __init__(self, teacher, images: EvalImages, metric: str = "delta1", mode: str = "disparity",
                  reference: str = "auto", placement: Placement | None = None):
         if not is_depth_model(teacher):
             raise ValueError(f"The depth objective needs a depth model (JetViTForDepthEstimation), got "
                              f"{type(unwrap(teacher)).__name__}.")
+        reference = self._check_measure(images, metric, reference)
+        super().__init__(teacher, images, placement)
+        with self.reference_pass():
+            self.teacher_predictions = list(self._outputs(self.teacher))
+        self._set_measure(metric, mode, reference)
+
+    @staticmethod
+    def _check_measure(images: EvalImages, metric: str, reference: str) -> str:
+        """The reference (`"auto"` resolved) of a valid measure on `images`; a ValueError for an invalid one."""
         if metric not in DEPTH_METRIC_NAMES:
             raise ValueError(f"Unknown depth metric {metric!r}; allowed: {list(DEPTH_METRIC_NAMES)}.")
         if reference == "auto":
@@ -193,28 +304,53 @@ class DepthObjective(_TeacherObjective):
             raise ValueError(f"reference must be 'auto', 'teacher' or 'ground_truth', got {reference!r}.")
         if reference == "ground_truth" and images.depth is None:
             raise ValueError("reference='ground_truth' needs a `depth` column in the data.")
-        super().__init__(teacher, images, placement)
+        return reference
+
+    def _set_measure(self, metric: str, mode: str, reference: str) -> None:
+        """The metric, mode and (resolved) reference, with the per-batch targets and metrics they need, from the
+        teacher's kept predictions."""
         self.metric, self.mode, self.reference = metric, mode, reference
         self.name = f"depth_{metric}"
         self.higher_is_better = metric != "abs_rel"
-        with self.reference_pass():
-            self.teacher_predictions = [predicted_depth(self.teacher, pixels, self.placement)
-                                        for pixels in self.images.batches]
         if reference == "teacher":
             targets = [prediction for batch in self.teacher_predictions for prediction in batch]
-            if images.depth is not None:  # compare where the scene has measurable depth, not in the sky
-                targets = [within_ground_truth(target, depth) for target, depth in zip(targets, images.depth)]
+            if self.images.depth is not None:  # compare where the scene has measurable depth, not in the sky
+                targets = [within_ground_truth(target, depth) for target, depth in zip(targets, self.images.depth)]
         else:
             targets = self.images.depth
         self.batch_targets = [_one_batch(targets[first : first + len(pixels)])
                               for pixels, first in self.images.batch_slices()]
         self.metrics = make_depth_metrics(mode, targets, target_is_depth=reference == "ground_truth")
+        self._teacher_assessment = None
 
-    def _metric(self, predictions: Iterable[torch.Tensor]) -> tuple[float, torch.Tensor]:
+    def derived(self, *, metric: str | None = None, mode: str | None = None,
+                reference: str | None = None) -> "DepthObjective":
+        """The depth objective of `metric`, `mode` and `reference` (each by default this one's) on the same teacher,
+        images and placement, built from this one's kept teacher predictions without running the teacher again (its
+        `reference_seconds` is this one's pass). It scores what this one's `predict` gives (`shares_outputs`)."""
+        reference = self._check_measure(self.images, metric or self.metric, reference or self.reference)
+        other = copy.copy(self)  # shares the teacher, the images and its predictions; the measure is replaced
+        other._set_measure(metric or self.metric, mode or self.mode, reference)
+        return other
+
+    def shares_outputs(self, other: Objective) -> bool:
+        """True for a depth objective on the same images and placement (this one's `derived`): its `predict` is the
+        model's disparity on the same batches."""
+        return (isinstance(other, DepthObjective) and other.images is self.images
+                and other.placement == self.placement)
+
+    @property
+    def teacher_outputs(self) -> list[torch.Tensor]:
+        return self.teacher_predictions
+
+    def _outputs(self, model) -> Iterable[torch.Tensor]:
+        return (predicted_depth(model, pixels, self.placement) for pixels in self.images.batches)
+
+    def score_outputs(self, outputs: Iterable[torch.Tensor]) -> tuple[float, torch.Tensor]:
         """The metric of every image with a valid pixel and their mean (the metric over the whole set), from
         `[B, H, W]` disparity batches in the order of the images."""
         per_image = []
-        for prediction, target in zip(predictions, self.batch_targets):
+        for prediction, target in zip(outputs, self.batch_targets):
             for image_prediction, image_target in zip(prediction, target):
                 self.metrics.reset()
                 self.metrics.update(resize_map(image_prediction, image_target.shape[-2:]), image_target)
@@ -224,16 +360,6 @@ class DepthObjective(_TeacherObjective):
             raise ValueError("No image of the evaluation set has a valid depth pixel.")
         per_image = torch.tensor(per_image, dtype=torch.float64)
         return per_image.mean().item(), per_image
-
-    def score_images(self, model) -> tuple[float, torch.Tensor]:
-        self.check(model)
-        return self._metric(predicted_depth(model, pixels, self.placement) for pixels in self.images.batches)
-
-    def teacher_score(self) -> float:
-        return self._metric(self.teacher_predictions)[0]
-
-    def teacher_image_scores(self) -> torch.Tensor:
-        return self._metric(self.teacher_predictions)[1]
 
     def describe(self) -> dict:
         return {**super().describe(), "metric": self.metric, "mode": self.mode, "reference": self.reference}
@@ -262,20 +388,17 @@ class SegmentationObjective(_TeacherObjective):
         check_probe(probe, teacher)
         self.probe = probe.to(self.placement.device).eval()
 
-    def _miou(self, maps: list[torch.Tensor]) -> tuple[float, torch.Tensor]:
-        """The probe's mIoU on per-batch feature `maps` and the `[N, C, C]` per-image confusions it comes from."""
-        metrics, confusions = probe_map_confusions(self.probe, maps, self.images)
+    @property
+    def teacher_outputs(self) -> list[torch.Tensor]:
+        return self.teacher_maps
+
+    def _outputs(self, model) -> list[torch.Tensor]:
+        return probe_feature_maps(model, self.images, self.placement)
+
+    def score_outputs(self, outputs: Iterable[torch.Tensor]) -> tuple[float, torch.Tensor]:
+        """The probe's mIoU on per-batch feature maps and the `[N, C, C]` per-image confusions it comes from."""
+        metrics, confusions = probe_map_confusions(self.probe, outputs, self.images)
         return metrics["mean_iou"], confusions
-
-    def score_images(self, model) -> tuple[float, torch.Tensor]:
-        self.check(model)
-        return self._miou(probe_feature_maps(model, self.images, self.placement))
-
-    def teacher_score(self) -> float:
-        return self._miou(self.teacher_maps)[0]
-
-    def teacher_image_scores(self) -> torch.Tensor:
-        return self._miou(self.teacher_maps)[1].double().cpu()
 
     def describe(self) -> dict:
         return {**super().describe(), "probe": self.probe_source, "num_labels": self.probe.classifier.out_channels}
@@ -294,14 +417,20 @@ class OrdinalObjective(_TeacherObjective):
         super().__init__(teacher, images, placement)
         self.pairs_source = "given (DA-2K format)" if pairs is not None else "sampled from the teacher's disparity"
         with self.reference_pass():
-            self.teacher_predictions = [predicted_depth(self.teacher, pixels, self.placement)
-                                        for pixels in self.images.batches]
+            self.teacher_predictions = list(self._outputs(self.teacher))
         if pairs is None:
             pairs = self._sample_pairs(pairs_per_image, seed)
         if len(pairs) != len(images) or not any(pairs):
             raise ValueError(f"Expected one list of pairs per image ({len(images)}), at least one pair in all; got "
                              f"{len(pairs)} lists with {sum(map(len, pairs))} pairs.")
         self.pairs = pairs
+
+    @property
+    def teacher_outputs(self) -> list[torch.Tensor]:
+        return self.teacher_predictions
+
+    def _outputs(self, model) -> Iterable[torch.Tensor]:
+        return (predicted_depth(model, pixels, self.placement) for pixels in self.images.batches)
 
     def _sample_pairs(self, pairs_per_image: int, seed: int) -> list[list[dict]]:
         generator = torch.Generator().manual_seed(seed)
@@ -315,11 +444,11 @@ class OrdinalObjective(_TeacherObjective):
                              "pixels.")
         return pairs
 
-    def _accuracy(self, predictions: Iterable[torch.Tensor]) -> tuple[float, torch.Tensor]:
+    def score_outputs(self, outputs: Iterable[torch.Tensor]) -> tuple[float, torch.Tensor]:
         """The accuracy over all pairs and each image's share of it: its correctly ranked pairs times the number of
         images over the number of pairs, so that the mean over images is the accuracy."""
         correct, index = [], 0
-        for batch in predictions:
+        for batch in outputs:
             for prediction in batch:
                 pairs = self.pairs[index]
                 disparity = resize_map(prediction, self.images.original_sizes[index]) if pairs else None
@@ -327,16 +456,6 @@ class OrdinalObjective(_TeacherObjective):
                 index += 1
         per_image = torch.tensor(correct, dtype=torch.float64) * len(correct) / sum(map(len, self.pairs))
         return per_image.mean().item(), per_image
-
-    def score_images(self, model) -> tuple[float, torch.Tensor]:
-        self.check(model)
-        return self._accuracy(predicted_depth(model, pixels, self.placement) for pixels in self.images.batches)
-
-    def teacher_score(self) -> float:
-        return self._accuracy(self.teacher_predictions)[0]
-
-    def teacher_image_scores(self) -> torch.Tensor:
-        return self._accuracy(self.teacher_predictions)[1]
 
     def describe(self) -> dict:
         return {**super().describe(), "pairs": self.pairs_source, "num_pairs": sum(len(p) for p in self.pairs)}

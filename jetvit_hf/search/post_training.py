@@ -615,12 +615,14 @@ def score_test_split(config: PipelineConfig, teacher, info: _Teacher, models: di
     objective's `TEST_MEASURES`: each score with its 95% bootstrap interval over scenes, and the paired differences
     model - teacher (measures against ground truth, where the teacher has a score) and searched - baseline. See the
     module docstring for the structure. `compare` (`{model: other model}`) adds `minus_compared`, the paired
-    difference model - other, to those models' entries."""
+    difference model - other, to those models' entries. The depth measures share one pass of the teacher
+    (`DepthObjective.derived`) and one forward of each model (`objectives.assess_all`): the same numbers as building
+    and assessing each measure on its own."""
     from ..convert import load_jetvit
     from ..data.render_stream import SPLITS
     from ..evaluation.bootstrap import NUM_RESAMPLES
     from ..evaluation.probe import load_linear_probe
-    from .objectives import make_objective
+    from .objectives import DepthObjective, assess_all, make_objective
 
     options = dict(image_size=config.image_size, device=config.device, dtype=config.dtype, progress=False)
     probe = load_linear_probe(info.probe) if info.probe is not None else None
@@ -638,14 +640,21 @@ def score_test_split(config: PipelineConfig, teacher, info: _Teacher, models: di
                                   "scores": {}, "minus_teacher": {}}
         if name != "searched":
             scores["models"][name]["searched_minus_this"] = {}
+    objectives, references = {}, {}
     for label, settings in TEST_MEASURES[objective_name(config, info)].items():
         settings = dict(settings)
         name = settings.pop("objective")
-        objective = make_objective(name, teacher, test_set, probe=probe, **options, **settings)
-        against_truth = settings["reference"] == "ground_truth"
-        scores["measures"][label] = {"higher_is_better": objective.higher_is_better,
-                                     "reference": settings["reference"]}
-        assessed = {model_name: objective.assess(model) for model_name, model in loaded.items()}
+        references[label] = settings["reference"]
+        depth = next((o for o in objectives.values() if isinstance(o, DepthObjective)), None)
+        if name == "depth" and depth is not None:  # the first depth measure's teacher pass serves them all
+            objectives[label] = depth.derived(**settings)
+        else:
+            objectives[label] = make_objective(name, teacher, test_set, probe=probe, **options, **settings)
+    all_assessed = assess_all(objectives, loaded)  # one forward of each model for all the depth measures
+    for label, objective in objectives.items():
+        assessed = all_assessed[label]
+        against_truth = references[label] == "ground_truth"
+        scores["measures"][label] = {"higher_is_better": objective.higher_is_better, "reference": references[label]}
         if against_truth:
             own = (objective.teacher_score(), objective.teacher_image_scores())
             scores["teacher"][label] = _interval(*own)

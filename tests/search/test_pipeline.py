@@ -51,7 +51,7 @@ DEPTH_MEASURES = ("abs_rel_vs_teacher", "abs_rel_vs_ground_truth", "delta1_vs_gr
 def pipeline_argv(teacher, output, **overrides) -> list[str]:
     settings = SETTINGS | overrides
     return ["pipeline", "--teacher", str(teacher), "--output", str(output)] + [
-        f"--{name.replace('_', '-')}={value}" for name, value in settings.items()]
+        f"--{name.replace('_', '-')}={value}" for name, value in settings.items() if value is not None]
 
 
 def offline_env(cache: Path) -> dict:
@@ -384,7 +384,8 @@ def segmentation_teacher(source_checkpoint, tmp_path):
 
 def test_a_segmentation_teacher_is_searched_and_reported_on_its_probes_miou(segmentation_teacher, tmp_path):
     run = tmp_path / "run"
-    status, out, err = run_main(pipeline_argv(segmentation_teacher, run, distill_steps=2, finetune_steps=1))
+    status, out, err = run_main(pipeline_argv(segmentation_teacher, run, distill_steps=2, finetune_steps=1,
+                                              latency_table=None))  # the table is for 6 layers, this teacher has 4
     assert status == 0, err[-3000:]
     for name in ("search1", "search2"):
         objective = json.loads((run / name / "search_log.json").read_text())["objective"]
