@@ -82,12 +82,7 @@ def plot_pareto(result: SearchResult, path: str | os.PathLike) -> Path:
     direction = "higher" if result.objective["higher_is_better"] else "lower"
     axes.set_ylabel(f"{result.objective['name']} ({direction} is better)")
     axes.set_title(f"Attention search, stage {result.stage}: accuracy / cost", fontsize=10)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-    try:
-        return _save_figure(figure, path)
-    finally:
-        plt.close(figure)
+    return _finish_scatter(figure, axes, path, legend_size=8)
 
 
 def plot_latency_front(result: dict, path: str | os.PathLike) -> Path:
@@ -127,8 +122,15 @@ def plot_latency_front(result: dict, path: str | os.PathLike) -> Path:
     direction = "higher" if front["higher_is_better"] else "lower"
     axes.set_ylabel(f"{front['measure']}, test split ({direction} is better)")
     axes.set_title("Trained models: test accuracy against estimated latency", fontsize=10)
+    return _finish_scatter(figure, axes, path, legend_size=7)
+
+
+def _finish_scatter(figure, axes, path: str | os.PathLike, legend_size: int) -> Path:
+    """The accuracy / cost plots' grid and legend; saved (`_save_figure`) and closed."""
+    import matplotlib.pyplot as plt
+
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=7)
+    axes.legend(fontsize=legend_size)
     try:
         return _save_figure(figure, path)
     finally:
