@@ -1,58 +1,150 @@
-"""Does fusing the MLP's GELU into the first GEMM's epilogue pay? (ViT-L MLP at 8197 tokens, bf16.)
+"""Does fusing the MLP's GELU into the up-projection's GEMM epilogue pay, and what does each variant cost in accuracy?
+(ViT-L MLP, 1024 -> 4096 -> 1024, at 8197 tokens per image, bf16.)
 
-Times `down(gelu(up(x)))` as: plain PyTorch ops, torch.compile (default), and `torch._addmm_activation(use_gelu=True)`
-(cuBLASLt's bias+GELU epilogue, which is the tanh approximation), and reports the approximation's error.
+Times `down(gelu(up(x)))`, as CUDA-graph medians, as:
+- `plain`: PyTorch ops with the exact (erf) GELU, as DINOv2/DINOv3/Depth Anything were trained;
+- `compiled`: `torch.compile` (default mode) of `plain`;
+- `addmm_tanh_epilogue`: `torch._addmm_activation(use_gelu=True)`, cuBLASLt's bias+GELU epilogue, which computes the
+  tanh approximation (the model's opt-in `fuse_gelu_epilogue()`, `jetvit bench --tanh-gelu-epilogue`);
+- `triton_erf_epilogue`: `experiments/triton_gelu_gemm.py`, a Triton GEMM with bias and exact GELU in its epilogue
+  (measured slower than `plain` on an H200, so not shipped in the model);
+and the up-projection alone (`up_projection_ms`): cuBLAS's GEMM with bias and no GELU (the floor a fused epilogue can
+reach), the same plus PyTorch's GELU, the two fused epilogues, and the Triton GEMM without its GELU. Each variant's
+relative error (Frobenius norm) is against a float64 computation with the exact GELU from the same half-precision
+inputs. `--sweep` also times the Triton kernel's launch settings.
 
     python benchmarks/bench_mlp.py --output mlp.json
+    python benchmarks/bench_mlp.py --batch 8 --sweep --output mlp_b8.json
 """
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks.bench_linear_attention import graph_ms
-from jetvit_hf.io import atomic_write_json
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmarks/bench_mlp.py` from anywhere
+
+from benchmarks.bench_linear_attention import graph_ms  # noqa: E402
+from jetvit_hf.io import atomic_write_json  # noqa: E402
+from benchmarks.experiments import triton_gelu_gemm  # noqa: E402
+
+# (block_m, block_n, block_k, warps, stages, epilogue split, programs per SM (0: one program per tile), group_m)
+SWEEP = [
+    (128, 256, 64, 8, 3, 2, 0, 8), (128, 256, 64, 8, 3, 1, 0, 8), (128, 256, 64, 8, 4, 2, 0, 8),
+    (128, 256, 64, 8, 3, 2, 1, 8), (128, 256, 64, 8, 3, 2, 0, 4), (128, 256, 64, 8, 3, 2, 0, 16),
+    (256, 128, 64, 8, 3, 2, 0, 8), (128, 128, 64, 8, 3, 1, 0, 8), (128, 128, 64, 8, 4, 1, 0, 8),
+    (128, 128, 64, 4, 4, 1, 0, 8), (128, 128, 64, 8, 3, 1, 2, 8), (64, 256, 64, 4, 4, 2, 0, 8),
+    (128, 256, 32, 8, 4, 2, 0, 8),
+]
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual.double() - expected).norm() / expected.norm()).item()
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tokens", type=int, default=8197)
+    parser.add_argument("--tokens", type=int, default=8197, help="tokens per image (1024x2048 / 16 + 5 = 8197)")
+    parser.add_argument("--batch", type=int, default=1, help="images (8: 8 x 8197 tokens)")
     parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    parser.add_argument("--sweep", action="store_true", help="also time the Triton kernel's launch settings")
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_mlp: needs a CUDA GPU", file=sys.stderr)
         return 2
-    dtype = torch.bfloat16
+    has_triton = triton_gelu_gemm.triton is not None
+    if not has_triton:
+        print("bench_mlp: triton is not installed; the Triton variants are left out", file=sys.stderr)
+    dtype = getattr(torch, args.dtype)
+    torch.manual_seed(0)
     with torch.device("cuda"):
-        x = torch.randn(args.tokens, args.hidden, dtype=dtype)
+        x = torch.randn(args.batch, args.tokens, args.hidden, dtype=dtype)
         up = torch.nn.Linear(args.hidden, 4 * args.hidden).to(dtype)
         down = torch.nn.Linear(4 * args.hidden, args.hidden).to(dtype)
+    flat = x.view(-1, args.hidden)
 
     def plain():
         return down(F.gelu(up(x)))
 
-    def epilogue():
-        return down(torch._addmm_activation(up.bias, x, up.weight.t(), use_gelu=True))
+    def tanh_epilogue_up():
+        return torch._addmm_activation(up.bias, flat, up.weight.t(), use_gelu=True).view(*x.shape[:-1], -1)
 
-    compiled = torch.compile(plain)
+    def tanh_epilogue():
+        return down(tanh_epilogue_up())
+
+    def triton_up(gelu=True):
+        return triton_gelu_gemm.linear_gelu_triton(x, up.weight, up.bias, gelu=gelu)
+
+    mlp = {"plain": plain, "compiled": torch.compile(plain), "addmm_tanh_epilogue": tanh_epilogue}
+    up_only = {"cublas_gemm_bias_no_gelu": lambda: up(x), "cublas_gemm_bias_then_gelu": lambda: F.gelu(up(x)),
+               "addmm_tanh_epilogue": tanh_epilogue_up}
+    if has_triton:
+        mlp["triton_erf_epilogue"] = lambda: down(triton_up())
+        up_only["triton_erf_epilogue"] = triton_up
+        up_only["triton_gemm_bias_no_gelu"] = lambda: triton_up(gelu=False)
     with torch.inference_mode():
-        compiled()
-        reference = plain()
-        error = ((epilogue().float() - reference.float()).norm() / reference.float().norm()).item()
-        results = {name: graph_ms(fn) for name, fn in
-                   (("plain", plain), ("compiled", compiled), ("addmm_gelu_epilogue", epilogue))}
-    flops = 4 * args.tokens * args.hidden * 4 * args.hidden
-    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "ms": results,
-              "tflops": {k: flops / (v * 1e-3) / 1e12 for k, v in results.items()},
-              "epilogue_relative_error_vs_erf_gelu": error}
+        hidden64 = F.gelu(x.double() @ up.weight.double().T + up.bias.double())  # exact GELU, float64
+        out64 = hidden64 @ down.weight.double().T + down.bias.double()
+        errors = {name: relative_error(fn(), out64) for name, fn in mlp.items()}  # also compiles before timing
+        up_errors = {name: relative_error(up_only[name](), hidden64)
+                     for name in ("cublas_gemm_bias_then_gelu", "addmm_tanh_epilogue", "triton_erf_epilogue")
+                     if name in up_only}
+        ms = {name: graph_ms(fn) for name, fn in mlp.items()}
+        up_ms = {name: graph_ms(fn) for name, fn in up_only.items()}
+        sweep = run_sweep(x, up, hidden64) if args.sweep and has_triton else []
+    del hidden64, out64
+    tokens = args.batch * args.tokens
+    flops = 4 * tokens * args.hidden * 4 * args.hidden  # two GEMMs
+    config = None
+    if has_triton:
+        config = triton_gelu_gemm.launch_config(tokens, 4 * args.hidden, args.hidden, dtype, x.device)
+    result = {
+        "command": " ".join(sys.argv),
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton_gelu_gemm.triton.__version__ if has_triton else None,
+        "shape": {"batch": args.batch, "tokens_per_image": args.tokens, "hidden": args.hidden,
+                  "intermediate": 4 * args.hidden, "dtype": args.dtype},
+        "triton_launch_config": dict(zip(("block_m", "block_n", "block_k", "warps", "stages", "epilogue_split"),
+                                         config)) if config else None,
+        "ms": ms,
+        "tflops": {k: flops / (v * 1e-3) / 1e12 for k, v in ms.items()},
+        "relative_error_vs_float64_erf_gelu": errors,
+        "up_projection_ms": up_ms,
+        "up_projection_tflops": {k: flops / 2 / (v * 1e-3) / 1e12 for k, v in up_ms.items()},
+        "up_projection_relative_error_vs_float64_erf_gelu": up_errors,
+        "sweep": sweep,
+    }
     print(json.dumps(result, indent=1))
     if args.output:
         atomic_write_json(args.output, result)
     return 0
+
+
+def run_sweep(x, up, hidden64) -> list[dict]:
+    """The Triton up-projection (bias + exact GELU) under each launch setting of SWEEP, fastest first."""
+    rows = []
+    for block_m, block_n, block_k, warps, stages, split, per_sm, group_m in SWEEP:
+        settings = dict(block_m=block_m, block_n=block_n, block_k=block_k, num_warps=warps, num_stages=stages,
+                        epilogue_split=split, programs_per_sm=per_sm, group_m=group_m)
+
+        def fn():
+            return triton_gelu_gemm.linear_gelu_triton(x, up.weight, up.bias, **settings)
+
+        try:
+            error = relative_error(fn(), hidden64)
+            rows.append({**settings, "ms": graph_ms(fn), "relative_error": error})
+        except Exception as exc:  # e.g. out of shared memory for this setting
+            rows.append({**settings, "failed": f"{type(exc).__name__}: {exc}"[:300]})
+    rows.sort(key=lambda row: row.get("ms", float("inf")))
+    for row in rows[:4]:
+        print("sweep: " + ", ".join(f"{k}={v}" for k, v in row.items()), file=sys.stderr)
+    return rows
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from jetvit_hf.layouts import paper_2full_layout
 
 settings = _settings("cuda", None, 10, 20, True, "reduce-overhead", None, False)
 spec = resolve_model_spec("dinov3-l")
-factories = _model_factories(spec, paper_2full_layout(24), ("hf", "hf-eager", "jetvit-full"))
+factories = _model_factories(spec, paper_2full_layout(24), ("hf", "hf-eager", "jetvit-full"), settings)
 with _run_context(settings):
     runners = {name: _maybe_compile(factory(settings.device, settings.dtype), settings, name)
                for name, (_, factory) in factories.items()}

@@ -66,6 +66,7 @@ def layer_latency_table(
     window_size: int | None = None,
     config_overrides: dict | None = None,
     fuse_qkv: bool = True,
+    tanh_gelu_epilogue: bool = False,
     check_attention_types=None,
     progress: bool = True,
     command: str | None = None,
@@ -78,7 +79,8 @@ def layer_latency_table(
     any layout. With `check_attention_types` (a layout, or True for the default hybrid), that layout is also built
     and measured, and `check` records the estimate's relative error.
     """
-    settings = _settings(device, dtype, warmup, iters, compile, compile_mode, sdpa_backend, False, fuse_qkv)
+    settings = _settings(device, dtype, warmup, iters, compile, compile_mode, sdpa_backend, False, fuse_qkv,
+                         tanh_gelu_epilogue)
     spec = resolve_model_spec(preset, model, window_size, config_overrides)
     resolution = parse_resolution(resolution) if resolution is not None else _default_resolution(spec)
     _check_resolution(spec.jetvit_config, resolution)
@@ -133,7 +135,8 @@ def _time_one_layer(spec: ModelSpec, kind: str, batch_size: int, resolution, set
 
     bar.set_postfix_str(kind)
     config = _config_with(spec.jetvit_config, num_hidden_layers=1, attention_types=[kind])
-    one_layer = prepare_jetvit(build_model(JetViTModel, config, settings.device, settings.dtype), settings.fuse_qkv)
+    one_layer = prepare_jetvit(build_model(JetViTModel, config, settings.device, settings.dtype), settings.fuse_qkv,
+                               settings.tanh_gelu_epilogue)
     pixels = _random_pixels(config, batch_size, resolution, settings)
     layer, args, kwargs = capture_layer_inputs(one_layer, pixels)
     runner = _maybe_compile(layer, settings)
@@ -156,7 +159,8 @@ def _time_whole_model(spec: ModelSpec, attention_types: list[str], label: str, b
     """The whole model with these attention types, timed as `benchmark` times a model."""
     bar.set_postfix_str(label)
     config = _config_with(spec.jetvit_config, attention_types=attention_types)
-    built = prepare_jetvit(build_model(spec.jetvit_class, config, settings.device, settings.dtype), settings.fuse_qkv)
+    built = prepare_jetvit(build_model(spec.jetvit_class, config, settings.device, settings.dtype), settings.fuse_qkv,
+                           settings.tanh_gelu_epilogue)
     runner = _maybe_compile(built, settings)
     record = _measure_model(runner, config, batch_size, resolution, settings)
     runner = built = None
@@ -205,6 +209,7 @@ def _layer_table_record(spec: ModelSpec, settings: RunSettings, command: str, re
         }),
         "compile": header["compile"],
         "fuse_qkv": header["fuse_qkv"],
+        "tanh_gelu_epilogue": header["tanh_gelu_epilogue"],
         "sdpa_backend_requested": header["sdpa_backend_requested"],
         "config_overrides": header["config_overrides"],
         "notes": header["notes"],

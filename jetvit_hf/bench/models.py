@@ -13,6 +13,7 @@ import torch
 from ..layouts import summarize_types
 from .device import dtype_name
 from .specs import ModelSpec, _config_with
+from .timing import RunSettings
 
 MODEL_NAMES = ("hf", "hf-eager", "jetvit-full", "jetvit")
 BASELINES = ("hf", "hf-eager", "jetvit-full")
@@ -88,12 +89,14 @@ def _from_pretrained(spec: ModelSpec, device: torch.device, dtype: torch.dtype) 
         return spec.jetvit_class.from_pretrained(spec.checkpoint, config=config, dtype=dtype).to(device)
 
 
-def prepare_jetvit(model: torch.nn.Module, fuse_qkv: bool = True) -> torch.nn.Module:
-    """JetViT's inference set-up: one fused QKV GEMM per attention (`fuse_qkv_projections`) and the MLP's GELU in the
-    up-projection's GEMM epilogue (`fuse_gelu_epilogue`, CUDA half precision only), where the model has them."""
-    if fuse_qkv and hasattr(model, "fuse_qkv_projections"):
-        with torch.inference_mode(False):
+def prepare_jetvit(model: torch.nn.Module, fuse_qkv: bool = True, tanh_gelu_epilogue: bool = False) -> torch.nn.Module:
+    """JetViT's inference set-up: one fused QKV GEMM per attention (`fuse_qkv_projections`). The MLP keeps the source
+    model's exact GELU unless `tanh_gelu_epilogue` opts into cuBLASLt's bias + tanh-GELU epilogue
+    (`fuse_gelu_epilogue`, an approximation; CUDA half precision only)."""
+    with torch.inference_mode(False):
+        if fuse_qkv and hasattr(model, "fuse_qkv_projections"):
             model.fuse_qkv_projections()
+        if tanh_gelu_epilogue and hasattr(model, "fuse_gelu_epilogue"):
             model.fuse_gelu_epilogue()
     return model
 
@@ -112,9 +115,13 @@ def _attn_implementations(model: torch.nn.Module) -> dict:
 
 
 def _model_factories(spec: ModelSpec, attention_types: list[str], baselines: Sequence[str],
-                     fuse_qkv: bool = True) -> dict:
-    """name -> (description, builder(device, dtype)) for the models this run compares."""
+                     settings: RunSettings) -> dict:
+    """name -> (description, builder(device, dtype)) for the models this run compares; the JetViT models get
+    `prepare_jetvit` with the run's settings."""
     import transformers
+
+    def prepare(model):
+        return prepare_jetvit(model, settings.fuse_qkv, settings.tanh_gelu_epilogue)
 
     factories = {}
     for name, how in (("hf", ""), ("hf-eager", ", never compiled")):
@@ -132,15 +139,14 @@ def _model_factories(spec: ModelSpec, attention_types: list[str], baselines: Seq
     if "jetvit-full" in baselines:
         factories["jetvit-full"] = (
             f"{spec.jetvit_class.__name__}, all full attention",
-            lambda device, dtype: prepare_jetvit(build_model(spec.jetvit_class, full_config, device, dtype), fuse_qkv),
+            lambda device, dtype: prepare(build_model(spec.jetvit_class, full_config, device, dtype)),
         )
     hybrid_config = _config_with(spec.jetvit_config, attention_types=attention_types)
     if spec.checkpoint is not None and attention_types == list(spec.jetvit_config.attention_types):
         hybrid = (f"{spec.jetvit_class.__name__} from {spec.checkpoint}",
-                  lambda device, dtype: prepare_jetvit(_load_checkpoint(spec, device, dtype), fuse_qkv))
+                  lambda device, dtype: prepare(_load_checkpoint(spec, device, dtype)))
     else:
         hybrid = (f"{spec.jetvit_class.__name__}, {summarize_types(attention_types)}",
-                  lambda device, dtype: prepare_jetvit(build_model(spec.jetvit_class, hybrid_config, device, dtype),
-                                                       fuse_qkv))
+                  lambda device, dtype: prepare(build_model(spec.jetvit_class, hybrid_config, device, dtype)))
     factories["jetvit"] = hybrid
     return factories

@@ -43,6 +43,7 @@ def benchmark(
     window_size: int | None = None,
     config_overrides: dict | None = None,
     fuse_qkv: bool = True,
+    tanh_gelu_epilogue: bool = False,
     profile: bool = True,
     progress: bool = True,
     command: str | None = None,
@@ -66,7 +67,8 @@ def benchmark(
         `ratios["hf/jetvit" | "jetvit-full/jetvit"] = {"latency": t_other / t_jetvit, "throughput": ...}` (> 1 means
         the hybrid is faster).
     """
-    settings = _settings(device, dtype, warmup, iters, compile, compile_mode, sdpa_backend, profile, fuse_qkv)
+    settings = _settings(device, dtype, warmup, iters, compile, compile_mode, sdpa_backend, profile, fuse_qkv,
+                         tanh_gelu_epilogue)
     spec = resolve_model_spec(preset, model, window_size, config_overrides)
     types, layout = _hybrid_types(spec, attention_types)
     resolution = parse_resolution(resolution) if resolution is not None else _default_resolution(spec)
@@ -81,7 +83,7 @@ def benchmark(
     result = _header("benchmark", spec, settings, types, layout, command)
     result.update(resolution=list(resolution), num_tokens=num_tokens(spec.jetvit_config, resolution),
                   batch_sizes={"latency": 1, "throughput": batch_size}, results={}, ratios={})
-    factories = _model_factories(spec, types, baselines, settings.fuse_qkv)
+    factories = _model_factories(spec, types, baselines, settings)
     flops = _backbone_flops_per_model(spec, types, resolution)
     bar = _progress(len(factories) * 2, "jetvit bench", progress)
     with _run_context(settings):
@@ -191,6 +193,7 @@ def sweep(
     window_size: int | None = None,
     config_overrides: dict | None = None,
     fuse_qkv: bool = True,
+    tanh_gelu_epilogue: bool = False,
     plot: str | os.PathLike | None = None,
     progress: bool = True,
     command: str | None = None,
@@ -201,7 +204,8 @@ def sweep(
     baselines are `"skipped"` above `skip_baselines_above` tokens. Writes a log-log PNG of latency against tokens when
     `plot` is given.
     """
-    settings = _settings(device, dtype, warmup, iters, compile, compile_mode, sdpa_backend, False, fuse_qkv)
+    settings = _settings(device, dtype, warmup, iters, compile, compile_mode, sdpa_backend, False, fuse_qkv,
+                         tanh_gelu_epilogue)
     spec = resolve_model_spec(preset, model, window_size, config_overrides)
     types, layout = _hybrid_types(spec, attention_types)
     if isinstance(resolutions, str):
@@ -221,7 +225,7 @@ def sweep(
         {"resolution": list(res), "num_tokens": num_tokens(spec.jetvit_config, res), "results": {}, "ratios": {}}
         for res in points_res
     ]
-    factories = _model_factories(spec, types, baselines, settings.fuse_qkv)
+    factories = _model_factories(spec, types, baselines, settings)
     unavailable = "; ".join(spec.notes) or "no source config"
     bar = _progress(len(factories) * len(points), "jetvit bench sweep", progress)
     with _run_context(settings):

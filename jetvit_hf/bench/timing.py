@@ -33,6 +33,7 @@ class RunSettings:
     sdpa_backend: str = "default"
     profile: bool = True
     fuse_qkv: bool = True
+    tanh_gelu_epilogue: bool = False  # cuBLASLt's bias + tanh-GELU epilogue: an approximation, opt-in
 
     def timing_record(self) -> dict:
         cuda = self.device.type == "cuda"
@@ -51,7 +52,8 @@ class RunSettings:
         return {"mode": self.compile_mode or "default", "dynamic": False} if self.compile else None
 
 
-def _settings(device, dtype, warmup, iters, compile, compile_mode, sdpa_backend, profile, fuse_qkv=True) -> RunSettings:
+def _settings(device, dtype, warmup, iters, compile, compile_mode, sdpa_backend, profile, fuse_qkv=True,
+              tanh_gelu_epilogue=False) -> RunSettings:
     dev = check_device(device)
     if sdpa_backend is None:
         sdpa_backend = "default"
@@ -64,7 +66,7 @@ def _settings(device, dtype, warmup, iters, compile, compile_mode, sdpa_backend,
     if compile_mode is not None:  # --compile-mode implies --compile
         compile = True
     return RunSettings(dev, resolve_dtype(dtype, dev), warmup, iters, bool(compile), compile_mode, sdpa_backend,
-                       profile, bool(fuse_qkv))
+                       profile, bool(fuse_qkv), bool(tanh_gelu_epilogue))
 
 
 def _sdpa_context(name: str):

@@ -375,13 +375,28 @@ def test_config_overrides_reach_every_jetvit_model(tmp_path):
     spec = bench.resolve_model_spec("tiny", config_overrides=overrides)
     assert spec.jetvit_config.window_size == 1 and spec.jetvit_config.kernel_impl == "torch"
     assert any("kernel_impl" in note for note in spec.notes)
-    factories = _model_factories(spec, ["window"] * 4, ["jetvit-full"])
+    factories = _model_factories(spec, ["window"] * 4, ["jetvit-full"], _settings("cpu", None, 0, 1, False, None, None,
+                                                                                  False))
     models = {name: factory(torch.device("cpu"), torch.float32) for name, (_, factory) in factories.items()}
     assert all(m.config.window_size == 1 and m.config.kernel_impl == "torch" for m in models.values())
     with pytest.raises(ValueError, match="cannot change"):
         bench.resolve_model_spec("tiny", config_overrides={"num_hidden_layers": 2})
     with pytest.raises(ValueError, match="KEY=VALUE"):
         _parse_overrides(["window_size"])
+
+
+def test_jetvit_models_keep_the_exact_gelu_unless_the_tanh_epilogue_is_asked_for():
+    """The bench times the source model's exact GELU; cuBLASLt's tanh-GELU epilogue is an opt-in approximation."""
+    from jetvit_hf.models.jetvit.modeling_jetvit import JetViTMLP
+
+    spec = bench.resolve_model_spec("tiny")
+    for tanh in (False, True):
+        settings = _settings("cpu", None, 0, 1, False, None, None, False, tanh_gelu_epilogue=tanh)
+        factories = _model_factories(spec, ["window"] * 4, ["jetvit-full"], settings)
+        for name, (_, factory) in factories.items():
+            mlps = [m for m in factory(torch.device("cpu"), torch.float32).modules() if isinstance(m, JetViTMLP)]
+            assert mlps and all(mlp.gelu_epilogue is tanh for mlp in mlps), (name, tanh)
+    assert settings.tanh_gelu_epilogue and bench.benchmark.__kwdefaults__["tanh_gelu_epilogue"] is False
 
 
 def test_every_jetvit_kernel_has_its_profile_category():
