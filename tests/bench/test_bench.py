@@ -414,3 +414,18 @@ def test_every_jetvit_kernel_has_its_profile_category():
                         "_window_kernel", "_prefix_merge_kernel"}
     for name in launched:
         assert bench.kernel_category(name).startswith("jetvit "), name
+
+
+def test_the_pipeline_benchmark_reads_the_jobs_own_step_announcements(capsys):
+    """`benchmarks/bench_pipeline.py` times the steps from the pipeline's announcements: it must parse what
+    `jetvit pipeline` prints, skipped steps included."""
+    from benchmarks.bench_pipeline import step_times
+    from jetvit_hf.search import post_training
+
+    post_training.restart_clock()
+    post_training._announce(1, "distilling the stage-1 supernet")
+    post_training._announce(6, "converting the teacher", ": already done in runs/x, skipped")
+    steps = step_times(capsys.readouterr().out)
+    assert [(s["step"], s["title"]) for s in steps] == [
+        (1, "distilling the stage-1 supernet"), (6, "converting the teacher: already done in runs/x, skipped")]
+    assert all(s["began_s"] == 0 for s in steps)  # both within the first second of the restarted clock
