@@ -40,7 +40,7 @@ def kernel_category(name: str) -> str:
         k in name for k in ("_state_kernel", "_state_finalize", "_state_split", "_output_kernel")
     ):
         return "jetvit linear attention"
-    if "_window_kernel" in name or "_prefix_merge" in name:
+    if any(k in name for k in ("_window_kernel", "_prefix_merge", "_window_bwd", "_prefix_stats", "_prefix_grad")):
         return "jetvit window attention"
     if classify_attention_kernel(name) or "attention" in lowered or "sdpa" in lowered:
         return "softmax attention"

@@ -8,8 +8,9 @@ the prefix keys and the window's keys, and writes `[batch, tokens, heads * head_
 prefix-concatenation copies. The prefix queries ride along: each program also accumulates them over the keys it has
 loaded, and a small kernel merges those partial softmaxes.
 
-Uses the RoPE-on-load tile loader and the launch helpers of `kernels_jetvit_linear.py`. Shipped with every saved
-checkpoint for `trust_remote_code`; Triton is optional (without it nothing here is launched).
+Uses the RoPE-on-load tile loader and the launch helpers of `kernels_jetvit_linear.py`; its window geometry helpers
+are shared with the backward kernels (`kernels_jetvit_window_backward.py`). Shipped with every saved checkpoint for
+`trust_remote_code`; Triton is optional (without it nothing here is launched).
 """
 
 import torch
@@ -29,6 +30,23 @@ except ImportError:  # CPU-only installs: ops_jetvit.py uses the PyTorch path
 
 if triton is not None:
     from .kernels_jetvit_linear import _load_rotated
+
+    @triton.jit
+    def _window_program(pid, BLOCKS: tl.constexpr, windows_per_image, window_cols, WINDOW: tl.constexpr):
+        """`(block, window, image, top row, left column)` of a program id laid out as (image, window, block), BLOCKS
+        blocks per window (shared with the backward kernels of `kernels_jetvit_window_backward.py`)."""
+        block = pid % BLOCKS
+        window = (pid // BLOCKS) % windows_per_image
+        batch = pid // (BLOCKS * windows_per_image)
+        return block, window, batch, (window // window_cols) * WINDOW, (window % window_cols) * WINDOW
+
+    @triton.jit
+    def _window_tokens(top, left, t, num_prefix, grid_h, grid_w, WINDOW: tl.constexpr):
+        """Token indices of the window positions `t` (row-major in the window whose top-left patch is `top`, `left`)
+        and whether each is a real patch: padding past the window or the grid is not."""
+        row, col = top + t // WINDOW, left + t % WINDOW
+        valid = (t < WINDOW * WINDOW) & (row < grid_h) & (col < grid_w)
+        return num_prefix + row * grid_w + col, valid
 
     @triton.jit
     def _online_softmax_step(q, k, v, valid, m_i, l_i, acc, qk_scale, PRECISION: tl.constexpr,
@@ -77,18 +95,12 @@ if triton is not None:
         key_blocks: tl.constexpr = (WINDOW * WINDOW + BLOCK_N - 1) // BLOCK_N
         pid = tl.program_id(0)
         head = tl.program_id(1)
-        block = pid % query_blocks
-        window = (pid // query_blocks) % windows_per_image
-        batch = pid // (query_blocks * windows_per_image)
-        top = (window // window_cols) * WINDOW
-        left = (window % window_cols) * WINDOW
+        block, window, batch, top, left = _window_program(pid, query_blocks, windows_per_image, window_cols, WINDOW)
         offs_d = tl.arange(0, BLOCK_D)
         d_mask = offs_d < HEAD_DIM
 
-        t = block * BLOCK_M + tl.arange(0, BLOCK_M)
-        row, col = top + t // WINDOW, left + t % WINDOW
-        q_valid = (t < WINDOW * WINDOW) & (row < grid_h) & (col < grid_w)
-        q_tokens = num_prefix + row * grid_w + col
+        q_tokens, q_valid = _window_tokens(top, left, block * BLOCK_M + tl.arange(0, BLOCK_M), num_prefix, grid_h,
+                                           grid_w, WINDOW)
         q_mask = q_valid[:, None] & d_mask[None, :]
         q_base = q_ptr + batch * stride_qb + head * stride_qh
         q = _load_rotated(q_base, q_tokens, stride_qn, offs_d, q_mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM,
@@ -114,10 +126,8 @@ if triton is not None:
                     prefix_q, prefix_k, prefix_v, p_valid, prefix_m, prefix_l, prefix_acc, qk_scale, PRECISION)
 
         for key_block in tl.range(0, key_blocks, num_stages=KEY_STAGES):  # software-pipelined key/value loads
-            t_k = key_block * BLOCK_N + tl.arange(0, BLOCK_N)
-            row_k, col_k = top + t_k // WINDOW, left + t_k % WINDOW
-            k_valid = (t_k < WINDOW * WINDOW) & (row_k < grid_h) & (col_k < grid_w)  # read only when not EVEN
-            k_tokens = num_prefix + row_k * grid_w + col_k
+            k_tokens, k_valid = _window_tokens(top, left, key_block * BLOCK_N + tl.arange(0, BLOCK_N), num_prefix,
+                                               grid_h, grid_w, WINDOW)  # k_valid read only when not EVEN
             if EVEN:
                 kv_mask = d_mask[None, :]
             else:

@@ -15,8 +15,9 @@ them) so that `torch.compile` keeps whole graphs. Inputs are `[batch, tokens, he
 dimension (views of the projection output are fine) and unrotated q/k: RoPE (tables `[patches, head_dim]`, patch tokens
 only) is applied inside. Each op runs the Triton kernels (`kernels_jetvit_linear.py`, `kernels_jetvit_window.py`) on
 CUDA tensors when Triton is installed, and the PyTorch path (`torch_jetvit.py`) otherwise. The backwards are analytic
-for the linear-attention ops and a recomputation of the PyTorch path for window attention, all in PyTorch (fp32 for the
-linear-attention state).
+for the linear-attention ops, in PyTorch (fp32 for the linear-attention state); window attention's is a fused Triton
+backward (`kernels_jetvit_window_backward.py`) under the same condition, else a recomputation of the PyTorch path under
+autograd.
 
 Shipped with every saved checkpoint for `trust_remote_code`: imports only torch and its flat siblings.
 """
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 
 from .kernels_jetvit_linear import linear_attention_output_triton, linear_attention_state_triton, triton_available
 from .kernels_jetvit_window import window_attention_triton
+from .kernels_jetvit_window_backward import window_attention_backward_triton
 from .torch_jetvit import (
     apply_rope,
     fp32_math,
@@ -202,18 +204,29 @@ def _window_fake(query, key, value, cos, sin, num_prefix, grid_h, grid_w, window
 
 def _window_setup_context(ctx, inputs, output):
     query, key, value, cos, sin, *settings = inputs
-    ctx.save_for_backward(query, key, value, cos, sin)
+    # the output gives the fused backward its rowsum(dO * O); o_proj keeps it for its weight gradient anyway
+    ctx.save_for_backward(query, key, value, cos, sin, output)
     ctx.settings = settings
 
 
-def _window_backward(ctx, grad_out):
-    """Recomputes the PyTorch path under autograd: the Triton kernel is forward-only."""
-    query, key, value, cos, sin = ctx.saved_tensors
-    num_prefix, grid_h, grid_w, window_size, scale = ctx.settings
+def window_attention_backward_recompute(query, key, value, cos, sin, grad_out, num_prefix: int, grid_size,
+                                        window_size: int, scale: float):
+    """`(dq, dk, dv)` by recomputing the PyTorch path under autograd: the backward on the CPU, and the reference."""
     with torch.enable_grad():
         inputs = [x.detach().requires_grad_(True) for x in (query, key, value)]
-        out = window_attention_torch(*inputs, cos, sin, num_prefix, (grid_h, grid_w), window_size, scale)
-        grads = torch.autograd.grad(out, inputs, grad_out)
+        out = window_attention_torch(*inputs, cos, sin, num_prefix, grid_size, window_size, scale)
+        return torch.autograd.grad(out, inputs, grad_out)
+
+
+def _window_backward(ctx, grad_out):
+    """The fused Triton backward on CUDA tensors when Triton is installed, else the recomputed PyTorch path."""
+    query, key, value, cos, sin, output = ctx.saved_tensors
+    num_prefix, grid_h, grid_w, window_size, scale = ctx.settings
+    args = (cos, sin, num_prefix, (grid_h, grid_w), window_size, scale)
+    if triton_available(query):
+        grads = window_attention_backward_triton(query, key, value, output, grad_out, *args)
+    else:
+        grads = window_attention_backward_recompute(query, key, value, cos, sin, grad_out, *args[2:])
     return (*grads, None, None, None, None, None, None, None)
 
 

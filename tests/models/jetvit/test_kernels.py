@@ -1,5 +1,5 @@
-"""The fused linear-attention ops: forward and backward against float64 references, and the Triton kernels against
-the PyTorch path (on a GPU, or on the CPU through Triton's interpreter with TRITON_INTERPRET=1)."""
+"""The fused linear- and window-attention ops: forward and backward against float64 references, and the Triton kernels
+against the PyTorch path or float64 (on a GPU, or on the CPU through Triton's interpreter with TRITON_INTERPRET=1)."""
 
 import os
 
@@ -7,9 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jetvit_hf.models.jetvit import kernels_jetvit_linear
+from jetvit_hf.models.jetvit import kernels_jetvit_linear, ops_jetvit
 from jetvit_hf.models.jetvit.kernels_jetvit_linear import linear_attention_output_triton, linear_attention_state_triton
 from jetvit_hf.models.jetvit.kernels_jetvit_window import window_attention_triton
+from jetvit_hf.models.jetvit.kernels_jetvit_window_backward import window_attention_backward_triton
 from jetvit_hf.models.jetvit.ops_jetvit import linear_attention_output, linear_attention_state, window_attention
 from jetvit_hf.models.jetvit.torch_jetvit import linear_attention_state_torch, window_attention_torch
 from helpers import relative_error
@@ -235,6 +236,98 @@ def test_triton_window_kernel_launch_settings_share_the_prefix_queries(block_m, 
                                   block_m=block_m, block_n=block_n, num_warps=8)
     expected = window_reference(q.cpu(), k.cpu(), v.cpu(), cos.cpu(), sin.cpu(), num_prefix, grid, 16, 0.2)
     torch.testing.assert_close(out.cpu().double(), expected, rtol=1e-4, atol=1e-5)
+
+
+def window_backward_check(q, k, v, cos, sin, num_prefix, grid, window, scale, tolerance, seed=0, **launch):
+    """The Triton backward's (dq, dk, dv) for a random output gradient against float64 autograd of the PyTorch path,
+    over all tokens and over the prefix rows alone (their sums run through the partial-sum kernels)."""
+    out = window_attention_triton(q, k, v, cos, sin, num_prefix, grid, window, scale)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).to(out)
+    grads = window_attention_backward_triton(q, k, v, out, grad_out, cos, sin, num_prefix, grid, window, scale,
+                                             **launch)
+    leaves = [x.detach().cpu().double().requires_grad_(True) for x in (q, k, v)]
+    tables = [None if t is None else t.cpu().double() for t in (cos, sin)]
+    expected = window_attention_torch(*leaves, *tables, num_prefix, grid, window, scale)
+    expected_grads = torch.autograd.grad(expected, leaves, grad_out.cpu().double())
+    for name, actual, reference in zip("qkv", grads, expected_grads):
+        assert actual.dtype == q.dtype and actual.shape == q.shape and torch.isfinite(actual).all(), name
+        error = relative_error(actual.cpu(), reference)
+        assert error < tolerance, (name, error)
+        if num_prefix:
+            error = relative_error(actual[:, :num_prefix].cpu(), reference[:, :num_prefix])
+            assert error < tolerance, (name, "prefix rows", error)
+
+
+WINDOW_BACKWARD_TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("grid, window", [((8, 8), 4), ((6, 7), 4)])  # windows tile the grid / padded windows
+@pytest.mark.parametrize("num_prefix", [0, 1, 5])
+@pytest.mark.parametrize("rope", [False, True])
+@pytest.mark.parametrize("dim", [32, 64])
+def test_triton_window_backward_matches_float64(dtype, grid, window, num_prefix, rope, dim):
+    device = triton_device(dtype)
+    q, k, v, _ = random_inputs(2, num_prefix, grid, 2, dim, 3, dtype=dtype, device=device, scale=2.0, seed=8)
+    cos, sin = (t.to(device) for t in rope_tables(grid[0] * grid[1], dim)) if rope else (None, None)
+    window_backward_check(q, k, v, cos, sin, num_prefix, grid, window, dim**-0.5, WINDOW_BACKWARD_TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("grid, window, num_prefix, dim, block_m, block_n", [
+    ((10, 9), 8, 3, 32, 16, 32),   # padded windows, more query blocks than key blocks
+    ((10, 9), 8, 3, 32, 32, 16),   # more key blocks than query blocks
+    ((16, 16), 8, 5, 32, 16, 16),  # whole windows and blocks (no masks), four blocks per window each way
+    ((6, 7), 4, 2, 48, 16, 16),    # a head dim below its tile (48 of 64): RoPE halves at the tile's halves
+    ((5, 9), 16, 4, 32, 64, 64),   # one window larger than the grid
+])
+def test_triton_window_backward_launch_settings(grid, window, num_prefix, dim, block_m, block_n):
+    """Several query and key blocks per window: every (query, key) block pair, every program's share of the prefix
+    rows' partial sums, and the window-0 program's prefix-against-prefix block must each be counted once."""
+    device = triton_device(torch.float32)
+    q, k, v, _ = random_inputs(1, num_prefix, grid, 2, dim, 3, device=device, scale=2.0, seed=9)
+    cos, sin = (t.to(device) for t in rope_tables(grid[0] * grid[1], dim, seed=3))
+    window_backward_check(q, k, v, cos, sin, num_prefix, grid, window, 0.2, 1e-4, block_m=block_m, block_n=block_n,
+                          num_warps=2)
+
+
+def test_triton_window_backward_rows_with_very_negative_scores():
+    """Rows whose scores are all far below 0 (logsumexp about -800 in log2 units): the padded keys' zero rows, whose
+    score is 0, must not reach exp2(-logsumexp) = inf. The tolerance is loose: dq cancels the keys' large common part
+    and so feels the rounding of the fp32 logsumexp (3e-5 at -800, the same shift for every p of a row). The fp32
+    PyTorch path is 5e-3 off float64 for the patch rows' dq here; the kernels 2e-4 there and 3e-3 for the prefix row."""
+    device = triton_device(torch.float32)
+    grid, num_prefix, dim = (6, 7), 1, 32
+    direction = torch.randn(dim, generator=torch.Generator().manual_seed(1))
+    q, k, v, _ = random_inputs(1, num_prefix, grid, 1, dim, 3, device=device, scale=0.1, seed=10)
+    q, k = q + 10 * direction.to(device), k - 10 * direction.to(device)
+    window_backward_check(q, k, v, None, None, num_prefix, grid, 4, dim**-0.5, 1e-2)
+
+
+def test_window_attention_op_uses_the_triton_backward(monkeypatch):
+    """On Triton's device (CUDA, or the interpreter made to count as one) the op's backward runs the fused kernels."""
+    device = triton_device(torch.float32)
+    if device == "cpu":
+        monkeypatch.setattr(ops_jetvit, "triton_available", lambda tensor: True)
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return window_attention_backward_triton(*args, **kwargs)
+
+    monkeypatch.setattr(ops_jetvit, "window_attention_backward_triton", counted)
+    grid, window, num_prefix = (6, 7), 4, 5
+    q, k, v, _ = random_inputs(2, num_prefix, grid, 2, 32, 3, device=device, seed=11)
+    cos, sin = (t.to(device) for t in rope_tables(42, 32))
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    out = window_attention(*leaves, num_prefix, grid, window, 0.2, cos=cos, sin=sin)
+    probe = torch.randn(out.shape, generator=torch.Generator().manual_seed(2)).to(out)
+    (out * probe).sum().backward()
+    assert calls == [1]
+    reference_leaves = [t.detach().cpu().double().requires_grad_(True) for t in (q, k, v)]
+    expected = window_reference(*reference_leaves, cos.cpu(), sin.cpu(), num_prefix, grid, window, 0.2)
+    (expected * probe.cpu().double()).sum().backward()
+    for leaf, reference in zip(leaves, reference_leaves):
+        torch.testing.assert_close(leaf.grad.cpu().double(), reference.grad, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("block_n, block_e", [(32, 16), (16, 32)])
