@@ -4,21 +4,25 @@ The block (RoPE, ReLU linear attention and the squeeze dynamic depthwise conv; p
 k, v and write o once: 4 * tokens * channels * bytes. This script times the fused ops (state kernel, the tiny kernel
 generator MLP, output kernel) as CUDA-graph replays of 20 back-to-back calls (what compiled, graphed inference sees:
 no Python launch gaps), with CUDA-event medians, and reports the achieved fraction of the measured copy bandwidth,
-next to the plain-PyTorch reference path and to full attention (SDPA) on the same shape. `--sweep` times the kernels' launch settings.
+next to the plain-PyTorch reference path and to full attention (SDPA) on the same shape. For training it times the two
+ops' forward and backward (autograd, the gradients of q/k/v and of the convolution kernels) with the fused Triton
+backwards against the PyTorch backwards, at each of `--train-batch-sizes`. `--sweep` times the kernels' launch settings.
 
     python benchmarks/bench_linear_attention.py --tokens 8197 --heads 16 --head-dim 64 --output results.json
 """
 
 import argparse
+import contextlib
 import itertools
 import statistics
 import sys
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
 
 from jetvit_hf.io import atomic_write_json
-from jetvit_hf.models.jetvit import kernels_jetvit_linear, torch_jetvit
+from jetvit_hf.models.jetvit import kernels_jetvit_linear, kernels_jetvit_linear_backward, ops_jetvit, torch_jetvit
 from jetvit_hf.models.jetvit.ops_jetvit import linear_attention_output, linear_attention_state
 
 
@@ -67,6 +71,69 @@ def copy_bandwidth_gbs(num_bytes: int = 2 << 30) -> float:
     return 2 * src.numel() / (ms * 1e-3) / 1e9
 
 
+@contextlib.contextmanager
+def pytorch_backwards():
+    """The ops' backwards on the PyTorch path (fp32 einsums, RoPE/ReLU/unrotation passes, cuDNN's convolution
+    backward) while the forwards stay the Triton kernels: what training ran before the fused backwards."""
+    with mock.patch.object(ops_jetvit, "linear_attention_state_backward_triton",
+                           torch_jetvit.linear_attention_state_backward_torch), \
+            mock.patch.object(ops_jetvit, "linear_attention_output_backward_triton",
+                              torch_jetvit.linear_attention_output_backward_torch):
+        yield
+
+
+def timed_ms(fn) -> tuple[float, str]:
+    """`graph_ms(fn)` where `fn` can be captured in a CUDA graph, else eager CUDA-event medians (then the CPU's launch
+    gaps are counted too); with the method used."""
+    try:
+        return graph_ms(fn, repeats=5), "cuda graph"
+    except Exception:  # a capture failure leaves nothing running; time it eagerly
+        torch.cuda.synchronize()
+        return cuda_median_ms(fn, warmup=5, iters=20), "eager"
+
+
+def time_training(batch, tokens, num_prefix, grid, heads, dim, dtype, cos, sin) -> dict:
+    """Forward plus backward of the two ops (q/k/v as views of one projection output, the convolution kernels a leaf,
+    random output and V-sum gradients), with the fused Triton backwards and with the PyTorch backwards."""
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    qkv = torch.randn(batch, tokens, 3, heads, dim, device="cuda", dtype=dtype, generator=generator)
+    qkv.requires_grad_(True)
+    conv_weight = (0.3 * torch.randn(batch, heads * dim, 3, 3, device="cuda", generator=generator)).to(dtype)
+    conv_weight.requires_grad_(True)
+    grad_out = torch.randn(batch, tokens, heads * dim, device="cuda", dtype=dtype, generator=generator)
+    grad_value_sum = torch.randn(batch, heads, dim, device="cuda", generator=generator)
+
+    def forward():
+        q, k, v = qkv.unbind(2)
+        state, key_sum, value_sum = linear_attention_state(k, v, num_prefix, cos, sin)
+        out = linear_attention_output(q, v, state, key_sum, conv_weight, num_prefix, grid, 1e-6, cos, sin)
+        return out, value_sum
+
+    def step():
+        out, value_sum = forward()
+        return torch.autograd.grad((out, value_sum), (qkv, conv_weight), (grad_out, grad_value_sum))
+
+    with torch.no_grad():
+        forward_ms, _ = timed_ms(forward)
+    fused_grads = step()
+    fused_ms, fused_method = timed_ms(step)
+    with pytorch_backwards():
+        reference_grads = step()
+        reference_ms, reference_method = timed_ms(step)
+    errors = {name: ((a.double() - b.double()).norm() / b.double().norm()).item()
+              for name, a, b in zip(("qkv", "conv_weight"), fused_grads, reference_grads)}
+    return {
+        "batch": batch,
+        "forward_ms": forward_ms,
+        "fused_backward_train_step_ms": fused_ms,
+        "pytorch_backward_train_step_ms": reference_ms,
+        "fused_backward_ms": fused_ms - forward_ms,
+        "pytorch_backward_ms": reference_ms - forward_ms,
+        "timing": {"fused": fused_method, "pytorch": reference_method},
+        "relative_grad_error_fused_vs_pytorch_backward": errors,
+    }
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=8197, help="sequence length (1024x2048 / 16 + 5 = 8197)")
@@ -77,6 +144,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--no-rope", action="store_true", help="learned position embeddings (DINOv2) instead of RoPE")
+    parser.add_argument("--train-batch-sizes", default="1,8",
+                        help="batch sizes at which to time forward + backward ('' for none)")
     parser.add_argument("--sweep", action="store_true", help="also time the kernels' launch settings")
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
@@ -144,11 +213,19 @@ def main(argv=None) -> int:
                     q, v, state, key_sum, conv_weight, cos, sin, args.num_prefix, grid, 1e-6,
                     block_n=block_n, block_e=block_e, num_warps=warps))
                 sweep.append({"kernel": "output", "block_n": block_n, "block_e": block_e, "warps": warps, "ms": ms})
-            for kernel in ("state", "output"):
+            sweep += sweep_backward(q, k, v, state, key_sum, conv_weight, cos, sin, args.num_prefix, grid)
+            for kernel in ("state", "output", "state_backward", "output_backward"):
                 best = sorted((r for r in sweep if r["kernel"] == kernel), key=lambda r: r["ms"])[:4]
                 print(f"fastest {kernel} settings: " + "; ".join(
                     f"{r['ms'] * 1e3:.1f} us " + ",".join(f"{k}={v}" for k, v in r.items() if k not in ("kernel", "ms"))
                     for r in best))
+    train = [time_training(int(b), tokens, args.num_prefix, grid, heads, dim, dtype, cos, sin)
+             for b in args.train_batch_sizes.split(",") if b.strip()]
+    for row in train:
+        print(f"train B={row['batch']}: forward {row['forward_ms'] * 1e3:.1f} us, forward+backward with fused backward "
+              f"{row['fused_backward_train_step_ms'] * 1e3:.1f} us, with PyTorch backward "
+              f"{row['pytorch_backward_train_step_ms'] * 1e3:.1f} us ({row['timing']}); grad rel. error "
+              + ", ".join(f"{k} {v:.1e}" for k, v in row["relative_grad_error_fused_vs_pytorch_backward"].items()))
     bandwidth = copy_bandwidth_gbs()
     compulsory = 4 * batch * tokens * channels * qkv.element_size()
     achieved = compulsory / (fused_ms * 1e-3) / 1e9
@@ -168,6 +245,7 @@ def main(argv=None) -> int:
         "achieved_gbs": achieved,
         "copy_bandwidth_gbs": bandwidth,
         "fraction_of_copy_bandwidth": achieved / bandwidth,
+        "train": train,
         "sweep": sweep,
     }
     print(
@@ -179,6 +257,30 @@ def main(argv=None) -> int:
     if args.output:
         atomic_write_json(args.output, result)
     return 0
+
+
+def sweep_backward(q, k, v, state, key_sum, conv_weight, cos, sin, num_prefix, grid) -> list[dict]:
+    """The fused backwards' launch settings, each kernel on random gradients of its op's outputs."""
+    rows = []
+    batch, tokens, heads, dim = q.shape
+    grads = [torch.randn_like(t) for t in (state, key_sum, key_sum)]
+    grad_out = torch.randn(batch, tokens, heads * dim, device=q.device, dtype=q.dtype)
+    for block_n, warps, per_sm in itertools.product((32, 64, 128), (4, 8), (2, 4, 8)):
+        try:
+            ms = graph_ms(lambda: kernels_jetvit_linear_backward.linear_attention_state_backward_triton(
+                k, v, cos, sin, num_prefix, *grads, block_n=block_n, num_warps=warps, programs_per_sm=per_sm))
+        except Exception:  # e.g. out of shared memory or registers for this setting
+            continue
+        rows.append({"kernel": "state_backward", "block_n": block_n, "warps": warps, "per_sm": per_sm, "ms": ms})
+    for block_n, warps, per_sm in itertools.product((16, 32, 64), (2, 4, 8), (2, 4, 8)):
+        try:
+            ms = graph_ms(lambda: kernels_jetvit_linear_backward.linear_attention_output_backward_triton(
+                q, v, state, key_sum, conv_weight, cos, sin, num_prefix, grid, 1e-6, grad_out, block_n=block_n,
+                num_warps=warps, programs_per_sm=per_sm))
+        except Exception:
+            continue
+        rows.append({"kernel": "output_backward", "block_n": block_n, "warps": warps, "per_sm": per_sm, "ms": ms})
+    return rows
 
 
 if __name__ == "__main__":

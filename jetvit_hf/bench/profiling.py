@@ -37,7 +37,8 @@ def kernel_category(name: str) -> str:
     softmax attention, JetViT's own attention kernels (its Triton linear- and window-attention kernels), other."""
     lowered = name.lower()
     if "linear_attention" in lowered or any(
-        k in name for k in ("_state_kernel", "_state_finalize", "_state_split", "_output_kernel")
+        k in name for k in ("_state_kernel", "_state_finalize", "_state_split", "_output_kernel",
+                            "_state_backward_kernel", "_output_backward_kernel")
     ):
         return "jetvit linear attention"
     if any(k in name for k in ("_window_kernel", "_prefix_merge", "_window_bwd", "_prefix_stats", "_prefix_grad")):

@@ -403,17 +403,20 @@ def test_every_jetvit_kernel_has_its_profile_category():
     """Each Triton kernel launched by kernels_jetvit_*.py is counted under JetViT's linear or window attention."""
     import re
 
-    from jetvit_hf.models.jetvit import kernels_jetvit_linear, kernels_jetvit_window, kernels_jetvit_window_backward
+    from jetvit_hf.models.jetvit import (kernels_jetvit_linear, kernels_jetvit_linear_backward, kernels_jetvit_window,
+                                         kernels_jetvit_window_backward)
 
     # read, not imported: the kernels exist only where triton does
-    modules = (kernels_jetvit_linear, kernels_jetvit_window, kernels_jetvit_window_backward)
+    modules = (kernels_jetvit_linear, kernels_jetvit_linear_backward, kernels_jetvit_window,
+               kernels_jetvit_window_backward)
     source = "".join(open(module.__file__).read() for module in modules)
     defined = set(re.findall(r"@triton\.jit\n    def (\w+)\(", source))
     launched = set(re.findall(r"(\w+_kernel)\[", source))
     assert launched <= defined
     assert launched == {"_state_kernel", "_state_finalize_kernel", "_state_split_kernel", "_output_kernel",
-                        "_window_kernel", "_prefix_merge_kernel", "_window_bwd_dq_kernel", "_prefix_stats_kernel",
-                        "_window_bwd_dkdv_kernel", "_prefix_grad_kernel"}
+                        "_state_backward_kernel", "_output_backward_kernel", "_window_kernel", "_prefix_merge_kernel",
+                        "_window_bwd_dq_kernel", "_prefix_stats_kernel", "_window_bwd_dkdv_kernel",
+                        "_prefix_grad_kernel"}
     for name in launched:
         assert bench.kernel_category(name).startswith("jetvit "), name
 

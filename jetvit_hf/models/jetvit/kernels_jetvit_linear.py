@@ -97,11 +97,13 @@ if triton is not None:
         tl.store(row + HEAD_DIM * HEAD_DIM + HEAD_DIM + offs_d, value_sum, mask=d_mask)
 
     @triton.jit
-    def _state_finalize_kernel(partial_ptr, state_ptr, key_sum_ptr, value_sum_ptr, splits,
-                               HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, BLOCK_S: tl.constexpr):
+    def _state_finalize_kernel(partial_ptr, first_ptr, second_ptr, third_ptr, splits, FIRST: tl.constexpr,
+                               SECOND: tl.constexpr, THIRD: tl.constexpr, BLOCK: tl.constexpr, BLOCK_S: tl.constexpr):
         """Sums one chunk of one (image, head)'s packed partial rows over the splits, BLOCK_S splits per load (a fixed
-        reduction tree: deterministic, no atomics), and scatters it into the three outputs."""
-        row_size: tl.constexpr = HEAD_DIM * HEAD_DIM + 2 * HEAD_DIM
+        reduction tree: deterministic, no atomics), and scatters it into the three outputs, whose (image, head) rows
+        have FIRST, SECOND and THIRD elements (the state op: state, key sum, value sum; the output op's backward: the
+        gradients of the state, the key sum and the convolution kernels)."""
+        row_size: tl.constexpr = FIRST + SECOND + THIRD
         batch_head = tl.program_id(0)
         offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         offs_s = tl.arange(0, BLOCK_S)
@@ -112,13 +114,12 @@ if triton is not None:
             tile = tl.load(partial_ptr + rows[:, None] * row_size + offs[None, :],
                            mask=(start + offs_s < splits)[:, None] & in_row[None, :], other=0.0)
             total += tl.sum(tile, axis=0)
-        is_state = offs < HEAD_DIM * HEAD_DIM
-        is_key_sum = in_row & ~is_state & (offs < HEAD_DIM * HEAD_DIM + HEAD_DIM)
-        is_value_sum = in_row & (offs >= HEAD_DIM * HEAD_DIM + HEAD_DIM)
-        tl.store(state_ptr + batch_head * HEAD_DIM * HEAD_DIM + offs, total, mask=is_state)
-        tl.store(key_sum_ptr + batch_head * HEAD_DIM + offs - HEAD_DIM * HEAD_DIM, total, mask=is_key_sum)
-        tl.store(value_sum_ptr + batch_head * HEAD_DIM + offs - HEAD_DIM * HEAD_DIM - HEAD_DIM, total,
-                 mask=is_value_sum)
+        is_first = offs < FIRST
+        is_second = ~is_first & (offs < FIRST + SECOND)
+        is_third = in_row & (offs >= FIRST + SECOND)
+        tl.store(first_ptr + batch_head * FIRST + offs, total, mask=is_first)
+        tl.store(second_ptr + batch_head * SECOND + offs - FIRST, total, mask=is_second)
+        tl.store(third_ptr + batch_head * THIRD + offs - FIRST - SECOND, total, mask=is_third)
 
     @triton.jit
     def _state_split_kernel(state_ptr, hi_ptr, lo_ptr, scale_ptr,
@@ -253,8 +254,8 @@ def linear_attention_state_triton(key, value, cos, sin, num_prefix: int, block_n
     key_sum = torch.empty(batch, heads, head_dim, device=key.device, dtype=torch.float32)
     value_sum = torch.empty_like(key_sum)
     _state_finalize_kernel[(batch * heads, triton.cdiv(row, FINALIZE_BLOCK))](
-        partials, state, key_sum, value_sum, splits, HEAD_DIM=head_dim, BLOCK=FINALIZE_BLOCK, BLOCK_S=FINALIZE_SPLITS,
-        num_warps=4,
+        partials, state, key_sum, value_sum, splits, FIRST=head_dim * head_dim, SECOND=head_dim, THIRD=head_dim,
+        BLOCK=FINALIZE_BLOCK, BLOCK_S=FINALIZE_SPLITS, num_warps=4,
     )
     return state, key_sum, value_sum
 

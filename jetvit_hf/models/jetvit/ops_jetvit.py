@@ -14,26 +14,28 @@ Linear attention runs as two ops (the dynamic convolution's kernels are computed
 them) so that `torch.compile` keeps whole graphs. Inputs are `[batch, tokens, heads, head_dim]` with a contiguous last
 dimension (views of the projection output are fine) and unrotated q/k: RoPE (tables `[patches, head_dim]`, patch tokens
 only) is applied inside. Each op runs the Triton kernels (`kernels_jetvit_linear.py`, `kernels_jetvit_window.py`) on
-CUDA tensors when Triton is installed, and the PyTorch path (`torch_jetvit.py`) otherwise. The backwards are analytic
-for the linear-attention ops, in PyTorch (fp32 for the linear-attention state); window attention's is a fused Triton
-backward (`kernels_jetvit_window_backward.py`) under the same condition, else a recomputation of the PyTorch path under
-autograd.
+CUDA tensors when Triton is installed, and the PyTorch path (`torch_jetvit.py`) otherwise. The backwards follow the
+same rule: fused Triton kernels (`kernels_jetvit_linear_backward.py`, `kernels_jetvit_window_backward.py`) where the
+forwards run Triton; elsewhere the analytic PyTorch backwards of the linear-attention ops in `torch_jetvit.py` (fp32
+for the state) and a recomputation of window attention's PyTorch path under autograd.
 
 Shipped with every saved checkpoint for `trust_remote_code`: imports only torch and its flat siblings.
 """
 
 import torch
-import torch.nn.functional as F
 
 from .kernels_jetvit_linear import linear_attention_output_triton, linear_attention_state_triton, triton_available
+from .kernels_jetvit_linear_backward import (
+    linear_attention_output_backward_triton,
+    linear_attention_state_backward_triton,
+)
 from .kernels_jetvit_window import window_attention_triton
 from .kernels_jetvit_window_backward import window_attention_backward_triton
 from .torch_jetvit import (
-    apply_rope,
-    fp32_math,
+    linear_attention_output_backward_torch,
     linear_attention_output_torch,
+    linear_attention_state_backward_torch,
     linear_attention_state_torch,
-    unrotate_grad,
     window_attention_torch,
 )
 
@@ -82,15 +84,11 @@ def _state_setup_context(ctx, inputs, output):
     ctx.num_prefix = num_prefix
 
 
-@fp32_math
 def _state_backward(ctx, grad_state, grad_key_sum, grad_value_sum):
     key, value, cos, sin = ctx.saved_tensors
-    rotated = apply_rope(key.float(), cos, sin, ctx.num_prefix)
-    grad_key = torch.einsum("bnhe,bhde->bnhd", value.float(), grad_state) + grad_key_sum.unsqueeze(1)
-    grad_key = unrotate_grad(grad_key * (rotated > 0), cos, sin, ctx.num_prefix)
-    grad_value = torch.einsum("bnhd,bhde->bnhe", F.relu(rotated), grad_state)
-    grad_value[:, ctx.num_prefix :] += grad_value_sum.unsqueeze(1)
-    return grad_key.to(key.dtype), grad_value.to(value.dtype), None, None, None
+    backward = linear_attention_state_backward_triton if triton_available(key) else linear_attention_state_backward_torch
+    grad_key, grad_value = backward(key, value, cos, sin, ctx.num_prefix, grad_state, grad_key_sum, grad_value_sum)
+    return grad_key, grad_value, None, None, None
 
 
 _define_op("linear_attention_state", _state_forward, _state_fake, _state_setup_context, _state_backward)
@@ -129,48 +127,14 @@ def _output_setup_context(ctx, inputs, output):
     ctx.num_prefix, ctx.grid_size, ctx.eps = num_prefix, (grid_h, grid_w), eps
 
 
-def _depthwise_conv_backward(grad_patches, value, conv_weight, num_prefix: int, grid_size):
-    """Gradients of the per-image depthwise conv w.r.t. V's patch tokens ([B, P, H, d]) and the kernels ([B, C, k, k]),
-    from the convolution's own backward (one grouped conv over all images and channels, as in the forward)."""
-    batch, _, heads, head_dim = value.shape
-    channels, size = heads * head_dim, conv_weight.shape[-1]
-    groups = batch * channels
-    image = value[:, num_prefix:].float().reshape(batch, *grid_size, channels).permute(0, 3, 1, 2)
-    grad_image = grad_patches.float().transpose(1, 2).reshape(1, groups, *grid_size)
-    grad_value, grad_weight, _ = torch.ops.aten.convolution_backward(
-        grad_image, image.reshape(1, groups, *grid_size), conv_weight.float().reshape(groups, 1, size, size),
-        None, [1, 1], [size // 2, size // 2], [1, 1], False, [0, 0], groups, [True, True, False],
-    )
-    grad_value = grad_value.view(batch, channels, -1).transpose(1, 2).reshape(batch, -1, heads, head_dim)
-    return grad_value, grad_weight.view(batch, channels, size, size)
-
-
-@fp32_math
 def _output_backward(ctx, grad_out):
     query, value, state, key_sum, conv_weight, cos, sin = ctx.saved_tensors
-    batch, num_tokens, heads, head_dim = query.shape
-    rotated = apply_rope(query.float(), cos, sin, ctx.num_prefix)
-    relu_query = F.relu(rotated)
-    grad = grad_out.float().view(batch, num_tokens, heads, head_dim)
-    numerator = torch.einsum("bnhd,bhde->bnhe", relu_query, state) / num_tokens
-    normalizer = torch.einsum("bnhd,bhd->bnh", relu_query, key_sum).unsqueeze(-1) / num_tokens + ctx.eps
-    grad_numerator = grad / normalizer
-    grad_normalizer = -(grad * numerator).sum(-1, keepdim=True) / normalizer.square()
-    grad_query = (
-        torch.einsum("bnhe,bhde->bnhd", grad_numerator, state) + grad_normalizer * key_sum.unsqueeze(1)
-    ) / num_tokens
-    grad_query = unrotate_grad(grad_query * (rotated > 0), cos, sin, ctx.num_prefix).to(query.dtype)
-    grad_state = torch.einsum("bnhd,bnhe->bhde", relu_query, grad_numerator) / num_tokens
-    grad_key_sum = (grad_normalizer * relu_query).sum(1) / num_tokens
-    grad_value, grad_weight = None, None
-    if conv_weight is not None:
-        grad_patches = grad_out[:, ctx.num_prefix :]
-        grad_patch_value, grad_weight = _depthwise_conv_backward(
-            grad_patches, value, conv_weight, ctx.num_prefix, ctx.grid_size
-        )
-        grad_value = F.pad(grad_patch_value.to(value.dtype), (0, 0, 0, 0, ctx.num_prefix, 0))  # prefix: no conv
-        grad_weight = grad_weight.to(conv_weight.dtype)
-    return grad_query, grad_value, grad_state, grad_key_sum, grad_weight, None, None, None, None, None, None
+    args = (query, value, state, key_sum, conv_weight, cos, sin, ctx.num_prefix, ctx.grid_size, ctx.eps, grad_out)
+    if triton_available(query):
+        grads = linear_attention_output_backward_triton(*args)
+    else:
+        grads = linear_attention_output_backward_torch(*args)
+    return *grads, None, None, None, None, None, None
 
 
 _define_op("linear_attention_output", _output_forward, _output_fake, _output_setup_context, _output_backward)

@@ -5,7 +5,9 @@ This is the implementation everywhere Triton is not (CPU, or no `triton` install
 differentiate, the dropout path of window attention in training (the fused kernel has no dropout), and the reference
 the Triton kernels are tested against. Tensors are `[batch, tokens, heads, head_dim]` with the prefix tokens (CLS,
 registers) first and the patch grid row-major after them; RoPE tables are `[patches, head_dim]` and apply to patch
-tokens only. The state and normalizer of linear attention are accumulated in fp32.
+tokens only. The state and normalizer of linear attention are accumulated in fp32 (float64 inputs stay float64: the
+tests' references). The analytic backwards of the two linear-attention ops are here too, as the ops' CPU path and the
+reference of the fused Triton backwards.
 
 Shipped with every saved checkpoint for `trust_remote_code`: imports only torch.
 """
@@ -39,6 +41,11 @@ def unrotate_grad(grad: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tenso
     return torch.cat((grad[:, :num_prefix], patches * cos - rotate_half(patches * sin)), dim=1)
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """`x` in fp32, or as it is when it is float64."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def fp32_math(function):
     """Run `function` with autocast off: its fp32 state and normalizer must not be recast to bf16/fp16."""
 
@@ -55,8 +62,8 @@ def fp32_math(function):
 def linear_attention_state_torch(key, value, cos, sin, num_prefix: int):
     """`(sum_j phi(k_j)^T v_j, sum_j phi(k_j), sum over patch tokens of v_j)` in fp32, per image and head, with
     `phi(k) = relu(RoPE(k))`: `[B, H, d, d]`, `[B, H, d]`, `[B, H, d]`."""
-    key = F.relu(apply_rope(key.float(), cos, sin, num_prefix))  # [B, N, H, d]
-    value = value.float()
+    key = F.relu(apply_rope(at_least_fp32(key), cos, sin, num_prefix))  # [B, N, H, d]
+    value = at_least_fp32(value)
     state = torch.einsum("bnhd,bnhe->bhde", key, value)
     return state, key.sum(dim=1), value[:, num_prefix:].sum(dim=1)
 
@@ -65,10 +72,10 @@ def depthwise_conv_torch(value: torch.Tensor, conv_weight: torch.Tensor, num_pre
     """Per-image depthwise conv of the patch tokens of `value` ([B, N, H, d]) with `conv_weight` ([B, C, k, k])."""
     batch, _, heads, head_dim = value.shape
     channels, size = heads * head_dim, conv_weight.shape[-1]
-    image = value[:, num_prefix:].reshape(batch, *grid_size, channels).permute(0, 3, 1, 2).float()
+    image = at_least_fp32(value[:, num_prefix:].reshape(batch, *grid_size, channels).permute(0, 3, 1, 2))
     out = F.conv2d(
         image.reshape(1, batch * channels, *grid_size),
-        conv_weight.reshape(batch * channels, 1, size, size).float(),
+        at_least_fp32(conv_weight.reshape(batch * channels, 1, size, size)),
         padding=size // 2,
         groups=batch * channels,
     )
@@ -82,7 +89,7 @@ def linear_attention_output_torch(query, value, state, key_sum, conv_weight, cos
     `conv_weight` is given, as `[B, N, H * d]` in the dtype of `query`."""
     batch, num_tokens, heads, head_dim = query.shape
     dtype = query.dtype
-    query = F.relu(apply_rope(query.float(), cos, sin, num_prefix))
+    query = F.relu(apply_rope(at_least_fp32(query), cos, sin, num_prefix))
     numerator = torch.einsum("bnhd,bhde->bnhe", query, state) / num_tokens
     normalizer = torch.einsum("bnhd,bhd->bnh", query, key_sum).unsqueeze(-1) / num_tokens + eps
     out = (numerator / normalizer).reshape(batch, num_tokens, heads * head_dim)
@@ -90,6 +97,63 @@ def linear_attention_output_torch(query, value, state, key_sum, conv_weight, cos
         conv = depthwise_conv_torch(value, conv_weight, num_prefix, grid_size)
         out = torch.cat((out[:, :num_prefix], out[:, num_prefix:] + conv), dim=1)
     return out.to(dtype)
+
+
+@fp32_math
+def linear_attention_state_backward_torch(key, value, cos, sin, num_prefix: int, grad_state, grad_key_sum,
+                                          grad_value_sum):
+    """`(grad_key, grad_value)` of `linear_attention_state_torch` given the gradients of its three outputs."""
+    rotated = apply_rope(at_least_fp32(key), cos, sin, num_prefix)
+    grad_key = torch.einsum("bnhe,bhde->bnhd", at_least_fp32(value), grad_state) + grad_key_sum.unsqueeze(1)
+    grad_key = unrotate_grad(grad_key * (rotated > 0), cos, sin, num_prefix)
+    grad_value = torch.einsum("bnhd,bhde->bnhe", F.relu(rotated), grad_state)
+    grad_value[:, num_prefix:] += grad_value_sum.unsqueeze(1)
+    return grad_key.to(key.dtype), grad_value.to(value.dtype)
+
+
+def depthwise_conv_backward_torch(grad_patches, value, conv_weight, num_prefix: int, grid_size):
+    """Gradients of the per-image depthwise conv w.r.t. V's patch tokens ([B, P, H, d]) and the kernels ([B, C, k, k]),
+    from the convolution's own backward (one grouped conv over all images and channels, as in the forward)."""
+    batch, _, heads, head_dim = value.shape
+    channels, size = heads * head_dim, conv_weight.shape[-1]
+    groups = batch * channels
+    image = at_least_fp32(value[:, num_prefix:]).reshape(batch, *grid_size, channels).permute(0, 3, 1, 2)
+    grad_image = at_least_fp32(grad_patches).transpose(1, 2).reshape(1, groups, *grid_size)
+    grad_value, grad_weight, _ = torch.ops.aten.convolution_backward(
+        grad_image, image.reshape(1, groups, *grid_size), at_least_fp32(conv_weight).reshape(groups, 1, size, size),
+        None, [1, 1], [size // 2, size // 2], [1, 1], False, [0, 0], groups, [True, True, False],
+    )
+    grad_value = grad_value.view(batch, channels, -1).transpose(1, 2).reshape(batch, -1, heads, head_dim)
+    return grad_value, grad_weight.view(batch, channels, size, size)
+
+
+@fp32_math
+def linear_attention_output_backward_torch(query, value, state, key_sum, conv_weight, cos, sin, num_prefix: int,
+                                           grid_size, eps: float, grad_out):
+    """`(grad_query, grad_value, grad_state, grad_key_sum, grad_weight)` of `linear_attention_output_torch` given the
+    gradient of its output; `grad_value` and `grad_weight` are None without `conv_weight` (V is only convolved)."""
+    batch, num_tokens, heads, head_dim = query.shape
+    rotated = apply_rope(at_least_fp32(query), cos, sin, num_prefix)
+    relu_query = F.relu(rotated)
+    grad = at_least_fp32(grad_out).view(batch, num_tokens, heads, head_dim)
+    numerator = torch.einsum("bnhd,bhde->bnhe", relu_query, state) / num_tokens
+    normalizer = torch.einsum("bnhd,bhd->bnh", relu_query, key_sum).unsqueeze(-1) / num_tokens + eps
+    grad_numerator = grad / normalizer
+    grad_normalizer = -(grad * numerator).sum(-1, keepdim=True) / normalizer.square()
+    grad_query = (
+        torch.einsum("bnhe,bhde->bnhd", grad_numerator, state) + grad_normalizer * key_sum.unsqueeze(1)
+    ) / num_tokens
+    grad_query = unrotate_grad(grad_query * (rotated > 0), cos, sin, num_prefix).to(query.dtype)
+    grad_state = torch.einsum("bnhd,bnhe->bhde", relu_query, grad_numerator) / num_tokens
+    grad_key_sum = (grad_normalizer * relu_query).sum(1) / num_tokens
+    grad_value, grad_weight = None, None
+    if conv_weight is not None:
+        grad_patch_value, grad_weight = depthwise_conv_backward_torch(
+            grad_out[:, num_prefix:], value, conv_weight, num_prefix, grid_size
+        )
+        grad_value = F.pad(grad_patch_value.to(value.dtype), (0, 0, 0, 0, num_prefix, 0))  # prefix: no conv
+        grad_weight = grad_weight.to(conv_weight.dtype)
+    return grad_query, grad_value, grad_state, grad_key_sum, grad_weight
 
 
 def window_partition(patches: torch.Tensor, grid_size, window_size: int) -> torch.Tensor:

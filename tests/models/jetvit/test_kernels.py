@@ -9,16 +9,28 @@ import torch.nn.functional as F
 
 from jetvit_hf.models.jetvit import kernels_jetvit_linear, ops_jetvit
 from jetvit_hf.models.jetvit.kernels_jetvit_linear import linear_attention_output_triton, linear_attention_state_triton
+from jetvit_hf.models.jetvit.kernels_jetvit_linear_backward import (
+    linear_attention_output_backward_triton,
+    linear_attention_state_backward_triton,
+)
 from jetvit_hf.models.jetvit.kernels_jetvit_window import window_attention_triton
 from jetvit_hf.models.jetvit.kernels_jetvit_window_backward import window_attention_backward_triton
 from jetvit_hf.models.jetvit.ops_jetvit import linear_attention_output, linear_attention_state, window_attention
-from jetvit_hf.models.jetvit.torch_jetvit import linear_attention_state_torch, window_attention_torch
+from jetvit_hf.models.jetvit.torch_jetvit import (
+    linear_attention_output_torch,
+    linear_attention_state_torch,
+    window_attention_torch,
+)
 from helpers import relative_error
 
 
-def rope_tables(num_patches, dim, seed=0):
-    angles = torch.rand(num_patches, dim // 2, generator=torch.Generator().manual_seed(seed)) * 6.3
-    return torch.cos(angles).repeat(1, 2), torch.sin(angles).repeat(1, 2)
+def rope_tables(num_patches, dim, seed=0, same_halves=True):
+    """RoPE's tables; `same_halves=False` draws the angles of the two halves independently (not a rotation, but the
+    ops' math is defined for any tables, and only then does the backward's transpose rotation differ from reading
+    each column's own sine)."""
+    angles = torch.rand(num_patches, dim // 2 if same_halves else dim, generator=torch.Generator().manual_seed(seed))
+    angles = angles.repeat(1, 2) if same_halves else angles
+    return torch.cos(angles * 6.3), torch.sin(angles * 6.3)
 
 
 def rotate(x, cos, sin, num_prefix):
@@ -165,6 +177,127 @@ def test_triton_kernels_survive_large_activations(dtype):
     expected = reference_block(q, k, v, None, 5, (32, 32), 1e-6)
     assert torch.isfinite(out).all()
     assert relative_error(out, expected) < 1e-2
+
+
+def float64_leaves(*tensors):
+    return [None if t is None else t.detach().cpu().double().requires_grad_(True) for t in tensors]
+
+
+def backward_tolerance(dtype):
+    # half precision: the kernels round the rotated q/k to the inputs' dtype (as the forwards do), multiply in TF32 on
+    # the GPU and write the gradients in the inputs' dtype
+    return 1e-4 if dtype == torch.float32 else 1e-2
+
+
+BACKWARD_SHAPES = [((6, 7), 0, 32), ((6, 7), 1, 64), ((6, 7), 5, 32), ((6, 7), 5, 64), ((5, 9), 2, 48)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("grid, num_prefix, dim", BACKWARD_SHAPES)
+@pytest.mark.parametrize("rope", [False, True])
+def test_triton_state_backward_matches_float64_autograd(dtype, grid, num_prefix, dim, rope):
+    """The fused state backward against float64 autograd of the PyTorch path (48: head halves padded in registers)."""
+    device = triton_device(dtype)
+    _, k, v, _ = random_inputs(2, num_prefix, grid, 2, dim, 3, dtype=dtype, device=device, scale=2.0, seed=8)
+    cos, sin = rope_tables(grid[0] * grid[1], dim, seed=9, same_halves=False) if rope else (None, None)
+    generator = torch.Generator().manual_seed(10)
+    grad_state, grad_key_sum, grad_value_sum = (
+        torch.randn(*shape, generator=generator).to(device) for shape in ((2, 2, dim, dim), (2, 2, dim), (2, 2, dim)))
+    on_device = (None, None) if cos is None else (cos.to(device), sin.to(device))
+    grad_key, grad_value = linear_attention_state_backward_triton(
+        k, v, *on_device, num_prefix, grad_state, grad_key_sum, grad_value_sum)
+    assert grad_key.dtype == grad_value.dtype == dtype
+    assert grad_key.shape == grad_value.shape == k.shape
+
+    k64, v64 = float64_leaves(k, v)
+    outputs = linear_attention_state_torch(k64, v64, cos, sin, num_prefix)
+    torch.autograd.backward(outputs, [g.cpu().double() for g in (grad_state, grad_key_sum, grad_value_sum)])
+    for actual, expected in ((grad_key, k64.grad), (grad_value, v64.grad)):
+        error = relative_error(actual.cpu(), expected)
+        assert error < backward_tolerance(dtype), error
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("grid, num_prefix, dim", BACKWARD_SHAPES)
+@pytest.mark.parametrize("rope", [False, True])
+@pytest.mark.parametrize("kernel_size", [None, 3])
+def test_triton_output_backward_matches_float64_autograd(dtype, grid, num_prefix, dim, rope, kernel_size):
+    """The fused output backward (query gradient, split sums of the state, key-sum and kernel gradients, the conv's
+    value gradient) against float64 autograd of the PyTorch path."""
+    device = triton_device(dtype)
+    q, k, v, conv_weight = random_inputs(2, num_prefix, grid, 2, dim, kernel_size or 3, dtype=dtype, device=device,
+                                         scale=2.0, seed=11)
+    conv_weight = conv_weight if kernel_size else None
+    cos, sin = rope_tables(grid[0] * grid[1], dim, seed=12, same_halves=False) if rope else (None, None)
+    state, key_sum, _ = linear_attention_state_torch(k.cpu().double(), v.cpu().double(), cos, sin, num_prefix)
+    grad_out = torch.randn(q.shape[:2] + (q.shape[2] * dim,), generator=torch.Generator().manual_seed(13))
+    grad_out = grad_out.to(device=device, dtype=dtype)
+    on_device = (None, None) if cos is None else (cos.to(device), sin.to(device))
+    grads = linear_attention_output_backward_triton(
+        q, v, state.float().to(device), key_sum.float().to(device), conv_weight, *on_device, num_prefix, grid, 1e-6,
+        grad_out)
+
+    leaves = float64_leaves(q, v, state, key_sum, conv_weight)
+    out = linear_attention_output_torch(*leaves, cos, sin, num_prefix, grid, 1e-6)
+    out.backward(grad_out.cpu().double())
+    expected = [leaf.grad if leaf is not None else None for leaf in leaves]
+    if kernel_size is None:
+        assert grads[1] is None and grads[4] is None and expected[1] is None
+    for name, actual, reference in zip(("query", "value", "state", "key_sum", "weight"), grads, expected):
+        if reference is None:
+            continue
+        error = relative_error(actual.cpu(), reference)
+        assert error < backward_tolerance(dtype), (name, error)
+    assert grads[0].dtype == dtype and grads[2].dtype == grads[3].dtype == torch.float32
+    if kernel_size:
+        assert grads[1].dtype == dtype and grads[4].dtype == conv_weight.dtype
+        assert (grads[1][:, :num_prefix] == 0).all()  # prefix tokens are not convolved
+
+
+def test_triton_output_backward_sums_more_splits_than_one_load_holds():
+    """The output backward's split sums (state, key sum and kernel gradients) with more splits than the finalize
+    kernel loads at once, and a 5 x 5 kernel, agree with one launch of the default settings and with float64."""
+    device = triton_device(torch.float32)
+    grid, num_prefix, dim = (16, 17), 1, 32
+    q, k, v, conv_weight = random_inputs(1, num_prefix, grid, 1, dim, 5, device=device, seed=14)
+    state, key_sum, _ = linear_attention_state_triton(k, v, None, None, num_prefix)
+    grad_out = torch.randn(1, q.shape[1], dim, generator=torch.Generator().manual_seed(15)).to(device)
+    args = (q, v, state, key_sum, conv_weight, None, None, num_prefix, grid, 1e-6, grad_out)
+    splits, _ = kernels_jetvit_linear._sequence_splits(1, q.shape[1], 16, q.device, 64)
+    assert splits > kernels_jetvit_linear.FINALIZE_SPLITS
+    many = linear_attention_output_backward_triton(*args, block_n=16, programs_per_sm=64)
+    first = linear_attention_output_backward_triton(*args)
+    for a, b in zip(many, first):
+        assert relative_error(a, b) < 1e-5
+    leaves = float64_leaves(q, v, state, key_sum, conv_weight)
+    linear_attention_output_torch(*leaves, None, None, num_prefix, grid, 1e-6).backward(grad_out.cpu().double())
+    for actual, leaf in zip(many, leaves):
+        assert relative_error(actual.cpu(), leaf.grad) < 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_ops_backward_runs_the_triton_kernels(monkeypatch, dtype):
+    """The ops under autograd with the Triton forwards and backwards (forced on under the CPU interpreter), against
+    float64 autograd of the long-hand block: the wiring of both backwards, and of value's two gradients."""
+    device = triton_device(dtype)
+    if device == "cpu":
+        monkeypatch.setattr(ops_jetvit, "triton_available", lambda tensor: True)
+    grid, num_prefix, dim = (6, 7), 5, 32
+    q, k, v, conv_weight = random_inputs(2, num_prefix, grid, 2, dim, 3, dtype=dtype, device=device, seed=16)
+    cos, sin = rope_tables(grid[0] * grid[1], dim, seed=17)
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v, conv_weight)]
+    out, value_sum = fused_block(*leaves, num_prefix, grid, 1e-6, cos.to(device), sin.to(device))
+    probe = torch.randn(out.shape, generator=torch.Generator().manual_seed(18)).to(device)
+    probe_sum = torch.randn(value_sum.shape, generator=torch.Generator().manual_seed(19)).to(device)
+    ((out.float() * probe).sum() + (value_sum * probe_sum).sum()).backward()
+
+    reference_leaves = float64_leaves(q, k, v, conv_weight)
+    expected = reference_block(*reference_leaves, num_prefix, grid, 1e-6, cos, sin)
+    expected_sum = reference_leaves[2][:, num_prefix:].sum(1)
+    ((expected * probe.cpu().double()).sum() + (expected_sum * probe_sum.cpu().double()).sum()).backward()
+    for name, leaf, reference in zip("qkvw", leaves, reference_leaves):
+        error = relative_error(leaf.grad.cpu(), reference.grad)
+        assert error < backward_tolerance(dtype), (name, error)
 
 
 def window_reference(q, k, v, cos, sin, num_prefix, grid, window, scale):
