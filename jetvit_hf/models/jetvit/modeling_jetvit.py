@@ -543,6 +543,11 @@ class JetViTBackbone(BackboneMixin, JetViTPreTrainedModel):
     With `reshape_hidden_states` each map is `[batch, hidden, height / patch, width / patch]` with the prefix tokens
     dropped; without it, the whole `[batch, tokens, hidden]` sequence. Holds the same modules as `JetViTModel`, so
     either class loads the other's checkpoints.
+
+    The maps are channels-last: views of the `[batch, height / patch, width / patch, hidden]` patch tokens, not NCHW
+    copies (the same values; `.contiguous()` makes one NCHW). With `apply_layernorm` they are dense
+    (`is_contiguous(memory_format=torch.channels_last)`); without it, at batch > 1, the dropped prefix tokens leave
+    gaps between the images.
     """
 
     def __init__(self, config: JetViTConfig):
@@ -582,12 +587,18 @@ class JetViTBackbone(BackboneMixin, JetViTPreTrainedModel):
         for stage, hidden_state in zip(self.stage_names, encoder_outputs.hidden_states):
             if stage not in self.out_features:
                 continue
+            if config.return_class_token:
+                cls_token = hidden_state[:, 0]
+                cls_tokens += (self.layernorm(cls_token) if config.apply_layernorm else cls_token,)
+            if config.reshape_hidden_states:
+                # the patch tokens are normed on their own (LayerNorm is per token: the same values as slicing the
+                # normed sequence) into a dense tensor, so the map below is a channels-last view without gaps
+                hidden_state = hidden_state[:, config.num_prefix_tokens :]
             if config.apply_layernorm:
                 hidden_state = self.layernorm(hidden_state)
-            cls_tokens += (hidden_state[:, 0],)
             if config.reshape_hidden_states:
-                patches = hidden_state[:, config.num_prefix_tokens :]
-                hidden_state = patches.reshape(patches.shape[0], *grid_size, -1).permute(0, 3, 1, 2).contiguous()
+                # [batch, height, width, hidden] seen as [batch, hidden, height, width]: NHWC memory, no copy
+                hidden_state = hidden_state.reshape(hidden_state.shape[0], *grid_size, -1).permute(0, 3, 1, 2)
             feature_maps += (hidden_state,)
 
         return JetViTBackboneOutput(
@@ -600,7 +611,18 @@ class JetViTBackbone(BackboneMixin, JetViTPreTrainedModel):
 
 class JetViTForDepthEstimation(JetViTPreTrainedModel):
     """JetViT backbone with Depth Anything's DPT neck and head; `predicted_depth` is `[batch, height, width]` (relative
-    disparity, or metric depth up to `max_depth`) in float32 in any dtype: post-processing makes it numpy (no bf16)."""
+    disparity, or metric depth up to `max_depth`) in float32 in any dtype: post-processing makes it numpy (no bf16).
+
+    The neck and head run channels-last (NHWC memory), always, with nothing to switch on: the backbone's feature maps
+    are channels-last views of its tokens, and the neck's and head's convolution weights are kept in
+    `torch.channels_last` from construction and from `from_pretrained` on, so cuDNN runs them in its native
+    tensor-core layout without transposes. Only the weights' memory order changes: parameter names and values stay,
+    outputs stay the same to float rounding, and `save_pretrained` writes ordinary contiguous safetensors, which any
+    version loads. Code that replaces these weights behind the model's back (`load_state_dict(..., assign=True)`,
+    assigning parameters) can call `to_channels_last()` again; without it the outputs are the same and on CUDA each
+    convolution reorders its weight on every call. Raw `safetensors.torch.save_file(model.state_dict())` needs
+    `.contiguous()` tensors, as for any channels-last model.
+    """
 
     def __init__(self, config: JetViTConfig):
         super().__init__(config)
@@ -616,6 +638,20 @@ class JetViTForDepthEstimation(JetViTPreTrainedModel):
         self.neck = JetViTDepthNeck(config)
         self.head = JetViTDepthHead(config)
         self.post_init()
+        self.to_channels_last()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        # loading replaces the parameters by the (contiguous) tensors read from the checkpoint
+        loaded = super().from_pretrained(*args, **kwargs)
+        (loaded[0] if isinstance(loaded, tuple) else loaded).to_channels_last()
+        return loaded
+
+    def to_channels_last(self) -> "JetViTForDepthEstimation":
+        """Put the neck's and head's convolution weights in `torch.channels_last` memory (in place; idempotent)."""
+        self.neck.to(memory_format=torch.channels_last)
+        self.head.to(memory_format=torch.channels_last)
+        return self
 
     @can_return_tuple
     def forward(

@@ -6,6 +6,11 @@ projects them to `fusion_hidden_size` channels and fuses them coarse to fine; th
 to the input resolution and predicts one depth value per pixel. Module names mirror transformers' Depth Anything neck
 and head, so a converted Depth Anything checkpoint keeps their parameter names.
 
+Memory layout: `JetViTBackbone` hands the neck channels-last views of its patch tokens, and `JetViTForDepthEstimation`
+keeps the neck's and head's convolution weights in `torch.channels_last`, so every op here (conv, conv-transpose,
+bilinear interpolation, ReLU, residual add) reads and writes NHWC memory (cuDNN's native layout for tensor cores)
+without a transpose. Nothing here depends on the layout: NCHW inputs give the same values.
+
 Shipped with every saved checkpoint for `trust_remote_code`: imports only torch and its flat siblings.
 """
 
@@ -74,9 +79,13 @@ class JetViTFeatureFusionLayer(nn.Module):
                 residual = F.interpolate(residual, size=hidden_state.shape[2:], mode="bilinear", align_corners=False)
             hidden_state = hidden_state + self.residual_layer1(residual)
         hidden_state = self.residual_layer2(hidden_state)
+        # transformers upsamples (about 2x), then projects; projecting first computes the same function with a quarter
+        # of the projection's work. Exact: the 1x1 projection acts on each pixel alone, y = W x + b, and bilinear
+        # interpolation makes each output pixel a weighted sum of input pixels with weights summing to 1, so
+        # interp(W x + b) = W interp(x) + b (to rounding; tests/models/jetvit/test_dpt_channels_last.py checks it).
+        hidden_state = self.projection(hidden_state)
         resize = {"scale_factor": 2} if size is None else {"size": size}
-        hidden_state = F.interpolate(hidden_state, **resize, mode="bilinear", align_corners=True)
-        return self.projection(hidden_state)
+        return F.interpolate(hidden_state, **resize, mode="bilinear", align_corners=True)
 
 
 class JetViTFeatureFusionStage(nn.Module):
@@ -129,6 +138,7 @@ class JetViTDepthHead(nn.Module):
         self.activation2 = nn.ReLU() if config.depth_estimation_type == "relative" else nn.Sigmoid()
 
     def forward(self, features: list[torch.Tensor], grid_size: tuple[int, int]) -> torch.Tensor:
+        # conv1 stays before the upsampling: a 3x3 convolution mixes neighbours, so it does not commute with it
         predicted_depth = self.conv1(features[self.head_in_index])
         output_size = (grid_size[0] * self.patch_size, grid_size[1] * self.patch_size)
         predicted_depth = F.interpolate(predicted_depth, output_size, mode="bilinear", align_corners=True)
