@@ -27,7 +27,9 @@ except ImportError:  # CPU-only installs: ops_jetvit.py uses the PyTorch path
 
 
 def triton_available(tensor: torch.Tensor) -> bool:
-    return triton is not None and tensor.is_cuda
+    """Whether the Triton kernels take `tensor`: a CUDA tensor in half precision or fp32 (float64 takes the PyTorch
+    path, whose state stays float64)."""
+    return triton is not None and tensor.is_cuda and tensor.dtype != torch.float64
 
 
 # ----------------------------------------------------------------------------------------------------------------------

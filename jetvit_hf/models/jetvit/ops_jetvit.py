@@ -71,10 +71,11 @@ def _state_forward(
 
 def _state_fake(key, value, cos, sin, num_prefix):
     batch, _, heads, head_dim = key.shape
+    dtype = torch.float64 if key.dtype == torch.float64 else torch.float32  # fp32, or float64 kept (`at_least_fp32`)
     return (
-        key.new_empty(batch, heads, head_dim, head_dim, dtype=torch.float32),
-        key.new_empty(batch, heads, head_dim, dtype=torch.float32),
-        key.new_empty(batch, heads, head_dim, dtype=torch.float32),
+        key.new_empty(batch, heads, head_dim, head_dim, dtype=dtype),
+        key.new_empty(batch, heads, head_dim, dtype=dtype),
+        key.new_empty(batch, heads, head_dim, dtype=dtype),
     )
 
 
