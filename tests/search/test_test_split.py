@@ -46,8 +46,8 @@ def split(source_checkpoint, tmp_path_factory):
         torch.manual_seed(seed)
         model = convert_to_jetvit(teacher, kind, window_size=2)
         with torch.no_grad():  # three different models
-            for parameter in model.parameters():
-                parameter.add_(0.01 * torch.randn_like(parameter))
+            for parameter in model.parameters():  # drawn in logical order, whatever the memory format
+                parameter.add_(0.01 * torch.randn(parameter.shape, dtype=parameter.dtype))
         model.save_pretrained(base / name)
         models[name] = base / name
     return config, teacher, info, models, render_dataset("test", SCENES, 56, 56)
