@@ -52,6 +52,7 @@ def _search_section(logs: list[dict]) -> dict | None:
             "name": f"{log['stage']} ({log.get('stop_reason', 'done')})",
             "evaluated": len(log.get("evaluations", [])),
             "best": f"{log['best_score']:.4g}",
+            "latency": f"{log['best_latency_ms']:.3f}" if log.get("best_latency_ms") is not None else "-",
         }
         for log in logs
     ]
@@ -63,7 +64,9 @@ def _search_section(logs: list[dict]) -> dict | None:
         f"full attention until the teacher's score is reached. The full log of every evaluated assignment is "
         f"`search_log.json`."
     )
-    return {"summary": summary, "objective": objective, "stages": stages}
+    # a search given a `jetvit bench --layer-table` priced its layouts: the choice's estimated latency gets a column
+    priced = any(log.get("best_latency_ms") is not None for log in logs)
+    return {"summary": summary, "objective": objective, "stages": stages, "priced": priced}
 
 
 def _metric(value) -> str:

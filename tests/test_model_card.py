@@ -33,6 +33,11 @@ def test_model_card_states_layout_search_metrics_speed_and_usage(source_checkpoi
     assert "| mean per-layer feature cosine | 0.9877 | 1 |" in card
     assert "| jetvit | 9.87 | 140.0 img/s (batch 8) |" in card
     assert 'AutoModelForDepthEstimation.from_pretrained("org/jetvit-tiny", trust_remote_code=True' in card
+    assert "estimated latency" not in card  # a search without a layer table has no latency column
+    priced = {**search_log, "best_latency_ms": 8.6659}
+    card = write_model_card(output, search_logs=[{**priced, "stage": 1, "best_latency_ms": 8.1832}, priced]).read_text()
+    assert "| stage | evaluated assignments | best score (depth) | estimated latency (ms) |" in card
+    assert "| 1 (reached_teacher) | 7 | 0.9512 | 8.183 |" in card and "| 2 (reached_teacher) | 7 | 0.9512 | 8.666 |" in card
 
 
 def test_model_card_refuses_a_non_jetvit_directory(source_checkpoint):
