@@ -294,7 +294,8 @@ def _check_latency(config: PipelineConfig, teacher: _Teacher) -> None:
         raise _error("latency_table", config.latency_table, "no such file; write one with `jetvit bench --model "
                                                             "<converted teacher> --layer-table OUT.json`")
     table, layers = read_json(config.latency_table), teacher.config.num_hidden_layers
-    if table.get("num_layers") != layers or not {"per_layer_ms", "remainder_ms"} <= set(table):
+    keys = {"num_layers", "per_layer_ms", "remainder_ms"}
+    if not isinstance(table, dict) or not keys <= set(table) or table["num_layers"] != layers:
         raise _error("latency_table", config.latency_table,
                      f"not a layer table of a {layers}-layer model (`jetvit bench --layer-table` of the teacher)")
     linear = estimate_latency(table, ["linear"] * layers)

@@ -303,6 +303,10 @@ def test_a_latency_table_must_fit_the_teacher_and_a_budget_needs_one(source_chec
     twelve.write_text(json.dumps({**json.loads(LATENCY_TABLE.read_text()), "num_layers": 12}))
     status, _, err = run_main(pipeline_argv(teacher, tmp_path / "run", latency_table=twelve))
     assert status == 2 and f"--latency-table '{twelve}': not a layer table of a 6-layer model" in err
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    status, _, err = run_main(pipeline_argv(teacher, tmp_path / "run", latency_table=listed))
+    assert status == 2 and f"--latency-table '{listed}': not a layer table of a 6-layer model" in err
     argv = [arg for arg in pipeline_argv(teacher, tmp_path / "run") if not arg.startswith("--latency-table")]
     status, _, err = run_main(argv + ["--latency-budget-ms=9"])
     assert status == 2 and "--latency-budget-ms 9.0: needs --latency-table" in err
