@@ -276,7 +276,19 @@ def _one_batch(maps: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
     return torch.stack(maps) if len({tuple(m.shape) for m in maps}) == 1 else maps
 
 
-class DepthObjective(_TeacherObjective):
+class _DisparityObjective(_TeacherObjective):
+    """An objective scored on a depth model's predicted disparity, batch by batch; the teacher's is kept in
+    `teacher_predictions`."""
+
+    @property
+    def teacher_outputs(self) -> list[torch.Tensor]:
+        return self.teacher_predictions
+
+    def _outputs(self, model) -> Iterable[torch.Tensor]:
+        return (predicted_depth(model, pixels, self.placement) for pixels in self.images.batches)
+
+
+class DepthObjective(_DisparityObjective):
     """A `DepthMetrics` metric (`"delta1"`, `"delta2"`, `"delta3"` or `"abs_rel"`) of the model's predicted disparity
     against ground truth (images with `depth`; at the original resolution) or the teacher's prediction (at the model's
     resolution), in `mode` `"disparity"` (Depth Anything's) or `"depth"` (MiDaS/Marigold's). `derived` gives another
@@ -339,13 +351,6 @@ class DepthObjective(_TeacherObjective):
         return (isinstance(other, DepthObjective) and other.images is self.images
                 and other.placement == self.placement)
 
-    @property
-    def teacher_outputs(self) -> list[torch.Tensor]:
-        return self.teacher_predictions
-
-    def _outputs(self, model) -> Iterable[torch.Tensor]:
-        return (predicted_depth(model, pixels, self.placement) for pixels in self.images.batches)
-
     def score_outputs(self, outputs: Iterable[torch.Tensor]) -> tuple[float, torch.Tensor]:
         """The metric of every image with a valid pixel and their mean (the metric over the whole set), from
         `[B, H, W]` disparity batches in the order of the images."""
@@ -404,7 +409,7 @@ class SegmentationObjective(_TeacherObjective):
         return {**super().describe(), "probe": self.probe_source, "num_labels": self.probe.classifier.out_channels}
 
 
-class OrdinalObjective(_TeacherObjective):
+class OrdinalObjective(_DisparityObjective):
     """Pairwise ordinal accuracy in DA-2K's format: the given pairs (one list per image), or `pairs_per_image` pairs
     per image sampled where the teacher's disparity (at the original resolution) differs by more than 10%."""
 
@@ -424,13 +429,6 @@ class OrdinalObjective(_TeacherObjective):
             raise ValueError(f"Expected one list of pairs per image ({len(images)}), at least one pair in all; got "
                              f"{len(pairs)} lists with {sum(map(len, pairs))} pairs.")
         self.pairs = pairs
-
-    @property
-    def teacher_outputs(self) -> list[torch.Tensor]:
-        return self.teacher_predictions
-
-    def _outputs(self, model) -> Iterable[torch.Tensor]:
-        return (predicted_depth(model, pixels, self.placement) for pixels in self.images.batches)
 
     def _sample_pairs(self, pairs_per_image: int, seed: int) -> list[list[dict]]:
         generator = torch.Generator().manual_seed(seed)
