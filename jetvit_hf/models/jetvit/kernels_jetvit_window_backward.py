@@ -214,15 +214,16 @@ if triton is not None:
 
         # pass 2: dq over the same keys; the prefix keys' partial dk, dv from these queries
         dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-        p, ds = _grad_scores(q, prefix_k, prefix_v, do, lse, delta, p_valid, qk_scale, PRECISION, True)
-        dq += tl.dot(ds.to(prefix_k.dtype), prefix_k, input_precision=PRECISION)
+        # (prefix_p, prefix_ds: Triton would take a `p` assigned before the loop below for a loop-carried variable)
+        prefix_p, prefix_ds = _grad_scores(q, prefix_k, prefix_v, do, lse, delta, p_valid, qk_scale, PRECISION, True)
+        dq += tl.dot(prefix_ds.to(prefix_k.dtype), prefix_k, input_precision=PRECISION)
         if HAS_PREFIX:
             cells = (((batch * num_heads + head) * partial_splits + split) * num_prefix + offs_p[:, None]) * BLOCK_D \
                 + tl.arange(0, BLOCK_D)[None, :]
             tl.store(partial_ptr + partial_stride + cells,
-                     tl.dot(tl.trans(ds).to(q.dtype), q, input_precision=PRECISION), mask=p_valid[:, None])
+                     tl.dot(tl.trans(prefix_ds).to(q.dtype), q, input_precision=PRECISION), mask=p_valid[:, None])
             tl.store(partial_ptr + 2 * partial_stride + cells,
-                     tl.dot(tl.trans(p).to(do.dtype), do, input_precision=PRECISION), mask=p_valid[:, None])
+                     tl.dot(tl.trans(prefix_p).to(do.dtype), do, input_precision=PRECISION), mask=p_valid[:, None])
         for key_block in range(key_blocks):
             k_tokens, k_valid = _window_tokens(top, left, key_block * BLOCK_N + tl.arange(0, BLOCK_N), num_prefix,
                                                grid_h, grid_w, WINDOW)
@@ -338,15 +339,18 @@ if triton is not None:
             if (window == 0) & (block == 0):
                 prefix_k = tl.load(k_base + offs_p[:, None] * stride_kn + offs_d[None, :], mask=p_mask, other=0.0)
                 prefix_v = tl.load(v_base + offs_p[:, None] * stride_vn + offs_d[None, :], mask=p_mask, other=0.0)
-                p_t, ds_t = _grad_scores_t(prefix_k, prefix_v, prefix_q, prefix_do, prefix_lse, prefix_delta,
-                                           p_valid, qk_scale, PRECISION, True)
-                prefix_dq += tl.dot(tl.trans(ds_t).to(prefix_k.dtype), prefix_k, input_precision=PRECISION)
+                # new names: a branch may not rebind p_t, ds_t to another shape
+                prefix_p_t, prefix_ds_t = _grad_scores_t(prefix_k, prefix_v, prefix_q, prefix_do, prefix_lse,
+                                                         prefix_delta, p_valid, qk_scale, PRECISION, True)
+                prefix_dq += tl.dot(tl.trans(prefix_ds_t).to(prefix_k.dtype), prefix_k, input_precision=PRECISION)
                 last = windows_per_image * query_blocks  # the slot after the dq kernel's partials
-                cells = ((batch_head * partial_splits + last) * num_prefix + offs_p[:, None]) * BLOCK_D + offs_c
-                tl.store(partial_ptr + partial_stride + cells,
-                         tl.dot(ds_t.to(prefix_q.dtype), prefix_q, input_precision=PRECISION), mask=p_valid[:, None])
-                tl.store(partial_ptr + 2 * partial_stride + cells,
-                         tl.dot(p_t.to(prefix_do.dtype), prefix_do, input_precision=PRECISION), mask=p_valid[:, None])
+                prefix_cells = ((batch_head * partial_splits + last) * num_prefix + offs_p[:, None]) * BLOCK_D + offs_c
+                tl.store(partial_ptr + partial_stride + prefix_cells,
+                         tl.dot(prefix_ds_t.to(prefix_q.dtype), prefix_q, input_precision=PRECISION),
+                         mask=p_valid[:, None])
+                tl.store(partial_ptr + 2 * partial_stride + prefix_cells,
+                         tl.dot(prefix_p_t.to(prefix_do.dtype), prefix_do, input_precision=PRECISION),
+                         mask=p_valid[:, None])
             split = pid % (windows_per_image * key_blocks)
             cells = ((batch_head * partial_splits + split) * num_prefix + offs_p[:, None]) * BLOCK_D + offs_c
             tl.store(partial_ptr + cells, prefix_dq, mask=p_valid[:, None])
@@ -391,9 +395,10 @@ BWD_BLOCK_M, BWD_BLOCK_N, BWD_WARPS = 64, 64, 4
 
 def window_attention_backward_triton(query, key, value, output, grad_output, cos, sin, num_prefix: int, grid_size,
                                      window_size: int, scale: float, block_m=None, block_n=None, num_warps=None):
-    """Gradients `(dq, dk, dv)` (`[batch, tokens, heads, head_dim]`, dtype of `query`) of `window_attention_triton`
-    given its `output` and `grad_output` (`[batch, tokens, heads * head_dim]`). The keyword arguments override the
-    launch settings above (benchmarks and tests sweep them)."""
+    """Gradients `(dq, dk, dv)` of `window_attention_triton`, stacked as `[3, batch, tokens, heads, head_dim]` in the
+    dtype of `query` (the prefix-gradient kernel writes all three through one pointer), given its `output` and
+    `grad_output` (`[batch, tokens, heads * head_dim]`). The keyword arguments override the launch settings above
+    (benchmarks and tests sweep them)."""
     batch, num_tokens, heads, head_dim = query.shape
     window_tokens = max(16, triton.next_power_of_2(window_size * window_size))
     block_m, block_n = min(block_m or BWD_BLOCK_M, window_tokens), min(block_n or BWD_BLOCK_N, window_tokens)
@@ -449,4 +454,4 @@ def window_attention_backward_triton(query, key, value, output, grad_output, cos
             grads[0].numel(), dq.stride(0), dq.stride(1), dq.stride(2),
             HEAD_DIM=head_dim, BLOCK_D=block_d, SPLIT_HALVES=constants["SPLIT_HALVES"], BLOCK_S=16, num_warps=4,
         )
-    return dq, dk, dv
+    return grads

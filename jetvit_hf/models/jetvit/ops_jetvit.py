@@ -42,8 +42,11 @@ from .torch_jetvit import (
 Tensor = torch.Tensor
 
 
-def _define_op(name: str, forward, fake, setup_context, backward) -> None:
+def _define_op(name: str, forward, fake, setup_context=None, backward=None) -> None:
     """Register `forward` as `torch.ops.jetvit.<name>` with its fake implementation and backward, unless the op exists.
+
+    The backwards are ops of their own (without a backward): `torch.compile` traces an op's autograd formula with fake
+    tensors, so the Triton kernels it launches must sit behind an op with a fake implementation too.
 
     A process can import two copies of these files (the installed package and a checkpoint's remote code, or an older
     checkpoint's copy): the second reuses the ops of the first, whose schemas are the same. The schemas (argument names
@@ -53,7 +56,8 @@ def _define_op(name: str, forward, fake, setup_context, backward) -> None:
         return
     op = torch.library.custom_op(f"jetvit::{name}", forward, mutates_args=())
     op.register_fake(fake)
-    op.register_autograd(backward, setup_context=setup_context)
+    if backward is not None:
+        op.register_autograd(backward, setup_context=setup_context)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -87,12 +91,36 @@ def _state_setup_context(ctx, inputs, output):
 
 def _state_backward(ctx, grad_state, grad_key_sum, grad_value_sum):
     key, value, cos, sin = ctx.saved_tensors
-    backward = linear_attention_state_backward_triton if triton_available(key) else linear_attention_state_backward_torch
-    grad_key, grad_value = backward(key, value, cos, sin, ctx.num_prefix, grad_state, grad_key_sum, grad_value_sum)
+    grad_key, grad_value = torch.ops.jetvit.linear_attention_state_backward(
+        key, value, cos, sin, ctx.num_prefix, grad_state, grad_key_sum, grad_value_sum
+    )
     return grad_key, grad_value, None, None, None
 
 
+def _state_backward_impl(
+    key: Tensor,
+    value: Tensor,
+    cos: Tensor | None,
+    sin: Tensor | None,
+    num_prefix: int,
+    grad_state: Tensor,
+    grad_key_sum: Tensor,
+    grad_value_sum: Tensor,
+) -> tuple[Tensor, Tensor]:
+    args = (key, value, cos, sin, num_prefix, grad_state, grad_key_sum, grad_value_sum)
+    if triton_available(key):
+        return linear_attention_state_backward_triton(*args)
+    return tuple(grad.contiguous() for grad in linear_attention_state_backward_torch(*args))  # the fake's layout
+
+
+def _state_backward_fake(key, value, cos, sin, num_prefix, grad_state, grad_key_sum, grad_value_sum):
+    return torch.empty_like(key, memory_format=torch.contiguous_format), torch.empty_like(
+        value, memory_format=torch.contiguous_format
+    )
+
+
 _define_op("linear_attention_state", _state_forward, _state_fake, _state_setup_context, _state_backward)
+_define_op("linear_attention_state_backward", _state_backward_impl, _state_backward_fake)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -130,15 +158,57 @@ def _output_setup_context(ctx, inputs, output):
 
 def _output_backward(ctx, grad_out):
     query, value, state, key_sum, conv_weight, cos, sin = ctx.saved_tensors
-    args = (query, value, state, key_sum, conv_weight, cos, sin, ctx.num_prefix, ctx.grid_size, ctx.eps, grad_out)
+    grad_query, grad_value, grad_state, grad_key_sum, grad_weight = torch.ops.jetvit.linear_attention_output_backward(
+        query, value, state, key_sum, conv_weight, cos, sin, ctx.num_prefix, *ctx.grid_size, ctx.eps, grad_out
+    )
+    if conv_weight is None:  # V is only convolved; the op returns empty placeholders (it cannot return None)
+        grad_value, grad_weight = None, None
+    return grad_query, grad_value, grad_state, grad_key_sum, grad_weight, None, None, None, None, None, None
+
+
+def _output_backward_impl(
+    query: Tensor,
+    value: Tensor,
+    state: Tensor,
+    key_sum: Tensor,
+    conv_weight: Tensor | None,
+    cos: Tensor | None,
+    sin: Tensor | None,
+    num_prefix: int,
+    grid_h: int,
+    grid_w: int,
+    eps: float,
+    grad_out: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    args = (query, value, state, key_sum, conv_weight, cos, sin, num_prefix, (grid_h, grid_w), eps, grad_out)
     if triton_available(query):
         grads = linear_attention_output_backward_triton(*args)
+    else:  # contiguous: the fake's layout
+        grads = [None if grad is None else grad.contiguous() for grad in linear_attention_output_backward_torch(*args)]
+    grad_query, grad_value, grad_state, grad_key_sum, grad_weight = grads
+    if conv_weight is None:
+        grad_value, grad_weight = query.new_empty(0), query.new_empty(0)
+    return grad_query, grad_value, grad_state, grad_key_sum, grad_weight
+
+
+def _output_backward_fake(query, value, state, key_sum, conv_weight, cos, sin, num_prefix, grid_h, grid_w, eps,
+                          grad_out):
+    batch, _, heads, head_dim = query.shape
+    math_dtype = torch.float64 if query.dtype == torch.float64 else torch.float32  # as the state op's outputs
+    grad_query = torch.empty_like(query, memory_format=torch.contiguous_format)
+    if conv_weight is None:
+        grad_value, grad_weight = query.new_empty(0), query.new_empty(0)
     else:
-        grads = linear_attention_output_backward_torch(*args)
-    return *grads, None, None, None, None, None, None
+        grad_value, grad_weight = grad_query.new_empty(grad_query.shape, dtype=value.dtype), torch.empty_like(
+            conv_weight, memory_format=torch.contiguous_format
+        )
+    grad_state = query.new_empty(batch, heads, head_dim, head_dim, dtype=math_dtype)
+    grad_key_sum = query.new_empty(batch, heads, head_dim, dtype=math_dtype)
+    return grad_query, grad_value, grad_state, grad_key_sum, grad_weight
 
 
 _define_op("linear_attention_output", _output_forward, _output_fake, _output_setup_context, _output_backward)
+_define_op("linear_attention_output_backward", _output_backward_impl, _output_backward_fake)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -186,16 +256,44 @@ def window_attention_backward_recompute(query, key, value, cos, sin, grad_out, n
 def _window_backward(ctx, grad_out):
     """The fused Triton backward on CUDA tensors when Triton is installed, else the recomputed PyTorch path."""
     query, key, value, cos, sin, output = ctx.saved_tensors
-    num_prefix, grid_h, grid_w, window_size, scale = ctx.settings
-    args = (cos, sin, num_prefix, (grid_h, grid_w), window_size, scale)
     if triton_available(query):
-        grads = window_attention_backward_triton(query, key, value, output, grad_out, *args)
+        grads = torch.ops.jetvit.window_attention_backward(query, key, value, output, grad_out, cos, sin,
+                                                           *ctx.settings).unbind(0)
     else:
-        grads = window_attention_backward_recompute(query, key, value, cos, sin, grad_out, *args[2:])
+        num_prefix, grid_h, grid_w, window_size, scale = ctx.settings
+        grads = window_attention_backward_recompute(query, key, value, cos, sin, grad_out, num_prefix,
+                                                    (grid_h, grid_w), window_size, scale)
     return (*grads, None, None, None, None, None, None, None)
 
 
+def _window_backward_impl(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    output: Tensor,
+    grad_out: Tensor,
+    cos: Tensor | None,
+    sin: Tensor | None,
+    num_prefix: int,
+    grid_h: int,
+    grid_w: int,
+    window_size: int,
+    scale: float,
+) -> Tensor:
+    """The fused Triton backward: `(dq, dk, dv)` stacked in one `[3, batch, tokens, heads, head_dim]` tensor (the
+    kernels write them into one buffer, and an op's outputs may not be views of each other). Triton only: the PyTorch
+    path's backward recomputes under autograd, which an op's implementation (below autograd) cannot."""
+    return window_attention_backward_triton(query, key, value, output, grad_out, cos, sin, num_prefix,
+                                            (grid_h, grid_w), window_size, scale)
+
+
+def _window_backward_fake(query, key, value, output, grad_out, cos, sin, num_prefix, grid_h, grid_w, window_size,
+                          scale):
+    return query.new_empty(3, *query.shape)
+
+
 _define_op("window_attention", _window_forward, _window_fake, _window_setup_context, _window_backward)
+_define_op("window_attention_backward", _window_backward_impl, _window_backward_fake)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -121,6 +121,38 @@ def test_ops_compile_without_graph_breaks():
     torch.testing.assert_close(out, fused_block(q, k, v, conv_weight, 1, (4, 4), 1e-6)[0])
 
 
+def backward_op_cases(device="cpu"):
+    """Each backward op with arguments from a real forward (a window op's output, a state op's state)."""
+    grid, num_prefix = (4, 5), 2
+    q, k, v, conv_weight = random_inputs(2, num_prefix, grid, 2, 16, 3, device=device, seed=4)
+    cos, sin = (t.to(device) for t in rope_tables(20, 16, seed=5))
+    state, key_sum, value_sum = linear_attention_state(k, v, num_prefix, cos, sin)
+    out = window_attention(q, k, v, num_prefix, grid, 3, 0.3, cos=cos, sin=sin)
+    grad_out = torch.randn_like(out)
+    grads = [torch.randn_like(x) for x in (state, key_sum, value_sum)]
+    return {
+        "state": ("linear_attention_state_backward", (k, v, cos, sin, num_prefix, *grads)),
+        "output": ("linear_attention_output_backward", (q, v, state, key_sum, conv_weight, cos, sin, num_prefix,
+                                                        *grid, 1e-6, grad_out)),
+        "output, no conv": ("linear_attention_output_backward", (q, v, state, key_sum, None, None, None, num_prefix,
+                                                                 *grid, 1e-6, grad_out)),
+        "window": ("window_attention_backward", (q, k, v, out, grad_out, cos, sin, num_prefix, *grid, 3, 0.3)),
+    }
+
+
+def check_backward_op(case, device):
+    name, args = backward_op_cases(device)[case]
+    torch.library.opcheck(getattr(torch.ops.jetvit, name), args,
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+
+
+@pytest.mark.parametrize("case", ["state", "output", "output, no conv"])
+def test_backward_ops_fake_implementations_match_the_real_ones(case):
+    """torch.compile traces the ops' backwards through these ops' fake implementations: opcheck compares them (shapes,
+    dtypes, strides) and the schema with what the ops really return (the PyTorch path here, Triton's below)."""
+    check_backward_op(case, "cpu")
+
+
 def triton_device(dtype):
     if kernels_jetvit_linear.triton is None:
         pytest.skip("triton is not installed")
@@ -461,6 +493,39 @@ def test_window_attention_op_uses_the_triton_backward(monkeypatch):
     (expected * probe.cpu().double()).sum().backward()
     for leaf, reference in zip(leaves, reference_leaves):
         torch.testing.assert_close(leaf.grad.cpu().double(), reference.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["state", "output", "output, no conv", "window"])
+def test_triton_backward_ops_fake_implementations_match_the_real_ones(monkeypatch, case):
+    device = triton_device(torch.float32)
+    if device == "cpu":
+        monkeypatch.setattr(ops_jetvit, "triton_available", lambda tensor: True)
+    check_backward_op(case, device)
+
+
+def test_compiled_training_step_runs_the_fused_backwards(monkeypatch):
+    """A compiled (AOTAutograd) forward and backward of both linear-attention ops and window attention on Triton's
+    device gives eager's gradients: the fused backward kernels run behind ops that compile with fake tensors."""
+    device = triton_device(torch.float32)
+    if device == "cpu":
+        monkeypatch.setattr(ops_jetvit, "triton_available", lambda tensor: True)
+    grid, num_prefix = (6, 7), 3
+    q, k, v, conv_weight = random_inputs(2, num_prefix, grid, 2, 32, 3, device=device, seed=12)
+    cos, sin = (t.to(device) for t in rope_tables(42, 32))
+
+    def block(q, k, v, conv_weight):
+        linear, value_sum = fused_block(q, k, v, conv_weight, num_prefix, grid, 1e-6, cos, sin)
+        window = window_attention(q, k, v, num_prefix, grid, 4, 0.2, cos=cos, sin=sin)
+        return (linear * window).sum() + value_sum.square().sum()
+
+    def gradients(function):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v, conv_weight)]
+        function(*leaves).backward()
+        return [leaf.grad for leaf in leaves]
+
+    compiled = gradients(torch.compile(block, fullgraph=True, backend="aot_eager"))
+    for name, actual, expected in zip(("q", "k", "v", "conv"), compiled, gradients(block)):
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4, msg=name)
 
 
 @pytest.mark.parametrize("block_n, block_e", [(32, 16), (16, 32)])
