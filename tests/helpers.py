@@ -1,5 +1,6 @@
 """Small helpers shared by the tests."""
 
+import json
 import os
 import subprocess
 import sys
@@ -25,6 +26,18 @@ try:
 except ImportError:
     pass
 """
+
+
+TIMING_KEYS = ("images_per_second", "seconds_per_step")  # wall-clock throughput in each train log entry
+
+
+def read_train_log(output_dir, timing: bool = False) -> list[dict]:
+    """A training run's `train_log.json`; without the throughput keys unless `timing`, since wall time differs
+    between runs that must otherwise log exactly the same."""
+    log = json.loads((Path(output_dir) / "train_log.json").read_text())
+    if timing:
+        return log
+    return [{key: value for key, value in entry.items() if key not in TIMING_KEYS} for entry in log]
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

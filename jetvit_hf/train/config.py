@@ -111,7 +111,8 @@ class TrainConfig:
         default=False,
         metadata=_help("true: continue from the latest checkpoint in output_dir (if any); or a checkpoint path."),
     )
-    log_every: int = field(default=10, metadata=_help("Log scalars every this many optimizer steps."))
+    log_every: int = field(default=10, metadata=_help(
+        "Log scalars (losses, lr, images_per_second, seconds_per_step) every this many optimizer steps."))
     report_to: str = field(default="tensorboard", metadata=_help("'tensorboard' or 'none'."))
     cpu: bool = field(
         default=False, metadata=_help("Train on CPU even with a GPU; needed for several CPU processes (gloo).")

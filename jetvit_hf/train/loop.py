@@ -9,6 +9,8 @@
 Teacher and student go through `task_features`, so the loss compares the features the task head reads. The run uses
 Accelerate: DDP, mixed precision, gradient accumulation and trackers. It writes atomic checkpoints, and `resume`
 continues a run exactly: the same weights, optimizer and RNG states, the same data order, and the same subnets.
+Each log line also carries the run's throughput (`images_per_second` of all processes, `seconds_per_step`), wall time
+as the user's run sees it, so distillation speed is measured where it is spent (`benchmarks/bench_distill.py`).
 """
 
 import contextlib
@@ -16,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -86,15 +89,21 @@ class _Run:
     progress: Progress = field(default_factory=Progress)
     interval: _Interval = field(default_factory=_Interval)
     stop: StopRequest = field(default_factory=StopRequest)
+    # the wall clock (`time.perf_counter`) and the optimizer step where the log interval's timing began: the last log
+    # line, or the step a resumed run started at (the first interval after a resume is shorter than log_every). A
+    # checkpoint written at a log step counts in the next interval: it is part of the run's wall time.
+    timing_since: float = 0.0
+    timing_step: int = 0
 
 
 def train(config: TrainConfig) -> Path:
     """Run the training `config` describes; returns `output_dir`.
 
     Writes `output_dir/supernet` (distill) or `output_dir/model` (finetune: a complete HF model directory),
-    `train_log.json` (the logged scalars and, for distill, the subnets of each step), tensorboard logs under
-    `tensorboard/` and `checkpoints/step-XXXXXXX`. SIGINT or SIGTERM ends the current optimizer step, writes a
-    checkpoint and raises `TrainingInterrupted`; resuming from it continues exactly.
+    `train_log.json` (the logged scalars, among them `images_per_second` and `seconds_per_step`, and, for distill, the
+    subnets of each step), tensorboard logs under `tensorboard/` and `checkpoints/step-XXXXXXX`. SIGINT or SIGTERM
+    ends the current optimizer step, writes a checkpoint and raises `TrainingInterrupted`; resuming from it continues
+    exactly.
     """
     from accelerate.utils import set_seed
 
@@ -138,6 +147,7 @@ def _train_until_done(run: _Run) -> None:
     config, accelerator, progress = run.config, run.accelerator, run.progress
     bar = tqdm(total=config.max_steps, initial=progress.step, desc=config.mode,
                disable=not accelerator.is_local_main_process)
+    run.timing_since, run.timing_step = time.perf_counter(), progress.step
     with contextlib.closing(bar):
         while progress.step < config.max_steps:
             # The data order of an epoch depends only on (seed, epoch); a resumed run skips what it already saw.
@@ -217,26 +227,34 @@ def _checkpoint(run: _Run) -> Path:
 
 
 def _log(run: _Run, lr: float, bar) -> None:
-    """The interval's loss terms, averaged over its forwards and all processes, and `lr`: to the trackers, the progress
-    bar and the log history; for a supernet also the subnets drawn, which must agree across processes."""
+    """The interval's loss terms, averaged over its forwards and all processes, `lr` and the throughput: to the
+    trackers, the progress bar and the log history; for a supernet also the subnets drawn, which must agree across
+    processes."""
     from accelerate.utils import gather_object
 
-    accelerator, progress, interval = run.accelerator, run.progress, run.interval
+    config, accelerator, progress, interval = run.config, run.accelerator, run.progress, run.interval
     names = sorted(interval.sums)
     means = accelerator.reduce(torch.stack([interval.sums[name] for name in names]) / interval.forwards, "mean")
     scalars = {name: value.item() for name, value in zip(names, means, strict=True)} | {"lr": lr}
+    # Wall time since the interval's timing began. The `.item()` above waited for the device's queued work (and the
+    # reduce for every process), so no synchronize on the step path is needed.
+    now = time.perf_counter()
+    seconds, steps = now - run.timing_since, progress.step - run.timing_step
+    images = steps * config.batch_size * config.gradient_accumulation_steps * accelerator.num_processes
+    scalars |= {"images_per_second": images / seconds, "seconds_per_step": seconds / steps}
     accelerator.log(scalars, step=progress.step)
     entry = {"step": progress.step} | scalars
+    postfix = {"loss": f"{scalars['loss']:.4f}", "lr": f"{lr:.2e}", "img/s": f"{scalars['images_per_second']:.1f}"}
     if run.student.supernet is not None:
         everyone = gather_object([interval.subnets])
         if any(other != interval.subnets for other in everyone):
             raise RuntimeError(f"Processes sampled different subnets by step {progress.step}: {everyone}")
         entry["subnets"] = interval.subnets
-        bar.set_postfix(loss=f"{scalars['loss']:.4f}", lr=f"{lr:.2e}", subnet=interval.subnets[-1])
-    else:
-        bar.set_postfix(loss=f"{scalars['loss']:.4f}", lr=f"{lr:.2e}")
+        postfix["subnet"] = interval.subnets[-1]
+    bar.set_postfix(postfix)
     progress.log_history.append(entry)
     run.interval = _Interval()
+    run.timing_since, run.timing_step = now, progress.step  # the next interval's timing begins here
 
 
 def _save_outputs(run: _Run) -> None:

@@ -36,6 +36,7 @@ from jetvit_hf.search.findings import RANDOM_LAYOUTS, findings_rows
 from jetvit_hf.train import TrainConfig, reset_accelerate_state, train
 from jetvit_hf.train.checkpoints import StopRequest, TrainingInterrupted, list_checkpoints, stop_on_signals
 from jetvit_hf.train.supernet import JetViTSupernet
+from helpers import read_train_log
 
 # a hand-written per-layer latency table (full 3, window 2, linear 1 ms, remainder 0.5 ms): every estimate is a
 # known sum
@@ -473,8 +474,7 @@ def test_ctrl_c_in_stage_2_then_the_same_command_continues_to_the_same_result(re
            f"{run / 'stage1'}, skipped" in out
     assert f"[3/12] distilling the stage-2 supernet ({{stage-1 choice, full}} per layer): resuming at step {step} " \
            "of 10" in out
-    resumed_log = json.loads((run / "stage2" / "train_log.json").read_text())
-    expected_log = json.loads((expected / "stage2" / "train_log.json").read_text())
+    resumed_log, expected_log = read_train_log(run / "stage2"), read_train_log(expected / "stage2")
     assert [entry["subnets"] for entry in resumed_log] == [entry["subnets"] for entry in expected_log]
     assert [entry["loss"] for entry in resumed_log] == pytest.approx([entry["loss"] for entry in expected_log],
                                                                       rel=1e-5)
@@ -539,9 +539,9 @@ def test_sigterm_ends_the_step_writes_a_checkpoint_and_resuming_matches(source_c
 
     reset_accelerate_state()
     resumed = train(config("interrupted", resume=True))
-    read = lambda directory: json.loads((directory / "train_log.json").read_text())  # noqa: E731
     # the checkpoint cut the log interval of steps 1-4: the resumed log still matches, entry by entry
-    assert read(resumed) == read(uninterrupted) and [entry["step"] for entry in read(resumed)] == [4, 5]
+    assert read_train_log(resumed) == read_train_log(uninterrupted)
+    assert [entry["step"] for entry in read_train_log(resumed)] == [4, 5]
     expected = load_file(uninterrupted / "supernet" / "supernet.safetensors")
     actual = load_file(resumed / "supernet" / "supernet.safetensors")
     for name in expected:

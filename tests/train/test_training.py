@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import datasets
 import numpy as np
@@ -21,12 +22,12 @@ from transformers import Dinov2Model
 
 from jetvit_hf.convert import convert_to_jetvit, save_converted
 from jetvit_hf.models.jetvit.modeling_jetvit import JetViTForDepthEstimation, JetViTModel
-from jetvit_hf.train import TrainConfig, main, reset_accelerate_state, train
+from jetvit_hf.train import TrainConfig, loop, main, reset_accelerate_state, train
 from jetvit_hf.train.checkpoints import list_checkpoints
 from jetvit_hf.train.config import config_from_args
 from jetvit_hf.train.student import build_supernet
 from jetvit_hf.train.supernet import JetViTSupernet, SupernetAttention
-from helpers import REPO
+from helpers import REPO, read_train_log
 
 CANDIDATE = re.compile(r"\.attention\.candidates\.(\w+)\.")
 
@@ -67,17 +68,13 @@ def teacher_name(name: str) -> str:
     return CANDIDATE.sub(".attention.", name)
 
 
-def read_log(output_dir) -> list[dict]:
-    return json.loads((Path(output_dir) / "train_log.json").read_text())
-
-
 def test_distill_trains_the_active_attention_only_and_saves_a_loadable_supernet(
     source_checkpoint, images_dir, tmp_path
 ):
     source, _ = source_checkpoint("dinov2")
     output_dir = train(make_config(source, tmp_path / "run", images_dir, report_to="tensorboard"))
 
-    log = read_log(output_dir)
+    log = read_train_log(output_dir)
     assert [entry["step"] for entry in log] == [1, 2, 3, 4]
     assert all(math.isfinite(entry["loss"]) and entry["loss"] > 0 for entry in log)
     active = {(layer, code) for entry in log for subnet in entry["subnets"] for layer, code in enumerate(subnet)}
@@ -147,14 +144,38 @@ def test_resume_continues_exactly_and_ignores_unfinished_checkpoints(
     new_process()
     resumed = train(make_config(source, interrupted, images_dir, **settings, resume=True))
 
-    assert read_log(resumed) == read_log(uninterrupted)  # the same losses and the same subnets, step by step
-    assert len({code for entry in read_log(resumed) for code in entry["subnets"]}) > 1
+    # the same losses and the same subnets, step by step (the wall-clock throughput aside)
+    assert read_train_log(resumed) == read_train_log(uninterrupted)
+    assert len({code for entry in read_train_log(resumed) for code in entry["subnets"]}) > 1
     expected = load_file(uninterrupted / "supernet" / "supernet.safetensors")
     actual = load_file(resumed / "supernet" / "supernet.safetensors")
     assert expected.keys() == actual.keys()
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=name)
     assert not (checkpoints / ".step-0000004.tmp-x1y2z3").exists()
+
+
+def test_the_log_reports_throughput_timed_from_where_each_interval_began(
+    source_checkpoint, images_dir, tmp_path, monkeypatch
+):
+    source, _ = source_checkpoint("dinov2")
+    settings = dict(log_every=2, checkpoint_every=100, gradient_accumulation_steps=2)
+    images_per_step = 2 * 2 * 1  # batch_size x gradient_accumulation_steps x processes
+    output_dir = train(make_config(source, tmp_path / "run", images_dir, max_steps=3, **settings))
+    new_process()
+    # steps 2 and 3 were timed by the real clock; the resumed run's clock ticks 1 s per reading, so its first interval
+    # (steps 3-4) shows that its timing began at the step it resumed from: one step, not log_every steps
+    clock = iter(range(100))
+    monkeypatch.setattr(loop, "time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    train(make_config(source, output_dir, images_dir, max_steps=5, resume=True, **settings))
+
+    log = read_train_log(output_dir, timing=True)
+    assert [entry["step"] for entry in log] == [2, 3, 4, 5]
+    for entry in log:
+        for key in ("images_per_second", "seconds_per_step"):
+            assert math.isfinite(entry[key]) and entry[key] > 0, entry
+        assert entry["images_per_second"] == pytest.approx(images_per_step / entry["seconds_per_step"], rel=1e-9)
+    assert [(entry["images_per_second"], entry["seconds_per_step"]) for entry in log[2:]] == [(4.0, 1.0)] * 2
 
 
 def free_port() -> int:
@@ -194,7 +215,7 @@ def test_two_processes_over_gloo_match_one_process(source_checkpoint, images_dir
     # one process with the same global batch (2 processes x 2 images) sees the same images and the same subnets
     one = train(make_config(source, tmp_path / "one", images_dir, image_size=28, batch_size=4, learning_rate=1e-3,
                             **settings))
-    two_log, one_log = read_log(two), read_log(one)
+    two_log, one_log = read_train_log(two), read_train_log(one)
     assert [entry["subnets"] for entry in two_log] == [entry["subnets"] for entry in one_log]
     for two_entry, one_entry in zip(two_log, one_log, strict=True):
         assert two_entry["loss"] == pytest.approx(one_entry["loss"], rel=1e-4)
@@ -224,7 +245,7 @@ def test_gradient_checkpointing_recomputes_the_same_subnet(source_checkpoint, im
         ))
         forwards[checkpointing] = calls["count"]
     assert forwards[True] == 2 * forwards[False]  # every layer's attention runs again in backward
-    assert read_log(outputs[True]) == read_log(outputs[False])
+    assert read_train_log(outputs[True]) == read_train_log(outputs[False])
     plain, checkpointed = (load_file(outputs[flag] / "supernet" / "supernet.safetensors") for flag in (False, True))
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], rtol=0, atol=0, msg=name)
@@ -236,7 +257,7 @@ def test_bf16_autocast(source_checkpoint, images_dir, tmp_path, candidates):
     output_dir = train(make_config(
         source, tmp_path / "run", images_dir, mixed_precision="bf16", candidates=candidates, max_steps=2,
     ))
-    assert all(math.isfinite(entry["loss"]) for entry in read_log(output_dir))
+    assert all(math.isfinite(entry["loss"]) for entry in read_train_log(output_dir))
     teacher = convert_to_jetvit(source).state_dict()
     trained = load_file(output_dir / "supernet" / "supernet.safetensors")
     assert any(not torch.equal(trained[name], teacher[teacher_name(name)])
@@ -294,7 +315,7 @@ def test_finetune_depth_with_depth_anything_losses(source_checkpoint, tmp_path):
         source, tmp_path / "run", "render:train:4", mode="finetune", student=str(tmp_path / "student"),
         depth_loss_weight=1.0, max_steps=2,
     ))
-    log = read_log(output_dir)
+    log = read_train_log(output_dir)
     for entry in log:
         for name in ("feature_loss", "depth_loss", "ssi", "gradient_matching"):
             assert math.isfinite(entry[name]), (name, entry)
