@@ -21,6 +21,7 @@ from .targets import FEATURE_TARGETS
 MODES = ("distill", "finetune")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 REPORT_TO = ("tensorboard", "none")
+COMPILE_BACKENDS = ("inductor", "aot_eager")
 
 
 def _help(text: str) -> dict:
@@ -103,6 +104,10 @@ class TrainConfig:
         metadata=_help("'no', 'bf16' or 'fp16'; null: Accelerate's (the launch config's, else 'no')."),
     )
     gradient_checkpointing: bool = field(default=False, metadata=_help("Recompute layer activations in backward."))
+    compile_backend: str | None = field(default=None, metadata=_help(
+        "torch.compile every transformer layer of the student and the teacher in place with this backend ('inductor'; "
+        "'aot_eager' to debug): one graph per attention type, shared by all layers, so the supernet's subnets do not "
+        "recompile. null: eager."))
     seed: int = field(default=0, metadata=_help("Seeds the data order, augmentations, subnets and new weights."))
     num_workers: int = field(default=2, metadata=_help("DataLoader worker processes per training process."))
     checkpoint_every: int = field(default=500, metadata=_help("Write a checkpoint every this many optimizer steps."))
@@ -131,6 +136,10 @@ class TrainConfig:
         if self.mixed_precision is not None:
             _check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         _check_choice("report_to", self.report_to, REPORT_TO)
+        if self.compile_backend is not None:
+            _check_choice("compile_backend", self.compile_backend, COMPILE_BACKENDS)
+            if self.gradient_checkpointing:
+                raise ValueError("compile_backend and gradient_checkpointing cannot be combined yet: choose one.")
         for name in ("teacher", "output_dir"):
             if not getattr(self, name):
                 raise ValueError(f"{name} is required (--{name} PATH).")

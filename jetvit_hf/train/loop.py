@@ -34,7 +34,7 @@ from .config import TrainConfig
 from .loader import build_training_loader
 from .losses import FeatureDistillationLoss, depth_anything_loss
 from .optimizer import build_optimizer, build_scheduler
-from .student import Student, build_student, load_teacher, subnet_code
+from .student import Student, build_student, compile_layers, load_teacher, subnet_code
 from .targets import TaskOutputs, task_features
 
 if TYPE_CHECKING:
@@ -116,6 +116,9 @@ def train(config: TrainConfig) -> Path:
 
     teacher = load_teacher(config)
     student = build_student(config, teacher)
+    if config.compile_backend is not None:
+        compile_layers(teacher, config.compile_backend)
+        compile_layers(student.model, config.compile_backend)
     teacher.to(accelerator.device)
     run = _prepare_run(config, output_dir, accelerator, teacher, student)
     run.progress = restore_progress(accelerator, checkpoint, config, output_dir)

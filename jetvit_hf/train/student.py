@@ -196,6 +196,15 @@ class TaskFeatureStudent(nn.Module):
         return outputs.features, outputs.prediction
 
 
+def compile_layers(model: JetViTPreTrainedModel, backend: str) -> None:
+    """`torch.compile` each transformer layer of `model` (a JetViT, or a supernet's model) in place: regional
+    compilation. Layers of one attention type share a graph (Dynamo treats the layers' weights as inputs), so a
+    supernet's sampled subnets reuse the graphs of its candidate types instead of recompiling the whole model for each
+    layout; parameter names and the state dict stay as they are."""
+    for layer in getattr(model, model.base_model_prefix, model).encoder.layer:
+        layer.compile(backend=backend, dynamic=False)
+
+
 def _enable_gradient_checkpointing(model: JetViTPreTrainedModel) -> None:
     # transformers 5.23 renamed gradient_checkpointing_enable (now a deprecated alias); 5.17 only has the old name
     enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable

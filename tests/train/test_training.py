@@ -101,6 +101,32 @@ def test_distill_trains_the_active_attention_only_and_saves_a_loadable_supernet(
     assert provenance["new_parameters"] == sorted(name for name in trained if ".dynamic_conv." in name)
 
 
+def test_compiled_layers_train_the_same_supernet_without_recompiling_per_subnet(source_checkpoint, images_dir,
+                                                                                 tmp_path):
+    """compile_backend compiles each layer in place: the same losses, subnets and weights as eager, and a graph per
+    attention type (and per first/later layer: the first one's input needs no gradient), not per sampled subnet."""
+    from torch._dynamo.utils import counters
+
+    source, _ = source_checkpoint("dinov2")
+    eager = train(make_config(source, tmp_path / "eager", images_dir, max_steps=6, checkpoint_every=6))
+    new_process()
+    counters.clear()
+    compiled = train(make_config(source, tmp_path / "compiled", images_dir, max_steps=6, checkpoint_every=6,
+                                 compile_backend="aot_eager"))
+    subnets = [code for entry in read_train_log(eager) for code in entry["subnets"]]
+    assert len(set(subnets)) == 5  # five layouts of the 4 layers in 6 steps
+    for entry, expected in zip(read_train_log(compiled), read_train_log(eager), strict=True):
+        assert entry["subnets"] == expected["subnets"]
+        assert entry["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    # the teacher's full layers, and linear and window layers with and without an input that needs a gradient
+    assert counters["stats"]["unique_graphs"] <= 5
+    expected = load_file(eager / "supernet" / "supernet.safetensors")
+    actual = load_file(compiled / "supernet" / "supernet.safetensors")
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
 class Killed(Exception):
     pass
 
@@ -394,6 +420,10 @@ def test_config_errors_are_clear(tmp_path, monkeypatch):
         TrainConfig(**required, mixed_precision="fp8")
     with pytest.raises(ValueError, match="teacher is required"):
         TrainConfig(output_dir="o")
+    with pytest.raises(ValueError, match="compile_backend must be one of"):
+        TrainConfig(**required, compile_backend="tensorrt")
+    with pytest.raises(ValueError, match="compile_backend and gradient_checkpointing cannot be combined"):
+        TrainConfig(**required, compile_backend="inductor", gradient_checkpointing=True)
     with pytest.raises(ValueError, match=r"candidates only apply to mode 'distill' \(a fine-tuned"):
         TrainConfig(**required, mode="finetune", student="s", candidates=["linear"])
     with pytest.raises(SystemExit, match="distill.py: error: Unknown config key 'bogus'"):
