@@ -389,8 +389,11 @@ if triton is not None:
 
 
 # Launch settings: first guesses (FlashAttention-2's backward blocks for head_dim 64), not yet tuned on a GPU;
-# `benchmarks/bench_window_attention.py --sweep-backward` times alternatives.
+# `benchmarks/bench_window_attention.py --sweep-backward` times alternatives. fp32 operands take twice the shared
+# memory: with 64 x 64 blocks the dk/dv kernel would need 241 KiB, more than the 227 KiB an sm_90 block may have
+# (`tests/models/jetvit/test_kernels_compile.py`), so fp32 takes 32 x 32 (110 KiB).
 BWD_BLOCK_M, BWD_BLOCK_N, BWD_WARPS = 64, 64, 4
+BWD_BLOCK_FP32 = 32
 
 
 def window_attention_backward_triton(query, key, value, output, grad_output, cos, sin, num_prefix: int, grid_size,
@@ -401,7 +404,9 @@ def window_attention_backward_triton(query, key, value, output, grad_output, cos
     (benchmarks and tests sweep them)."""
     batch, num_tokens, heads, head_dim = query.shape
     window_tokens = max(16, triton.next_power_of_2(window_size * window_size))
-    block_m, block_n = min(block_m or BWD_BLOCK_M, window_tokens), min(block_n or BWD_BLOCK_N, window_tokens)
+    fp32 = query.element_size() == 4
+    block_m = min(block_m or (BWD_BLOCK_FP32 if fp32 else BWD_BLOCK_M), window_tokens)
+    block_n = min(block_n or (BWD_BLOCK_FP32 if fp32 else BWD_BLOCK_N), window_tokens)
     block_d, block_p = _block_d(head_dim), max(16, triton.next_power_of_2(max(num_prefix, 1)))
     dtype, device = query.dtype, query.device
     grad_output, output = (x if x.dtype == dtype and x.stride(-1) == 1 else x.to(dtype).contiguous()

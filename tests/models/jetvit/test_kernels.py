@@ -455,6 +455,17 @@ def test_triton_window_backward_launch_settings(grid, window, num_prefix, dim, b
                           num_warps=2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_window_backward_default_blocks_split_large_windows(dtype):
+    """At the default launch settings a 16 x 16 window is several blocks: 32-row blocks for fp32 (which 64-row blocks
+    would overflow an sm_90 block's shared memory with), 64-row ones for 16-bit inputs."""
+    device = triton_device(dtype)
+    grid, num_prefix, dim = (20, 18), 5, 32
+    q, k, v, _ = random_inputs(1, num_prefix, grid, 2, dim, 3, dtype=dtype, device=device, seed=13)
+    cos, sin = (t.to(device) for t in rope_tables(grid[0] * grid[1], dim, seed=4))
+    window_backward_check(q, k, v, cos, sin, num_prefix, grid, 16, 0.2, WINDOW_BACKWARD_TOLERANCE[dtype])
+
+
 def test_triton_window_backward_rows_with_very_negative_scores():
     """Rows whose scores are all far below 0 (logsumexp about -800 in log2 units): the padded keys' zero rows, whose
     score is 0, must not reach exp2(-logsumexp) = inf. The tolerance is loose: dq cancels the keys' large common part

@@ -1,0 +1,122 @@
+"""Every Triton kernel compiles for Hopper (sm_90, to a cubin) at the shapes and launch settings it ships with, without
+a GPU: Triton's compiler runs on the CPU, behind a stand-in for its CUDA driver that names an sm_90 target and turns
+each launch into a compile-only warm-up.
+
+The interpreter tests (`test_kernels.py` with TRITON_INTERPRET=1) check the kernels' arithmetic but not what only the
+compiler checks, such as a loop-carried variable that changes shape (the window backward had one). Needs Triton
+installed and TRITON_INTERPRET unset; the kernels' numbers are checked by `test_kernels.py`.
+"""
+
+import os
+
+import pytest
+import torch
+
+from jetvit_hf.models.jetvit import kernels_jetvit_linear
+
+triton = kernels_jetvit_linear.triton
+pytestmark = [
+    pytest.mark.skipif(triton is None, reason="triton is not installed"),
+    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="the interpreter does not compile"),
+    pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU test_kernels.py compiles and runs them"),
+]
+
+# H100 / H200: the most shared memory a block may opt into on sm_90
+SM90_SHARED_MEMORY = 227 * 1024
+
+
+class _Sm90CompileOnlyDriver:
+    """What `JITFunction.run` asks of the active driver before it compiles: a device, a stream and the target."""
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        from triton.backends.compiler import GPUTarget
+
+        return GPUTarget("cuda", 90, 32)
+
+    def get_active_torch_device(self):
+        return torch.device("cpu")
+
+
+@pytest.fixture
+def compiled_kernels(monkeypatch):
+    """Launches become compile-only warm-ups for sm_90; yields the list of `(kernel name, compiled kernel)` launched."""
+    from triton.runtime import driver
+    from triton.runtime.jit import JITFunction
+
+    compiled = []
+    run = JITFunction.run
+
+    def compile_only(self, *args, grid, warmup, **kwargs):
+        kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
+        compiled.append((self.fn.__name__, kernel))
+        return kernel
+
+    monkeypatch.setattr(JITFunction, "run", compile_only)
+    monkeypatch.setattr(driver, "_active", _Sm90CompileOnlyDriver())  # what `driver.set_active` sets; restored after
+    return compiled
+
+
+def inputs(dtype, heads=2, dim=64, grid=(8, 8), num_prefix=5, kernel_size=3, rope=True):
+    tokens = num_prefix + grid[0] * grid[1]
+    qkv = torch.randn(1, tokens, 3, heads, dim).to(dtype)  # q, k, v as views of one projection output
+    q, k, v = qkv.unbind(2)
+    conv_weight = torch.randn(1, heads * dim, kernel_size, kernel_size) if kernel_size else None
+    cos, sin = (torch.randn(grid[0] * grid[1], dim) for _ in range(2)) if rope else (None, None)
+    return q, k, v, conv_weight, cos, sin
+
+
+def check(compiled, expected_kernels):
+    names = {name for name, _ in compiled}
+    assert expected_kernels <= names, f"launched {sorted(names)}"
+    for name, kernel in compiled:
+        assert "cubin" in kernel.asm, name
+        assert kernel.metadata.shared <= SM90_SHARED_MEMORY, (name, kernel.metadata.shared)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("dim, rope, kernel_size, num_prefix", [(64, True, 3, 5), (48, False, None, 1), (64, True, 5, 0)])
+def test_linear_attention_kernels_compile_for_sm90(compiled_kernels, dtype, dim, rope, kernel_size, num_prefix):
+    from jetvit_hf.models.jetvit.kernels_jetvit_linear import (
+        linear_attention_output_triton,
+        linear_attention_state_triton,
+    )
+    from jetvit_hf.models.jetvit.kernels_jetvit_linear_backward import (
+        linear_attention_output_backward_triton,
+        linear_attention_state_backward_triton,
+    )
+
+    grid = (8, 8)
+    q, k, v, conv_weight, cos, sin = inputs(dtype, dim=dim, grid=grid, num_prefix=num_prefix,
+                                            kernel_size=kernel_size, rope=rope)
+    state, key_sum, value_sum = linear_attention_state_triton(k, v, cos, sin, num_prefix)
+    out = linear_attention_output_triton(q, v, state, key_sum, conv_weight, cos, sin, num_prefix, grid, 1e-6)
+    linear_attention_state_backward_triton(k, v, cos, sin, num_prefix, state, key_sum, value_sum)
+    linear_attention_output_backward_triton(q, v, state, key_sum, conv_weight, cos, sin, num_prefix, grid, 1e-6,
+                                            torch.randn(out.shape).to(dtype))
+    check(compiled_kernels, {"_state_backward_kernel", "_output_backward_kernel", "_state_finalize_kernel"})
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("grid, window, num_prefix, dim, rope", [
+    ((32, 32), 16, 5, 64, True),   # windows tile the grid (ViT-L, DINOv3)
+    ((37, 37), 16, 1, 64, False),  # padded windows, one prefix token (DINOv2 without registers at 518 px)
+    ((12, 10), 4, 0, 48, True),    # no prefix, a padded head dimension
+])
+def test_window_attention_kernels_compile_for_sm90(compiled_kernels, dtype, grid, window, num_prefix, dim, rope):
+    from jetvit_hf.models.jetvit.kernels_jetvit_window import window_attention_triton
+    from jetvit_hf.models.jetvit.kernels_jetvit_window_backward import window_attention_backward_triton
+
+    q, k, v, _, cos, sin = inputs(dtype, dim=dim, grid=grid, num_prefix=num_prefix, kernel_size=None, rope=rope)
+    out = window_attention_triton(q, k, v, cos, sin, num_prefix, grid, window, 0.125)
+    window_attention_backward_triton(q, k, v, out, torch.randn(out.shape).to(dtype), cos, sin, num_prefix, grid,
+                                     window, 0.125)
+    expected = {"_window_bwd_dq_kernel", "_window_bwd_dkdv_kernel"}
+    if num_prefix:
+        expected |= {"_prefix_stats_kernel", "_prefix_grad_kernel"}
+    check(compiled_kernels, expected)
