@@ -47,8 +47,9 @@ WINDOW_SETTINGS = [
 ]
 
 
-# backward (block_m, block_n, warps) for --sweep-backward
-BACKWARD_SETTINGS = list(itertools.product((32, 64, 128), (32, 64, 128), (4, 8)))
+# backward (block_m, block_n, warps, pipeline stages) for --sweep-backward
+BACKWARD_SETTINGS = [(m, n, warps, stages) for (m, n), warps, stages in itertools.product(
+    ((64, 64), (32, 64), (64, 32), (128, 64), (64, 128), (32, 32)), (4, 8), (1, 2, 3))]
 SDPA_BACKENDS = (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION),
                  ("efficient", SDPBackend.EFFICIENT_ATTENTION))
 
@@ -133,10 +134,11 @@ def time_training(batch: int, grid, ws: int, position_embeddings, dtype, sweep: 
 
     record("sdpa_full", full_step)
     if sweep:
-        for block_m, block_n, warps in BACKWARD_SETTINGS:
-            name = f"fused_backward_m{block_m}_n{block_n}_w{warps}"
+        for block_m, block_n, warps, stages in BACKWARD_SETTINGS:
+            name = f"fused_backward_m{block_m}_n{block_n}_w{warps}_s{stages}"
             try:
-                record(name, lambda: backward_only(block_m=block_m, block_n=block_n, num_warps=warps))
+                record(name, lambda: backward_only(block_m=block_m, block_n=block_n, num_warps=warps,
+                                                   num_stages=stages))
             except Exception as error:  # e.g. out of shared memory for this setting
                 print(f"backward setting {name} failed: {str(error)[:100]}")
     return ms, methods, errors

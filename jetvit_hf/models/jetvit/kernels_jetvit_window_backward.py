@@ -388,16 +388,19 @@ if triton is not None:
         tl.store(out + (batch_head % num_heads) * stride_h + offs_d, total.to(grads_ptr.dtype.element_ty), mask=d_mask)
 
 
-# Launch settings: first guesses (FlashAttention-2's backward blocks for head_dim 64), not yet tuned on a GPU;
-# `benchmarks/bench_window_attention.py --sweep-backward` times alternatives. fp32 operands take twice the shared
-# memory: with 64 x 64 blocks the dk/dv kernel would need 241 KiB, more than the 227 KiB an sm_90 block may have
-# (`tests/models/jetvit/test_kernels_compile.py`), so fp32 takes 32 x 32 (110 KiB).
-BWD_BLOCK_M, BWD_BLOCK_N, BWD_WARPS = 64, 64, 4
+# Launch settings: first guesses (FlashAttention-2's backward blocks for head_dim 64, Triton's default 3 pipeline
+# stages), not yet tuned on a GPU; `benchmarks/bench_window_attention.py --sweep-backward` times alternatives. fp32
+# operands take twice the shared memory: with 64 x 64 blocks the dk/dv kernel would need 241 KiB, more than the
+# 227 KiB an sm_90 block may have (`tests/models/jetvit/test_kernels_compile.py`), so fp32 takes 32 x 32 (110 KiB).
+# In bf16, 3 stages keep 142-145 KiB of shared memory, one program (4 warps) per multiprocessor; 1 stage needs
+# 32-46 KiB (compiled for sm_90, not yet timed): the sweep times both.
+BWD_BLOCK_M, BWD_BLOCK_N, BWD_WARPS, BWD_STAGES = 64, 64, 4, 3
 BWD_BLOCK_FP32 = 32
 
 
 def window_attention_backward_triton(query, key, value, output, grad_output, cos, sin, num_prefix: int, grid_size,
-                                     window_size: int, scale: float, block_m=None, block_n=None, num_warps=None):
+                                     window_size: int, scale: float, block_m=None, block_n=None, num_warps=None,
+                                     num_stages=None):
     """Gradients `(dq, dk, dv)` of `window_attention_triton`, stacked as `[3, batch, tokens, heads, head_dim]` in the
     dtype of `query` (the prefix-gradient kernel writes all three through one pointer), given its `output` and
     `grad_output` (`[batch, tokens, heads * head_dim]`). The keyword arguments override the launch settings above
@@ -429,6 +432,7 @@ def window_attention_backward_triton(query, key, value, output, grad_output, cos
         HEAD_DIM=head_dim, BLOCK_D=block_d, WINDOW=window_size, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_P=block_p,
         HAS_ROPE=has_rope, SPLIT_HALVES=has_rope and head_dim != block_d, PRECISION=_precision(query),
         HAS_PREFIX=num_prefix > 0, num_warps=num_warps or BWD_WARPS,
+        num_stages=num_stages or BWD_STAGES,
         EVEN=grid_size[0] % window_size == 0 and grid_size[1] % window_size == 0
         and (window_size * window_size) % block_m == 0 and (window_size * window_size) % block_n == 0,
     )

@@ -1,6 +1,5 @@
 """Every Triton kernel compiles for Hopper (sm_90, to a cubin) at the shapes and launch settings it ships with, without
-a GPU: Triton's compiler runs on the CPU, behind a stand-in for its CUDA driver that names an sm_90 target and turns
-each launch into a compile-only warm-up.
+a GPU: Triton's compiler runs on the CPU, behind a stand-in for its CUDA driver (`benchmarks/sm90_compile.py`).
 
 The interpreter tests (`test_kernels.py` with TRITON_INTERPRET=1) check the kernels' arithmetic but not what only the
 compiler checks, such as a loop-carried variable that changes shape (the window backward had one). Needs Triton
@@ -12,6 +11,7 @@ import os
 import pytest
 import torch
 
+from benchmarks.sm90_compile import SM90_SHARED_MEMORY, compile_only_for_sm90
 from jetvit_hf.models.jetvit import kernels_jetvit_linear
 
 triton = kernels_jetvit_linear.triton
@@ -21,45 +21,11 @@ pytestmark = [
     pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU test_kernels.py compiles and runs them"),
 ]
 
-# H100 / H200: the most shared memory a block may opt into on sm_90
-SM90_SHARED_MEMORY = 227 * 1024
-
-
-class _Sm90CompileOnlyDriver:
-    """What `JITFunction.run` asks of the active driver before it compiles: a device, a stream and the target."""
-
-    def get_current_device(self):
-        return 0
-
-    def get_current_stream(self, device=None):
-        return 0
-
-    def get_current_target(self):
-        from triton.backends.compiler import GPUTarget
-
-        return GPUTarget("cuda", 90, 32)
-
-    def get_active_torch_device(self):
-        return torch.device("cpu")
-
 
 @pytest.fixture
-def compiled_kernels(monkeypatch):
-    """Launches become compile-only warm-ups for sm_90; yields the list of `(kernel name, compiled kernel)` launched."""
-    from triton.runtime import driver
-    from triton.runtime.jit import JITFunction
-
-    compiled = []
-    run = JITFunction.run
-
-    def compile_only(self, *args, grid, warmup, **kwargs):
-        kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
-        compiled.append((self.fn.__name__, kernel))
-        return kernel
-
-    monkeypatch.setattr(JITFunction, "run", compile_only)
-    monkeypatch.setattr(driver, "_active", _Sm90CompileOnlyDriver())  # what `driver.set_active` sets; restored after
-    return compiled
+def compiled_kernels():
+    with compile_only_for_sm90() as compiled:
+        yield compiled
 
 
 def inputs(dtype, heads=2, dim=64, grid=(8, 8), num_prefix=5, kernel_size=3, rope=True):
