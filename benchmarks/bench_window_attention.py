@@ -19,9 +19,10 @@ as leaf views of one projection output and a fixed output gradient:
 - `sdpa_full`: full attention on the same tokens, forward and backward.
 Each is a CUDA-graph replay where capture works, else CUDA-event medians of eager calls (`train_timing` says which).
 `train_grad_rel_error` compares the fused backward's gradients with the recompute path's. `--sweep-backward` also
-times the backward kernels' launch settings.
+times the backward kernels' launch settings, and `--training-only` skips the forward-only timings.
 
     python benchmarks/bench_window_attention.py --height 1024 --width 2048 --output window.json
+    python benchmarks/bench_window_attention.py --training-only --sweep-backward --output window_backward.json
 """
 
 import argparse
@@ -151,6 +152,8 @@ def main(argv=None) -> int:
     parser.add_argument("--window-size", type=int, default=16)
     parser.add_argument("--train-batch-sizes", default="1,8", help="forward + backward timings at these batch sizes")
     parser.add_argument("--sweep-backward", action="store_true", help="also time the backward's launch settings")
+    parser.add_argument("--training-only", action="store_true",
+                        help="only the forward + backward timings (skip the forward-only ones and their sweep)")
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available() or kernels_jetvit_window.triton is None:
@@ -171,43 +174,44 @@ def main(argv=None) -> int:
     ws = args.window_size
     windows = (grid[0] // ws) * (grid[1] // ws)
     results = {}
-    with torch.inference_mode():
-        results["module_eager"] = graph_ms(lambda: module(hidden, position_embeddings, grid))
-        compiled = torch.compile(module)
-        compiled(hidden, position_embeddings, grid)
-        results["module_compiled"] = graph_ms(lambda: compiled(hidden, position_embeddings, grid))
-        qkv = torch.randn(1, tokens, 3, 16, 64, device="cuda", dtype=dtype)
-        tq, tk, tv = qkv.unbind(2)
-        cos, sin = position_embeddings
-        args_ = (tq, tk, tv, cos, sin, 5, grid, ws, 0.125)
-        reference = torch.compile(torch_jetvit.window_attention_torch)
-        reference(*args_)
-        results["reference_compiled"] = graph_ms(lambda: reference(*args_))
-        results["triton_default_without_rope"] = graph_ms(
-            lambda: kernels_jetvit_window.window_attention_triton(tq, tk, tv, None, None, 5, grid, ws, 0.125))
-        for block_m, block_n, warps, stages, registers in WINDOW_SETTINGS:
-            name = f"triton_m{block_m}_n{block_n}_w{warps}_s{stages}" + (f"_r{registers}" if registers else "")
-            try:
-                results[name] = graph_ms(lambda: kernels_jetvit_window.window_attention_triton(
-                    *args_, block_m=block_m, block_n=block_n, num_warps=warps, key_stages=stages,
-                    max_registers=registers))
-            except Exception as error:  # e.g. out of shared memory for this setting
-                print(f"window setting {name} failed: {str(error)[:100]}")
-        q = torch.randn(windows, 16, ws * ws, 64, device="cuda", dtype=dtype)
-        k261 = torch.randn(windows, 16, ws * ws + 5, 64, device="cuda", dtype=dtype)
-        v261 = torch.randn_like(k261)
-        k256, v256 = k261[:, :, 5:].contiguous(), v261[:, :, 5:].contiguous()
-        for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION),
-                              ("efficient", SDPBackend.EFFICIENT_ATTENTION)):
-            for keys, (k, v) in (("261", (k261, v261)), ("256", (k256, v256))):
+    if not args.training_only:  # the forward: the module, the kernel's launch settings, SDPA
+        with torch.inference_mode():
+            results["module_eager"] = graph_ms(lambda: module(hidden, position_embeddings, grid))
+            compiled = torch.compile(module)
+            compiled(hidden, position_embeddings, grid)
+            results["module_compiled"] = graph_ms(lambda: compiled(hidden, position_embeddings, grid))
+            qkv = torch.randn(1, tokens, 3, 16, 64, device="cuda", dtype=dtype)
+            tq, tk, tv = qkv.unbind(2)
+            cos, sin = position_embeddings
+            args_ = (tq, tk, tv, cos, sin, 5, grid, ws, 0.125)
+            reference = torch.compile(torch_jetvit.window_attention_torch)
+            reference(*args_)
+            results["reference_compiled"] = graph_ms(lambda: reference(*args_))
+            results["triton_default_without_rope"] = graph_ms(
+                lambda: kernels_jetvit_window.window_attention_triton(tq, tk, tv, None, None, 5, grid, ws, 0.125))
+            for block_m, block_n, warps, stages, registers in WINDOW_SETTINGS:
+                name = f"triton_m{block_m}_n{block_n}_w{warps}_s{stages}" + (f"_r{registers}" if registers else "")
                 try:
-                    with sdpa_kernel([backend]):
-                        results[f"sdpa_windows_{keys}_{name}"] = graph_ms(
-                            lambda: F.scaled_dot_product_attention(q, k, v))
-                except RuntimeError as error:
-                    results[f"sdpa_windows_{keys}_{name}"] = f"unsupported: {str(error)[:80]}"
-        qf = torch.randn(1, 16, tokens, 64, device="cuda", dtype=dtype)
-        results["sdpa_full"] = graph_ms(lambda: F.scaled_dot_product_attention(qf, qf, qf))
+                    results[name] = graph_ms(lambda: kernels_jetvit_window.window_attention_triton(
+                        *args_, block_m=block_m, block_n=block_n, num_warps=warps, key_stages=stages,
+                        max_registers=registers))
+                except Exception as error:  # e.g. out of shared memory for this setting
+                    print(f"window setting {name} failed: {str(error)[:100]}")
+            q = torch.randn(windows, 16, ws * ws, 64, device="cuda", dtype=dtype)
+            k261 = torch.randn(windows, 16, ws * ws + 5, 64, device="cuda", dtype=dtype)
+            v261 = torch.randn_like(k261)
+            k256, v256 = k261[:, :, 5:].contiguous(), v261[:, :, 5:].contiguous()
+            for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION),
+                                  ("efficient", SDPBackend.EFFICIENT_ATTENTION)):
+                for keys, (k, v) in (("261", (k261, v261)), ("256", (k256, v256))):
+                    try:
+                        with sdpa_kernel([backend]):
+                            results[f"sdpa_windows_{keys}_{name}"] = graph_ms(
+                                lambda: F.scaled_dot_product_attention(q, k, v))
+                    except RuntimeError as error:
+                        results[f"sdpa_windows_{keys}_{name}"] = f"unsupported: {str(error)[:80]}"
+            qf = torch.randn(1, 16, tokens, 64, device="cuda", dtype=dtype)
+            results["sdpa_full"] = graph_ms(lambda: F.scaled_dot_product_attention(qf, qf, qf))
     train, train_timing, train_errors = {}, {}, {}
     for batch in (int(b) for b in args.train_batch_sizes.split(",") if b):
         key = f"batch_{batch}"
