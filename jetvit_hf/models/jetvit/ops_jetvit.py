@@ -17,7 +17,9 @@ only) is applied inside. Each op runs the Triton kernels (`kernels_jetvit_linear
 CUDA tensors when Triton is installed, and the PyTorch path (`torch_jetvit.py`) otherwise. The backwards follow the
 same rule: fused Triton kernels (`kernels_jetvit_linear_backward.py`, `kernels_jetvit_window_backward.py`) where the
 forwards run Triton; elsewhere the analytic PyTorch backwards of the linear-attention ops in `torch_jetvit.py` (fp32
-for the state) and a recomputation of window attention's PyTorch path under autograd.
+for the state) and a recomputation of window attention's PyTorch path under autograd. The kernel backwards are ops of
+their own (`jetvit::*_backward`, without a backward) so that `torch.compile` can trace the forwards' autograd
+formulas with fake tensors.
 
 Shipped with every saved checkpoint for `trust_remote_code`: imports only torch and its flat siblings.
 """
