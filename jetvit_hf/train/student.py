@@ -20,7 +20,7 @@ from ..layouts import stage2_candidates
 from ..models.jetvit.modeling_jetvit import JetViTForDepthEstimation, JetViTPreTrainedModel
 from ..models.jetvit.modeling_jetvit_embeddings import JetViTRopePositionEmbedding
 from .config import TrainConfig
-from .supernet import JetViTSupernet
+from .supernet import JetViTSupernet, encoder_layers
 from .targets import check_teacher_student, resolve_targets, task_features
 
 # DINOv3's train-time RoPE augmentation (see `_disable_rope_augmentation`)
@@ -201,7 +201,7 @@ def compile_layers(model: JetViTPreTrainedModel, backend: str) -> None:
     compilation. Layers of one attention type share a graph (Dynamo treats the layers' weights as inputs), so a
     supernet's sampled subnets reuse the graphs of its candidate types instead of recompiling the whole model for each
     layout; parameter names and the state dict stay as they are."""
-    for layer in getattr(model, model.base_model_prefix, model).encoder.layer:
+    for layer in encoder_layers(model):
         layer.compile(backend=backend, dynamic=False)
 
 

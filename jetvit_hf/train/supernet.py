@@ -24,7 +24,7 @@ from ..models.jetvit.modeling_jetvit import JETVIT_ATTENTION_CLASSES, JetViTPreT
 LINEAR_CONV_PREFIXES = ("dynamic_conv.", "static_conv.")  # the parameters of a linear layer's convolution of V
 
 
-def _encoder_layers(model: JetViTPreTrainedModel) -> nn.ModuleList:
+def encoder_layers(model: JetViTPreTrainedModel) -> nn.ModuleList:
     return getattr(model, model.base_model_prefix, model).encoder.layer
 
 
@@ -56,7 +56,7 @@ class JetViTSupernet(nn.Module):
         config = model.config
         self.candidates = normalize_candidates(candidates, config.num_hidden_layers)
         self.model = model
-        full_sources = _encoder_layers(inherit_full_from) if inherit_full_from is not None else None
+        full_sources = encoder_layers(inherit_full_from) if inherit_full_from is not None else None
         for index, layer in enumerate(self.layers):
             modules = {}
             for attention_type in self.candidates[index]:
@@ -80,7 +80,7 @@ class JetViTSupernet(nn.Module):
 
     @property
     def layers(self) -> nn.ModuleList:
-        return _encoder_layers(self.model)
+        return encoder_layers(self.model)
 
     @property
     def assignment(self) -> list[str]:
