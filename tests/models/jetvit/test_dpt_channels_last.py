@@ -11,11 +11,14 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from transformers import AutoModelForDepthEstimation
 
+from benchmarks.bench_dpt_neck import UpsampleThenProjectFusionLayer
 from jetvit_hf import JetViTBackbone, JetViTConfig, JetViTForDepthEstimation
 from jetvit_hf.models.jetvit.modeling_jetvit_heads import JetViTFeatureFusionLayer
 from sources import perturb_
 
 CL = torch.channels_last
+# The fusion layer as transformers' Depth Anything (and this package before) computes it: upsample, then project
+original_fusion_forward = UpsampleThenProjectFusionLayer.forward
 
 
 def tiny_config(**overrides) -> JetViTConfig:
@@ -35,18 +38,6 @@ def tiny_depth_model(**overrides) -> JetViTForDepthEstimation:
     with torch.no_grad():  # a steeper head (as conftest's `depth_source`): the depth varies by tens of percent
         model.head.conv3.weight.mul_(40)
     return model
-
-
-def original_fusion_forward(self, hidden_state, residual=None, size=None):
-    """The fusion layer as transformers' Depth Anything (and this package before) computes it: upsample, then project."""
-    if residual is not None:
-        if hidden_state.shape != residual.shape:
-            residual = F.interpolate(residual, size=hidden_state.shape[2:], mode="bilinear", align_corners=False)
-        hidden_state = hidden_state + self.residual_layer1(residual)
-    hidden_state = self.residual_layer2(hidden_state)
-    resize = {"scale_factor": 2} if size is None else {"size": size}
-    hidden_state = F.interpolate(hidden_state, **resize, mode="bilinear", align_corners=True)
-    return self.projection(hidden_state)
 
 
 def original_depth(model: JetViTForDepthEstimation, pixel_values: torch.Tensor) -> torch.Tensor:
