@@ -39,6 +39,22 @@ def triton_available(tensor: torch.Tensor) -> bool:
 if triton is not None:
 
     @triton.jit
+    def _head_columns(HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, SPLIT_HALVES: tl.constexpr):
+        """`(offs_d, d_mask)`: the head dimension each tile column holds, and which columns are real. SPLIT_HALVES puts
+        the halves `[0, d/2)`, `[d/2, d)` at columns `[0, d/2)`, `[BLOCK_D/2, BLOCK_D/2 + d/2)`, so that RoPE partners
+        are BLOCK_D / 2 columns apart (the backwards' inverse rotation splits the tile there); otherwise column c
+        holds dimension c."""
+        c = tl.arange(0, BLOCK_D)
+        if SPLIT_HALVES:
+            half = c % (BLOCK_D // 2)
+            offs_d = half + (c // (BLOCK_D // 2)) * (HEAD_DIM // 2)
+            d_mask = half < HEAD_DIM // 2
+        else:
+            offs_d = c
+            d_mask = c < HEAD_DIM
+        return offs_d, d_mask
+
+    @triton.jit
     def _load_rotated(base, offs_n, stride_n, offs_d, mask, cos_ptr, sin_ptr, num_prefix,
                       HEAD_DIM: tl.constexpr, HAS_ROPE: tl.constexpr, RELU: tl.constexpr = True):
         """A [BLOCK_N, BLOCK_D] tile of q or k (rows `offs_n`), RoPE applied to its patch tokens (in fp32), back in its

@@ -19,7 +19,7 @@ state gradient.
 
 The products take fp32 operands: exact fp32 for fp32 inputs, TF32 tensor cores for bf16/fp16 inputs (whose gradients
 are rounded to 8 or 11 bits anyway); sums are fp32. With RoPE the head dimension is laid out in registers as its two halves, each
-padded to a power of two (`_rope_columns`), so that the inverse rotation (pairs `j`, `j + d/2`) is a split of the tile.
+padded to a power of two (`_head_columns`), so that the inverse rotation (pairs `j`, `j + d/2`) is a split of the tile.
 
 Shipped with every saved checkpoint for `trust_remote_code`; Triton is optional (without it nothing here is launched).
 """
@@ -40,28 +40,13 @@ except ImportError:  # CPU-only installs: ops_jetvit.py uses the PyTorch backwar
 # ----------------------------------------------------------------------------------------------------------------------
 
 if triton is not None:
-    from .kernels_jetvit_linear import _load_rotated, _state_finalize_kernel
-
-    @triton.jit
-    def _rope_columns(HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_ROPE: tl.constexpr):
-        """`(columns, valid)`: the head dimension a tile's BLOCK_D register columns hold. With RoPE, columns
-        [0, BLOCK_D/2) hold the first half of the head dimension and [BLOCK_D/2, BLOCK_D) the second (each padded),
-        so that `_unrotate` can split the tile into the rotation's pairs; without, column i holds dimension i."""
-        i = tl.arange(0, BLOCK_D)
-        if HAS_ROPE:
-            half = i % (BLOCK_D // 2)
-            columns = (i // (BLOCK_D // 2)) * (HEAD_DIM // 2) + half
-            valid = half < HEAD_DIM // 2
-        else:
-            columns = i
-            valid = i < HEAD_DIM
-        return columns, valid
+    from .kernels_jetvit_linear import _head_columns, _load_rotated, _state_finalize_kernel
 
     @triton.jit
     def _unrotate(grad, offs_n, n_mask, cos_ptr, sin_ptr, num_prefix,
                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
         """The gradient w.r.t. RoPE's input from a [BLOCK_N, BLOCK_D] fp32 gradient w.r.t. its output (columns as
-        `_rope_columns` lays them out with RoPE), the transpose rotation `torch_jetvit.unrotate_grad` computes:
+        `_head_columns` lays them out with RoPE), the transpose rotation `torch_jetvit.unrotate_grad` computes:
         `x1 = g1 cos1 + g2 sin2`, `x2 = g2 cos2 - g1 sin1` for the pairs (j, j + d/2); prefix tokens pass unchanged."""
         HALF: tl.constexpr = BLOCK_D // 2
         g1, g2 = tl.split(tl.permute(tl.reshape(grad, (BLOCK_N, 2, HALF)), (0, 2, 1)))
@@ -89,7 +74,7 @@ if triton is not None:
         batch_head = tl.program_id(0)
         batch = batch_head // num_heads
         head = batch_head % num_heads
-        cols, d_mask = _rope_columns(HEAD_DIM, BLOCK_D, HAS_ROPE)
+        cols, d_mask = _head_columns(HEAD_DIM, BLOCK_D, HAS_ROPE)
         k_base = k_ptr + batch * stride_kb + head * stride_kh
         v_base = v_ptr + batch * stride_vb + head * stride_vh
         out_offset = (batch * num_tokens * num_heads + head) * HEAD_DIM
@@ -136,7 +121,7 @@ if triton is not None:
         split = tl.program_id(1)
         batch = batch_head // num_heads
         head = batch_head % num_heads
-        cols, d_mask = _rope_columns(HEAD_DIM, BLOCK_D, HAS_ROPE)
+        cols, d_mask = _head_columns(HEAD_DIM, BLOCK_D, HAS_ROPE)
         q_base = q_ptr + batch * stride_qb + head * stride_qh
         g_base = grad_ptr + batch * stride_gb + head * HEAD_DIM
         out_offset = (batch * num_tokens * num_heads + head) * HEAD_DIM

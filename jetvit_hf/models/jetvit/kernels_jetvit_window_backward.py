@@ -58,23 +58,8 @@ except ImportError:  # CPU-only installs: ops_jetvit.py recomputes the PyTorch p
 # ----------------------------------------------------------------------------------------------------------------------
 
 if triton is not None:
-    from .kernels_jetvit_linear import _load_rotated
+    from .kernels_jetvit_linear import _head_columns, _load_rotated
     from .kernels_jetvit_window import _window_program, _window_tokens
-
-    @triton.jit
-    def _head_columns(HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, SPLIT_HALVES: tl.constexpr):
-        """`(offs_d, d_mask)`: the head dimension each tile column holds, and which columns are real. SPLIT_HALVES puts
-        the halves `[0, d/2)`, `[d/2, d)` at columns `[0, d/2)`, `[BLOCK_D/2, BLOCK_D/2 + d/2)`, so that RoPE partners
-        are BLOCK_D / 2 columns apart (`_swap_halves`); otherwise column c holds dimension c."""
-        c = tl.arange(0, BLOCK_D)
-        if SPLIT_HALVES:
-            half = c % (BLOCK_D // 2)
-            offs_d = half + (c // (BLOCK_D // 2)) * (HEAD_DIM // 2)
-            d_mask = half < HEAD_DIM // 2
-        else:
-            offs_d = c
-            d_mask = c < HEAD_DIM
-        return offs_d, d_mask
 
     @triton.jit
     def _row_mask(valid, d_mask, EVEN: tl.constexpr):
