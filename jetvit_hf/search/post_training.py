@@ -420,9 +420,12 @@ def train_stage(step: int, title: str, stage_dir: Path, result: str, max_steps: 
            **settings) -> Path:
     """One training stage into `stage_dir` (skipped when `stage_dir/result` exists, else resumed from its last
     checkpoint), checkpointing at least every `1 / CHECKPOINTS_PER_STAGE` of it, with a linear warm-up over its
-    first 10%."""
+    first 10%. Once `result` is saved, the last checkpoint's `trainer_state.json` (the step and the training config)
+    is kept as `stage_dir/trainer_state.json` and the checkpoints are deleted: nothing resumes from them, and for a
+    ViT-L each holds about 4 GB (weights and AdamW state in fp32), so the pipeline's seven stages filled a 64 GB disk.
+    Stages train eagerly: whether compiling pays for itself over a stage's length has not been measured."""
     from ..train import TrainConfig, reset_accelerate_state, train
-    from ..train.checkpoints import CHECKPOINTS_DIR, list_checkpoints, saved_step
+    from ..train.checkpoints import CHECKPOINTS_DIR, TRAINER_STATE_FILE, list_checkpoints, saved_step
 
     if (stage_dir / result).is_dir():
         _announce(step, title, f": already done in {stage_dir}, skipped", total)
@@ -432,8 +435,11 @@ def train_stage(step: int, title: str, stage_dir: Path, result: str, max_steps: 
               total)
     reset_accelerate_state()
     train(TrainConfig(output_dir=str(stage_dir), resume=True, num_workers=_loader_workers(), max_steps=max_steps,
-                      warmup_steps=max(1, max_steps // 10),
+                      warmup_steps=max(1, max_steps // 10), compile_backend=None,
                       checkpoint_every=max(1, max_steps // CHECKPOINTS_PER_STAGE), **settings))
+    last = list_checkpoints(stage_dir / CHECKPOINTS_DIR)[-1]  # train() always checkpoints its last step
+    atomic_write_json(stage_dir / TRAINER_STATE_FILE, read_json(last / TRAINER_STATE_FILE))
+    shutil.rmtree(stage_dir / CHECKPOINTS_DIR, ignore_errors=True)
     return stage_dir / result
 
 
