@@ -29,7 +29,7 @@ _CHECKPOINT_NAME = re.compile(r"step-(\d{7,})")
 # Config fields that may differ when a run is resumed: they do not change the math or the data order.
 _RESUME_MAY_CHANGE = frozenset(
     {"teacher", "student", "data", "output_dir", "resume", "max_steps", "checkpoint_every", "keep_checkpoints",
-     "log_every", "report_to", "num_workers", "gradient_checkpointing", "cpu"}
+     "log_every", "report_to", "num_workers", "gradient_checkpointing", "compile_backend", "cpu"}
 )
 
 

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from ..layouts import parse_candidates
 from .losses import FEATURE_LOSS_KINDS
 from .targets import FEATURE_TARGETS
@@ -21,7 +23,7 @@ from .targets import FEATURE_TARGETS
 MODES = ("distill", "finetune")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 REPORT_TO = ("tensorboard", "none")
-COMPILE_BACKENDS = ("inductor", "aot_eager")
+COMPILE_BACKENDS = ("auto", "inductor", "aot_eager")
 
 
 def _help(text: str) -> dict:
@@ -104,10 +106,11 @@ class TrainConfig:
         metadata=_help("'no', 'bf16' or 'fp16'; null: Accelerate's (the launch config's, else 'no')."),
     )
     gradient_checkpointing: bool = field(default=False, metadata=_help("Recompute layer activations in backward."))
-    compile_backend: str | None = field(default=None, metadata=_help(
+    compile_backend: str | None = field(default="auto", metadata=_help(
         "torch.compile every transformer layer of the student and the teacher in place with this backend ('inductor'; "
         "'aot_eager' to debug): one graph per attention type, shared by all layers, so the supernet's subnets do not "
-        "recompile. null: eager."))
+        "recompile. 'auto' (default): inductor when training on a GPU without gradient checkpointing (1.22x the "
+        "images/s of eager for ViT-L distillation on an H200), else eager. null: eager."))
     seed: int = field(default=0, metadata=_help("Seeds the data order, augmentations, subnets and new weights."))
     num_workers: int = field(default=2, metadata=_help("DataLoader worker processes per training process."))
     checkpoint_every: int = field(default=500, metadata=_help("Write a checkpoint every this many optimizer steps."))
@@ -138,7 +141,7 @@ class TrainConfig:
         _check_choice("report_to", self.report_to, REPORT_TO)
         if self.compile_backend is not None:
             _check_choice("compile_backend", self.compile_backend, COMPILE_BACKENDS)
-            if self.gradient_checkpointing:
+            if self.gradient_checkpointing and self.compile_backend != "auto":
                 raise ValueError("compile_backend and gradient_checkpointing cannot be combined yet: choose one.")
         for name in ("teacher", "output_dir"):
             if not getattr(self, name):
@@ -183,6 +186,14 @@ _BOOLEANS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "
 
 def _options(annotation) -> tuple:
     return annotation.__args__ if isinstance(annotation, types.UnionType) else (annotation,)
+
+
+def resolve_compile_backend(config: TrainConfig, device) -> str | None:
+    """The backend `compile_layers` gets on `device` (None: eager). 'auto' compiles only where it was measured to pay:
+    on a GPU, and not beside gradient checkpointing, which cannot be combined with it yet."""
+    if config.compile_backend != "auto":
+        return config.compile_backend
+    return "inductor" if torch.device(device).type == "cuda" and not config.gradient_checkpointing else None
 
 
 def _coerce(name: str, value, annotation):

@@ -30,7 +30,7 @@ from ..io import atomic_directory, atomic_write_json
 from ..models.jetvit.modeling_jetvit import JetViTPreTrainedModel
 from .checkpoints import (TRAIN_LOG_FILE, Progress, StopRequest, TrainingInterrupted, find_resume_checkpoint,
                           restore_progress, save_checkpoint, stop_agreed, stop_on_signals)
-from .config import TrainConfig
+from .config import TrainConfig, resolve_compile_backend
 from .loader import build_training_loader
 from .losses import FeatureDistillationLoss, depth_anything_loss
 from .optimizer import build_optimizer, build_scheduler
@@ -116,9 +116,10 @@ def train(config: TrainConfig) -> Path:
 
     teacher = load_teacher(config)
     student = build_student(config, teacher)
-    if config.compile_backend is not None:
-        compile_layers(teacher, config.compile_backend)
-        compile_layers(student.model, config.compile_backend)
+    compile_backend = resolve_compile_backend(config, accelerator.device)
+    if compile_backend is not None:
+        compile_layers(teacher, compile_backend)
+        compile_layers(student.model, compile_backend)
     teacher.to(accelerator.device)
     run = _prepare_run(config, output_dir, accelerator, teacher, student)
     run.progress = restore_progress(accelerator, checkpoint, config, output_dir)

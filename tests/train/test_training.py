@@ -24,7 +24,7 @@ from jetvit_hf.convert import convert_to_jetvit, save_converted
 from jetvit_hf.models.jetvit.modeling_jetvit import JetViTForDepthEstimation, JetViTModel
 from jetvit_hf.train import TrainConfig, loop, main, reset_accelerate_state, train
 from jetvit_hf.train.checkpoints import list_checkpoints
-from jetvit_hf.train.config import config_from_args
+from jetvit_hf.train.config import config_from_args, resolve_compile_backend
 from jetvit_hf.train.student import build_supernet
 from jetvit_hf.train.supernet import JetViTSupernet, SupernetAttention
 from helpers import REPO, read_train_log
@@ -99,6 +99,20 @@ def test_distill_trains_the_active_attention_only_and_saves_a_loadable_supernet(
     assert (provenance["source"], provenance["family"], provenance["source_architecture"]) == (
         str(Path(source).resolve()), "dinov2", "Dinov2Model")
     assert provenance["new_parameters"] == sorted(name for name in trained if ".dynamic_conv." in name)
+
+
+def test_auto_compile_backend_compiles_on_a_gpu_only():
+    """'auto' (the default) is inductor on CUDA, where it was measured faster, and eager on the CPU or beside gradient
+    checkpointing; an explicit backend is kept wherever it trains."""
+    required = {"teacher": "t", "output_dir": "o"}
+    assert TrainConfig(**required).compile_backend == "auto"
+    assert resolve_compile_backend(TrainConfig(**required), torch.device("cuda", 0)) == "inductor"
+    assert resolve_compile_backend(TrainConfig(**required), torch.device("cpu")) is None
+    checkpointed = TrainConfig(**required, gradient_checkpointing=True)
+    assert resolve_compile_backend(checkpointed, torch.device("cuda")) is None
+    assert resolve_compile_backend(TrainConfig(**required, compile_backend="aot_eager"), torch.device("cpu")) == \
+        "aot_eager"
+    assert resolve_compile_backend(TrainConfig(**required, compile_backend="none"), torch.device("cuda")) is None
 
 
 def test_compiled_layers_train_the_same_supernet_without_recompiling_per_subnet(source_checkpoint, images_dir,
@@ -424,6 +438,7 @@ def test_config_errors_are_clear(tmp_path, monkeypatch):
         TrainConfig(**required, compile_backend="tensorrt")
     with pytest.raises(ValueError, match="compile_backend and gradient_checkpointing cannot be combined"):
         TrainConfig(**required, compile_backend="inductor", gradient_checkpointing=True)
+    assert TrainConfig(**required, compile_backend="auto", gradient_checkpointing=True)  # auto resolves to eager
     with pytest.raises(ValueError, match=r"candidates only apply to mode 'distill' \(a fine-tuned"):
         TrainConfig(**required, mode="finetune", student="s", candidates=["linear"])
     with pytest.raises(SystemExit, match="distill.py: error: Unknown config key 'bogus'"):
