@@ -455,6 +455,19 @@ def test_triton_window_backward_launch_settings(grid, window, num_prefix, dim, b
                           num_warps=2)
 
 
+def test_triton_window_backward_refuses_eight_warps_with_three_stages():
+    """8 warps with 3 pipeline stages made an illegal memory access on an H200, which poisons the CUDA context: the
+    launch is refused before it happens, with the setting that works instead, and 2 stages still match float64."""
+    device = triton_device(torch.float32)
+    q, k, v, _ = random_inputs(1, 3, (8, 8), 2, 32, 3, device=device, scale=2.0, seed=9)
+    cos, sin = (t.to(device) for t in rope_tables(64, 32, seed=3))
+    out = window_attention_triton(q, k, v, cos, sin, 3, (8, 8), 4, 0.2)
+    with pytest.raises(ValueError, match="8 warps with 3 pipeline stages .* use at most 2 stages with 8 warps"):
+        window_attention_backward_triton(q, k, v, out, torch.ones_like(out), cos, sin, 3, (8, 8), 4, 0.2,
+                                         num_warps=8, num_stages=3)
+    window_backward_check(q, k, v, cos, sin, 3, (8, 8), 4, 0.2, 1e-4, num_warps=8, num_stages=2)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_triton_window_backward_default_blocks_split_large_windows(dtype):
     """At the default launch settings a 16 x 16 window is several blocks: 32-row blocks for fp32 (which 64-row blocks
