@@ -82,7 +82,8 @@ CONFIG_FILE = "pipeline_config.json"
 # reused: 2 = rendered splits (render_stream.SPLITS) and the same-budget baselines.
 PROTOCOL = 2
 NUM_STEPS = 12
-CHECKPOINTS_PER_STAGE = 10  # a checkpoint at least every 10% of a training stage
+CHECKPOINTS_PER_STAGE = 10  # a checkpoint every 10% of a training stage, fewer when they cost more than:
+CHECKPOINT_OVERHEAD = 0.05  # of a stage's time (a ViT-L's 3 GB checkpoint took 6 s: 10 of them outlasted a short stage)
 # The CPU benchmark of the pipeline's small model: one thread (a second one only adds scheduling jitter when the
 # cores are shared), more iterations than `jetvit bench`'s CPU default, the median; still a smoke test.
 CPU_BENCH = {"warmup": 10, "iters": 50, "threads": 1}
@@ -419,10 +420,11 @@ def _announce(step: int, title: str, note: str = "", total: int = NUM_STEPS) -> 
 def train_stage(step: int, title: str, stage_dir: Path, result: str, max_steps: int, total: int = NUM_STEPS,
            **settings) -> Path:
     """One training stage into `stage_dir` (skipped when `stage_dir/result` exists, else resumed from its last
-    checkpoint), checkpointing at least every `1 / CHECKPOINTS_PER_STAGE` of it, with a linear warm-up over its
-    first 10%. Once `result` is saved, the last checkpoint's `trainer_state.json` (the step and the training config)
-    is kept as `stage_dir/trainer_state.json` and the checkpoints are deleted: nothing resumes from them, and for a
-    ViT-L each holds about 4 GB (weights and AdamW state in fp32), so the pipeline's seven stages filled a 64 GB disk.
+    checkpoint), checkpointing every `1 / CHECKPOINTS_PER_STAGE` of it unless that would spend more than
+    `CHECKPOINT_OVERHEAD` of its time writing them, with a linear warm-up over its first 10%. Once `result` is saved,
+    the last checkpoint's `trainer_state.json` (the step and the training config) is kept as
+    `stage_dir/trainer_state.json` and the checkpoints are deleted: nothing resumes from them, and for a ViT-L each
+    holds 3 GB (fp32 weights and AdamW state), so the pipeline's seven stages filled a 64 GB disk.
     Stages train eagerly: whether compiling pays for itself over a stage's length has not been measured."""
     from ..train import TrainConfig, reset_accelerate_state, train
     from ..train.checkpoints import CHECKPOINTS_DIR, TRAINER_STATE_FILE, list_checkpoints, saved_step
@@ -436,7 +438,8 @@ def train_stage(step: int, title: str, stage_dir: Path, result: str, max_steps: 
     reset_accelerate_state()
     train(TrainConfig(output_dir=str(stage_dir), resume=True, num_workers=_loader_workers(), max_steps=max_steps,
                       warmup_steps=max(1, max_steps // 10), compile_backend=None,
-                      checkpoint_every=max(1, max_steps // CHECKPOINTS_PER_STAGE), **settings))
+                      checkpoint_every=max(1, max_steps // CHECKPOINTS_PER_STAGE),
+                      max_checkpoint_overhead=CHECKPOINT_OVERHEAD, **settings))
     last = list_checkpoints(stage_dir / CHECKPOINTS_DIR)[-1]  # train() always checkpoints its last step
     atomic_write_json(stage_dir / TRAINER_STATE_FILE, read_json(last / TRAINER_STATE_FILE))
     shutil.rmtree(stage_dir / CHECKPOINTS_DIR, ignore_errors=True)

@@ -29,7 +29,8 @@ _CHECKPOINT_NAME = re.compile(r"step-(\d{7,})")
 # Config fields that may differ when a run is resumed: they do not change the math or the data order.
 _RESUME_MAY_CHANGE = frozenset(
     {"teacher", "student", "data", "output_dir", "resume", "max_steps", "checkpoint_every", "keep_checkpoints",
-     "log_every", "report_to", "num_workers", "gradient_checkpointing", "compile_backend", "cpu"}
+     "log_every", "report_to", "num_workers", "gradient_checkpointing", "compile_backend", "max_checkpoint_overhead",
+     "cpu"}
 )
 
 
@@ -193,12 +194,14 @@ def stop_on_signals(request: StopRequest) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def stop_agreed(accelerator, request: StopRequest) -> bool:
-    """Whether any process was asked to stop; with several processes all of them learn it at the same optimizer step
-    (one all-reduce of a flag per step), so they write the same checkpoint and stop together."""
+def agreed(accelerator, request: StopRequest, checkpoint_due: bool) -> tuple[bool, bool]:
+    """`(stop, checkpoint_due)`: whether any process was asked to stop, and whether any finds a checkpoint due (the
+    overhead cap reads each process's own clock); with several processes all of them learn both at the same optimizer
+    step (one all-reduce of two flags per step), so they write the same checkpoint and stop together."""
     import torch
 
+    flags = (request.signal is not None, checkpoint_due)
     if accelerator.num_processes == 1:
-        return request.signal is not None
-    flag = torch.tensor([float(request.signal is not None)], device=accelerator.device)
-    return bool(accelerator.reduce(flag, "sum").item() > 0)
+        return flags
+    reduced = accelerator.reduce(torch.tensor([float(flag) for flag in flags], device=accelerator.device), "sum")
+    return bool(reduced[0].item() > 0), bool(reduced[1].item() > 0)

@@ -115,6 +115,10 @@ class TrainConfig:
     num_workers: int = field(default=2, metadata=_help("DataLoader worker processes per training process."))
     checkpoint_every: int = field(default=500, metadata=_help("Write a checkpoint every this many optimizer steps."))
     keep_checkpoints: int = field(default=2, metadata=_help("How many of the latest checkpoints to keep (0: all)."))
+    max_checkpoint_overhead: float = field(default=0.0, metadata=_help(
+        "0: write every due checkpoint. > 0: skip a due checkpoint until the time since the last one is at least the "
+        "last write's duration divided by this (0.05: checkpoints take at most ~5% of the run; a ViT-L supernet's "
+        "checkpoint is 3 GB). The last step's checkpoint and a stop's are always written."))
     resume: bool | str = field(
         default=False,
         metadata=_help("true: continue from the latest checkpoint in output_dir (if any); or a checkpoint path."),
@@ -158,7 +162,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
         for name in ("warmup_steps", "num_workers", "keep_checkpoints", "lora_rank", "seed", "weight_decay",
-                     "max_grad_norm", "depth_loss_weight"):
+                     "max_grad_norm", "depth_loss_weight", "max_checkpoint_overhead"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
         if self.learning_rate <= 0:

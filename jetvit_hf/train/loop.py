@@ -29,7 +29,7 @@ from torch import nn
 from ..io import atomic_directory, atomic_write_json
 from ..models.jetvit.modeling_jetvit import JetViTPreTrainedModel
 from .checkpoints import (TRAIN_LOG_FILE, Progress, StopRequest, TrainingInterrupted, find_resume_checkpoint,
-                          restore_progress, save_checkpoint, stop_agreed, stop_on_signals)
+                          restore_progress, save_checkpoint, agreed, stop_on_signals)
 from .config import TrainConfig, resolve_compile_backend
 from .loader import build_training_loader
 from .losses import FeatureDistillationLoss, depth_anything_loss
@@ -94,6 +94,10 @@ class _Run:
     # checkpoint written at a log step counts in the next interval: it is part of the run's wall time.
     timing_since: float = 0.0
     timing_step: int = 0
+    # when the last checkpoint ended and how long its write took (`max_checkpoint_overhead`); none yet: the first due
+    # checkpoint is written
+    checkpoint_ended: float = 0.0
+    checkpoint_seconds: float = 0.0
 
 
 def train(config: TrainConfig) -> Path:
@@ -213,10 +217,16 @@ def _end_optimizer_step(run: _Run, bar) -> None:
     run.scheduler.step()
     progress.step += 1
     bar.update(1)
-    checkpoint_now = progress.step % config.checkpoint_every == 0 or progress.step == config.max_steps
-    if checkpoint_now or progress.step % config.log_every == 0:  # a due checkpoint never splits a log interval
+    last = progress.step == config.max_steps
+    scheduled = progress.step % config.checkpoint_every == 0
+    stop, due = agreed(run.accelerator, run.stop, scheduled and (
+        not config.max_checkpoint_overhead
+        or time.perf_counter() - run.checkpoint_ended >= run.checkpoint_seconds / config.max_checkpoint_overhead))
+    checkpoint_now = due or last
+    # a scheduled checkpoint never splits a log interval; logging at every scheduled one, written or skipped by the
+    # overhead cap, keeps the log the same however long the writes take
+    if scheduled or last or progress.step % config.log_every == 0:
         _log(run, lr, bar)
-    stop = stop_agreed(run.accelerator, run.stop)
     if checkpoint_now or stop:
         checkpoint = _checkpoint(run)
     if stop:
@@ -227,7 +237,11 @@ def _end_optimizer_step(run: _Run, bar) -> None:
 def _checkpoint(run: _Run) -> Path:
     """A checkpoint of the run as it is, with the log interval it cuts (none at log steps)."""
     run.progress.open_interval = run.interval.snapshot(run.accelerator)
-    return save_checkpoint(run.accelerator, run.output_dir, run.progress, run.config)
+    began = time.perf_counter()
+    checkpoint = save_checkpoint(run.accelerator, run.output_dir, run.progress, run.config)
+    run.checkpoint_ended = time.perf_counter()
+    run.checkpoint_seconds = run.checkpoint_ended - began
+    return checkpoint
 
 
 def _log(run: _Run, lr: float, bar) -> None:

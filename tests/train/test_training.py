@@ -145,6 +145,22 @@ class Killed(Exception):
     pass
 
 
+def test_checkpoint_overhead_cap_skips_due_checkpoints_but_never_the_last(source_checkpoint, images_dir, tmp_path):
+    """With `max_checkpoint_overhead` a due checkpoint waits until the time since the last one is the last write's
+    duration over the cap: at a cap of 1e-9 only the first due checkpoint and the last step's are written, where
+    every step's would be without it; the training itself is the same."""
+    source, _ = source_checkpoint("dinov2")
+    settings = dict(max_steps=4, checkpoint_every=1, keep_checkpoints=0)
+    capped = train(make_config(source, tmp_path / "capped", images_dir, max_checkpoint_overhead=1e-9, **settings))
+    assert [path.name for path in list_checkpoints(capped / "checkpoints")] == ["step-0000001", "step-0000004"]
+    new_process()
+    every = train(make_config(source, tmp_path / "every", images_dir, **settings))
+    assert [path.name for path in list_checkpoints(every / "checkpoints")] == [f"step-000000{step}" for step in
+                                                                               range(1, 5)]
+    assert [entry["loss"] for entry in read_train_log(capped)] == pytest.approx(
+        [entry["loss"] for entry in read_train_log(every)], rel=1e-6)
+
+
 def test_resume_continues_exactly_and_ignores_unfinished_checkpoints(
     source_checkpoint, images_dir, tmp_path, monkeypatch
 ):
@@ -439,6 +455,8 @@ def test_config_errors_are_clear(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="compile_backend and gradient_checkpointing cannot be combined"):
         TrainConfig(**required, compile_backend="inductor", gradient_checkpointing=True)
     assert TrainConfig(**required, compile_backend="auto", gradient_checkpointing=True)  # auto resolves to eager
+    with pytest.raises(ValueError, match="max_checkpoint_overhead must be >= 0"):
+        TrainConfig(**required, max_checkpoint_overhead=-0.1)
     with pytest.raises(ValueError, match=r"candidates only apply to mode 'distill' \(a fine-tuned"):
         TrainConfig(**required, mode="finetune", student="s", candidates=["linear"])
     with pytest.raises(SystemExit, match="distill.py: error: Unknown config key 'bogus'"):
