@@ -147,6 +147,8 @@ def main(argv=None) -> int:
     parser.add_argument("--train-batch-sizes", default="1,8",
                         help="batch sizes at which to time forward + backward ('' for none)")
     parser.add_argument("--sweep", action="store_true", help="also time the kernels' launch settings")
+    parser.add_argument("--sweep-backward", action="store_true",
+                        help="also time the backward kernels' launch settings (the part of --sweep they are)")
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available() or kernels_jetvit_linear.triton is None:
@@ -195,9 +197,10 @@ def main(argv=None) -> int:
         fused_ms = graph_ms(fused)
         reference_ms = graph_ms(reference)
         full_ms = graph_ms(full_attention)
-        if args.sweep:
+        if args.sweep or args.sweep_backward:
             state, key_sum, _ = linear_attention_state(k, v, args.num_prefix, cos, sin)
             conv_weight = torch.randn(batch, channels, 3, 3, device="cuda", dtype=dtype)
+        if args.sweep:
             # the state kernel around the earlier sweep's best settings (block 32-64, 2-4 warps, 4 programs per SM)
             for block_n, warps, per_sm, stages in itertools.product((32, 64), (2, 4), (4, 8), (2, 3)):
                 try:
@@ -213,6 +216,7 @@ def main(argv=None) -> int:
                     q, v, state, key_sum, conv_weight, cos, sin, args.num_prefix, grid, 1e-6,
                     block_n=block_n, block_e=block_e, num_warps=warps))
                 sweep.append({"kernel": "output", "block_n": block_n, "block_e": block_e, "warps": warps, "ms": ms})
+        if args.sweep or args.sweep_backward:
             sweep += sweep_backward(q, k, v, state, key_sum, conv_weight, cos, sin, args.num_prefix, grid)
             for kernel in ("state", "output", "state_backward", "output_backward"):
                 best = sorted((r for r in sweep if r["kernel"] == kernel), key=lambda r: r["ms"])[:4]
@@ -259,27 +263,38 @@ def main(argv=None) -> int:
     return 0
 
 
+# the backwards' launch settings for --sweep / --sweep-backward: (block_n, warps) compile a kernel, programs per SM
+# only size the grid. Left out by their sm_90 resources (`experiments/sm90_kernel_resources.json`): 128-token state
+# blocks (256 KiB of shared memory, over the limit), and output blocks with 2 warps or 64 tokens with 4 (120-1472
+# bytes of register spills a thread).
+STATE_BACKWARD_SETTINGS = list(itertools.product((32, 64), (4, 8), (2, 4, 8)))
+OUTPUT_BACKWARD_SETTINGS = [(block_n, warps, per_sm) for block_n, warps in ((16, 4), (16, 8), (32, 4), (32, 8), (64, 8))
+                            for per_sm in (2, 4, 8)]
+
+
 def sweep_backward(q, k, v, state, key_sum, conv_weight, cos, sin, num_prefix, grid) -> list[dict]:
-    """The fused backwards' launch settings, each kernel on random gradients of its op's outputs."""
+    """The fused backwards' launch settings, each kernel on random gradients of its op's outputs; each timing is
+    printed as it is taken, so a run cut short still shows what it measured."""
     rows = []
     batch, tokens, heads, dim = q.shape
     grads = [torch.randn_like(t) for t in (state, key_sum, key_sum)]
     grad_out = torch.randn(batch, tokens, heads * dim, device=q.device, dtype=q.dtype)
-    for block_n, warps, per_sm in itertools.product((32, 64, 128), (4, 8), (2, 4, 8)):
-        try:
-            ms = graph_ms(lambda: kernels_jetvit_linear_backward.linear_attention_state_backward_triton(
-                k, v, cos, sin, num_prefix, *grads, block_n=block_n, num_warps=warps, programs_per_sm=per_sm))
-        except Exception:  # e.g. out of shared memory or registers for this setting
-            continue
-        rows.append({"kernel": "state_backward", "block_n": block_n, "warps": warps, "per_sm": per_sm, "ms": ms})
-    for block_n, warps, per_sm in itertools.product((16, 32, 64), (2, 4, 8), (2, 4, 8)):
-        try:
-            ms = graph_ms(lambda: kernels_jetvit_linear_backward.linear_attention_output_backward_triton(
-                q, v, state, key_sum, conv_weight, cos, sin, num_prefix, grid, 1e-6, grad_out, block_n=block_n,
-                num_warps=warps, programs_per_sm=per_sm))
-        except Exception:
-            continue
-        rows.append({"kernel": "output_backward", "block_n": block_n, "warps": warps, "per_sm": per_sm, "ms": ms})
+    kernels = (
+        ("state_backward", STATE_BACKWARD_SETTINGS, lambda **launch: (
+            kernels_jetvit_linear_backward.linear_attention_state_backward_triton(
+                k, v, cos, sin, num_prefix, *grads, **launch))),
+        ("output_backward", OUTPUT_BACKWARD_SETTINGS, lambda **launch: (
+            kernels_jetvit_linear_backward.linear_attention_output_backward_triton(
+                q, v, state, key_sum, conv_weight, cos, sin, num_prefix, grid, 1e-6, grad_out, **launch))),
+    )
+    for kernel, settings, run in kernels:
+        for block_n, warps, per_sm in settings:
+            try:
+                ms = graph_ms(lambda: run(block_n=block_n, num_warps=warps, programs_per_sm=per_sm))
+            except Exception:  # e.g. out of shared memory or registers for this setting
+                continue
+            rows.append({"kernel": kernel, "block_n": block_n, "warps": warps, "per_sm": per_sm, "ms": ms})
+            print(f"  {kernel} block_n={block_n} warps={warps} per_sm={per_sm}: {ms * 1e3:.1f} us", flush=True)
     return rows
 
 

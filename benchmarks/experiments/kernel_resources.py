@@ -1,7 +1,7 @@
 """Shared memory, registers and spills of JetViT's Triton kernels compiled for sm_90, on a CPU (no GPU needed), at
 ViT-L shapes (16 heads of 64, a 32 x 32 patch grid, 5 prefix tokens, RoPE, bf16): the forwards and backwards at
-their launch settings, and the window backward at the block sizes, warps and pipeline stages
-`bench_window_attention.py --sweep-backward` times. These bound how many programs fit on a multiprocessor
+their launch settings, and the backwards at the launch settings `bench_window_attention.py --sweep-backward` and
+`bench_linear_attention.py --sweep-backward` time. These bound how many programs fit on a multiprocessor
 (228 KiB of shared memory, 64K registers), which is what to read beside the sweep's timings.
 
     pip install triton==3.6.0   # on a CPU machine; TRITON_INTERPRET unset
@@ -16,6 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from benchmarks.bench_linear_attention import OUTPUT_BACKWARD_SETTINGS, STATE_BACKWARD_SETTINGS  # noqa: E402
 from benchmarks.bench_window_attention import BACKWARD_SETTINGS  # noqa: E402
 from benchmarks.sm90_compile import compile_only_for_sm90, resource_usage  # noqa: E402
 from jetvit_hf.io import atomic_write_json  # noqa: E402
@@ -68,10 +69,19 @@ def main(argv=None) -> int:
         state, key_sum, value_sum = linear_attention_state_triton(k, v, cos, sin, prefix)
         out = linear_attention_output_triton(q, v, state, key_sum, conv_weight, cos, sin, prefix, grid, 1e-6)
         results += rows("linear forward", compiled)
+        linear_grad = torch.randn(out.shape).to(dtype)
         linear_attention_state_backward_triton(k, v, cos, sin, prefix, state, key_sum, value_sum)
         linear_attention_output_backward_triton(q, v, state, key_sum, conv_weight, cos, sin, prefix, grid, 1e-6,
-                                                torch.randn(out.shape).to(dtype))
+                                                linear_grad)
         results += rows("linear backward", compiled)
+        for block_n, warps in sorted({(n, w) for n, w, _ in STATE_BACKWARD_SETTINGS}):
+            linear_attention_state_backward_triton(k, v, cos, sin, prefix, state, key_sum, value_sum,
+                                                   block_n=block_n, num_warps=warps)
+            results += rows(f"state bwd n{block_n} w{warps}", compiled)
+        for block_n, warps in sorted({(n, w) for n, w, _ in OUTPUT_BACKWARD_SETTINGS}):
+            linear_attention_output_backward_triton(q, v, state, key_sum, conv_weight, cos, sin, prefix, grid, 1e-6,
+                                                    linear_grad, block_n=block_n, num_warps=warps)
+            results += rows(f"output bwd n{block_n} w{warps}", compiled)
         out = window_attention_triton(q, k, v, cos, sin, prefix, grid, 16, 0.125)
         results += rows("window forward", compiled)
         grad = torch.randn(out.shape).to(dtype)
