@@ -15,6 +15,8 @@ How it launches, as the shipped configs tell users to (`training/accelerate/*.ya
   `training/accelerate/cpu_2proc.yaml` with `--num_processes N` (gloo). distill.py gets `--cpu` in both cases.
 `--mixed-precision` overrides the launch config's (bf16 on GPUs, no on the CPU). `--extra KEY=VALUE` passes further
 TrainConfig flags to distill.py (`python training/distill.py --help` lists them), after the bench's own, so they win.
+On a GPU distill.py compiles each layer by default (`compile_backend: auto`); `--extra compile_backend=null` times it
+eager.
 
     python benchmarks/bench_distill.py --output benchmarks/results/h200_distill_dav2l_518.json   # ViT-L, 518 px, 1 GPU
     python benchmarks/bench_distill.py --num-processes 8 --output benchmarks/results/h200x8_distill_dav2l_518.json
