@@ -14,13 +14,20 @@ the A&S formula, and the A&S formula as PyTorch ops compiled (what the model wou
 share and worst distance in bf16 steps, for |x| < 4 and for all), for PyTorch's exact and tanh GELU and both Triton
 passes, so "exact" is measured, not assumed.
 
+`--model-bench` also runs `jetvit bench` (baselines none: the hybrid and nothing else, CUDA graphs) three times in
+this process: with PyTorch's exact GELU, with `torch.nn.functional.gelu` replaced by the A&S formula while the models
+are built (the MLPs take it at construction), and with PyTorch's again, so the two plain runs bound the drift.
+
     PYTHONPATH=. python benchmarks/experiments/gelu_pass.py --output h200_gelu_pass.json          # GPU
+    PYTHONPATH=. python benchmarks/experiments/gelu_pass.py --model-bench dinov3-l:1024x2048      # + the whole model
     TRITON_INTERPRET=1 PYTHONPATH=. python benchmarks/experiments/gelu_pass.py --accuracy-only   # CPU: the scores
 """
 
 import argparse
+import json
 import math
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -144,11 +151,39 @@ def timings(rounds: int) -> dict:
     return results
 
 
+def model_bench(preset: str, resolution: str, directory: Path) -> dict:
+    """The hybrid's `jetvit bench` latency (bs1) and batch-8 time: PyTorch's GELU, the A&S GELU, PyTorch's again."""
+    from jetvit_hf.cli import main as jetvit
+
+    exact_gelu = F.gelu
+
+    def as_gelu(x, approximate="none"):
+        return gelu_as_torch(x) if approximate == "none" else exact_gelu(x, approximate=approximate)
+
+    runs = {}
+    for name in ("torch exact", "A&S erfc", "torch exact again"):
+        output = directory / f"bench_{len(runs)}.json"
+        F.gelu = as_gelu if name == "A&S erfc" else exact_gelu
+        try:
+            status = jetvit(["bench", "--preset", preset, "--resolution", resolution, "--batch-size", "8",
+                             "--compile-mode", "reduce-overhead", "--baselines", "none", "--no-profile",
+                             "--output", str(output)])
+        finally:
+            F.gelu = exact_gelu
+        torch.compiler.reset()
+        result = json.loads(output.read_text())["results"]["jetvit"] if status == 0 else {}
+        runs[name] = {key: result.get(key, {}).get("median_ms") for key in ("latency", "throughput")}
+        print(f"{preset} {resolution} hybrid, {name}: {runs[name]}", flush=True)
+    return {"preset": preset, "resolution": resolution, "median_ms": runs}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--accuracy-only", action="store_true", help="only the exhaustive bf16 scores (CPU: set "
                         "TRITON_INTERPRET=1)")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--model-bench", default=None, metavar="PRESET:HxW",
+                        help="also time the hybrid with each GELU through `jetvit bench` (e.g. dinov3-l:1024x2048)")
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -156,6 +191,10 @@ def main(argv=None) -> int:
               "torch": torch.__version__, "triton": triton.__version__, "accuracy": accuracy(device)}
     if not args.accuracy_only:
         record["timings"] = timings(args.rounds)
+    if args.model_bench:
+        preset, resolution = args.model_bench.split(":")
+        with tempfile.TemporaryDirectory() as directory:
+            record["model_bench"] = model_bench(preset, resolution, Path(directory))
     if args.output:
         atomic_write_json(args.output, record)
     return 0
