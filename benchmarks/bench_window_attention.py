@@ -48,10 +48,11 @@ WINDOW_SETTINGS = [
 ]
 
 
-# backward (block_m, block_n, warps, pipeline stages) for --sweep-backward; not 8 warps with 3 stages, which the
-# backward refuses (an illegal memory access, which would also poison every later setting of the sweep)
-BACKWARD_SETTINGS = [(m, n, warps, stages) for (m, n), warps, stages in itertools.product(
-    ((64, 64), (32, 64), (64, 32), (128, 64), (64, 128), (32, 32)), (4, 8), (1, 2, 3)) if warps * stages < 24]
+# backward (block_m, block_n, warps, pipeline stages, pre_rotate) for --sweep-backward; not 8 warps with 3 stages,
+# which the backward refuses (an illegal memory access, which would also poison every later setting of the sweep)
+BACKWARD_SETTINGS = [(m, n, warps, stages, pre) for (m, n), warps, stages, pre in itertools.product(
+    ((64, 64), (32, 64), (64, 32), (128, 64), (64, 128), (32, 32)), (4, 8), (1, 2, 3), (False, True))
+    if warps * stages < 24]
 SDPA_BACKENDS = (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION),
                  ("efficient", SDPBackend.EFFICIENT_ATTENTION))
 
@@ -136,11 +137,12 @@ def time_training(batch: int, grid, ws: int, position_embeddings, dtype, sweep: 
 
     record("sdpa_full", full_step)
     if sweep:
-        for block_m, block_n, warps, stages in BACKWARD_SETTINGS:
-            name = f"fused_backward_m{block_m}_n{block_n}_w{warps}_s{stages}"
+        for block_m, block_n, warps, stages, pre_rotate in BACKWARD_SETTINGS:
+            name = f"fused_backward_m{block_m}_n{block_n}_w{warps}_s{stages}" + ("_pre_rotated" if pre_rotate else "")
             try:
                 record(name, lambda: backward_only(block_m=block_m, block_n=block_n, num_warps=warps,
-                                                   num_stages=stages))
+                                                   num_stages=stages, pre_rotate=pre_rotate))
+                print(f"  {name}: {ms[name] * 1e3:.1f} us", flush=True)
             except Exception as error:  # e.g. out of shared memory for this setting
                 print(f"backward setting {name} failed: {str(error)[:100]}")
     return ms, methods, errors

@@ -85,11 +85,12 @@ def main(argv=None) -> int:
         out = window_attention_triton(q, k, v, cos, sin, prefix, grid, 16, 0.125)
         results += rows("window forward", compiled)
         grad = torch.randn(out.shape).to(dtype)
-        for block_m, block_n, warps, stages in [(None, None, None, None), *BACKWARD_SETTINGS]:
+        for block_m, block_n, warps, stages, pre in [(None, None, None, None, None), *BACKWARD_SETTINGS]:
             window_attention_backward_triton(q, k, v, out, grad, cos, sin, prefix, grid, 16, 0.125, block_m=block_m,
-                                             block_n=block_n, num_warps=warps, num_stages=stages)
+                                             block_n=block_n, num_warps=warps, num_stages=stages, pre_rotate=pre)
             compiled[:] = [entry for entry in compiled if "_bwd_" in entry[0]]
-            label = "window backward default" if block_m is None else f"window bwd m{block_m} n{block_n} w{warps} s{stages}"
+            label = "window backward default" if block_m is None else \
+                f"window bwd m{block_m} n{block_n} w{warps} s{stages}" + (" pre-rotated" if pre else "")
             results += rows(label, compiled)
     if args.output:
         atomic_write_json(args.output, {"target": "sm_90", "dtype": "bfloat16", "kernels": results})

@@ -3,8 +3,9 @@
 
 Semantics are those of the forward (`kernels_jetvit_window.py`, `window_attention_torch`): each patch query attends to
 its `window_size` x `window_size` window (padding past the grid masked) plus every prefix token, each prefix query to
-every token; RoPE is applied to the patch tokens of q and k as they are loaded, and the gradients of the rotated q and
-k are rotated back (the transpose rotation, `unrotate_grad`) before they are stored. With `s = q k^T` (rotated), the
+every token; RoPE is applied to the patch tokens of q and k as they are loaded (or, with `pre_rotate`, to copies of
+them in one pass before the kernels), and the gradients of the rotated q and k are rotated back (the transpose
+rotation, `unrotate_grad`) before they are stored. With `s = q k^T` (rotated), the
 softmax `p`, `dp = dO v^T` and `ds = p (dp - delta)`, `delta = rowsum(dO * O)`:
 `dq = scale ds k`, `dk = scale ds^T q`, `dv = p^T dO`. Products accumulate in fp32; gradients are stored in the
 input dtype.
@@ -78,6 +79,22 @@ if triton is not None:
         return tl.reshape(tl.permute(tl.join(second, first), (0, 2, 1)), (ROWS, BLOCK_D))
 
     @triton.jit
+    def _rotate_kernel(x_ptr, out_ptr, cos_ptr, sin_ptr, num_tokens, num_prefix, stride_b, stride_n, stride_h,
+                       HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+        """BLOCK_N rows of one (image, head) of q or k with RoPE applied to their patch tokens, into `out_ptr`
+        (contiguous `[batch, tokens, heads, head_dim]`): the `pre_rotate` inputs of the backward kernels."""
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        batch = tl.program_id(1)
+        head = tl.program_id(2)
+        offs_d = tl.arange(0, BLOCK_D)
+        mask = (rows < num_tokens)[:, None] & (offs_d < HEAD_DIM)[None, :]
+        x = _load_rotated(x_ptr + batch * stride_b + head * stride_h, rows, stride_n, offs_d, mask, cos_ptr, sin_ptr,
+                          num_prefix, HEAD_DIM, True, RELU=False)
+        heads = tl.num_programs(2)
+        out = out_ptr + ((batch * num_tokens + rows[:, None]) * heads + head) * HEAD_DIM + offs_d[None, :]
+        tl.store(out, x, mask=mask)
+
+    @triton.jit
     def _unrotate(grad, tokens, offs_d, mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM: tl.constexpr,
                   ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
         """The gradient w.r.t. the unrotated rows `tokens`, from `grad` (fp32, `_head_columns` layout with
@@ -133,8 +150,8 @@ if triton is not None:
         stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,
         stride_ob, stride_on, stride_gb, stride_gn, stride_dqb, stride_dqn, stride_dqh,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, WINDOW: tl.constexpr, BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, HAS_ROPE: tl.constexpr, SPLIT_HALVES: tl.constexpr,
-        PRECISION: tl.constexpr, HAS_PREFIX: tl.constexpr, EVEN: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, HAS_ROPE: tl.constexpr, LOAD_ROPE: tl.constexpr,
+        SPLIT_HALVES: tl.constexpr, PRECISION: tl.constexpr, HAS_PREFIX: tl.constexpr, EVEN: tl.constexpr,
     ):
         """`dq` of one block of BLOCK_M patch queries of one window and head, their logsumexp and `delta` (into
         `stats_ptr`, `[2, batch, heads, tokens]`), the prefix queries' partial (max, sum) over this program's share of
@@ -150,7 +167,7 @@ if triton is not None:
         q_mask = _row_mask(q_valid, d_mask, EVEN)
         q_base = q_ptr + batch * stride_qb + head * stride_qh
         q = _load_rotated(q_base, q_tokens, stride_qn, offs_d, q_mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM,
-                          HAS_ROPE, RELU=False)
+                          LOAD_ROPE, RELU=False)
         rows = q_tokens[:, None] * stride_gn + head * HEAD_DIM + offs_d[None, :]
         do = tl.load(do_ptr + batch * stride_gb + rows, mask=q_mask, other=0.0)
         o = tl.load(o_ptr + batch * stride_ob + q_tokens[:, None] * stride_on + head * HEAD_DIM + offs_d[None, :],
@@ -180,7 +197,7 @@ if triton is not None:
             k_tokens, k_valid = _window_tokens(top, left, key_block * BLOCK_N + tl.arange(0, BLOCK_N), num_prefix,
                                                grid_h, grid_w, WINDOW)
             k = _load_rotated(k_base, k_tokens, stride_kn, offs_d, _row_mask(k_valid, d_mask, EVEN), cos_ptr,
-                              sin_ptr, num_prefix, HEAD_DIM, HAS_ROPE, RELU=False)
+                              sin_ptr, num_prefix, HEAD_DIM, LOAD_ROPE, RELU=False)
             m_i, l_i = _logsumexp_step(q, k, k_valid, m_i, l_i, qk_scale, PRECISION, not EVEN)
             if HAS_PREFIX:
                 if key_block % query_blocks == block:  # key block b to query block b % query_blocks, as the forward
@@ -214,7 +231,7 @@ if triton is not None:
                                                grid_h, grid_w, WINDOW)
             kv_mask = _row_mask(k_valid, d_mask, EVEN)
             k = _load_rotated(k_base, k_tokens, stride_kn, offs_d, kv_mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM,
-                              HAS_ROPE, RELU=False)
+                              LOAD_ROPE, RELU=False)
             v = tl.load(v_base + k_tokens[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
             p, ds = _grad_scores(q, k, v, do, lse, delta, k_valid, qk_scale, PRECISION, not EVEN)
             dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
@@ -262,8 +279,8 @@ if triton is not None:
         stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,
         stride_gb, stride_gn, stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn, stride_dvh,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, WINDOW: tl.constexpr, BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, HAS_ROPE: tl.constexpr, SPLIT_HALVES: tl.constexpr,
-        PRECISION: tl.constexpr, HAS_PREFIX: tl.constexpr, EVEN: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, HAS_ROPE: tl.constexpr, LOAD_ROPE: tl.constexpr,
+        SPLIT_HALVES: tl.constexpr, PRECISION: tl.constexpr, HAS_PREFIX: tl.constexpr, EVEN: tl.constexpr,
     ):
         """`dk`, `dv` of one block of BLOCK_N patch keys of one window and head, over the window's query blocks and the
         prefix queries, and the prefix queries' partial `dq` from these keys (slot 0 of `partial_ptr`). The program of
@@ -281,7 +298,7 @@ if triton is not None:
         k_base = k_ptr + batch * stride_kb + head * stride_kh
         v_base = v_ptr + batch * stride_vb + head * stride_vh
         k = _load_rotated(k_base, k_tokens, stride_kn, offs_d, k_mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM,
-                          HAS_ROPE, RELU=False)
+                          LOAD_ROPE, RELU=False)
         v = tl.load(v_base + k_tokens[:, None] * stride_vn + offs_d[None, :], mask=k_mask, other=0.0)
         q_base = q_ptr + batch * stride_qb + head * stride_qh
         do_base = do_ptr + batch * stride_gb + head * HEAD_DIM
@@ -294,7 +311,7 @@ if triton is not None:
                                                grid_h, grid_w, WINDOW)
             q_mask = _row_mask(q_valid, d_mask, EVEN)
             q = _load_rotated(q_base, q_tokens, stride_qn, offs_d, q_mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM,
-                              HAS_ROPE, RELU=False)
+                              LOAD_ROPE, RELU=False)
             do = tl.load(do_base + q_tokens[:, None] * stride_gn + offs_d[None, :], mask=q_mask, other=0.0)
             if EVEN:
                 lse = tl.load(stat_base + q_tokens)
@@ -383,6 +400,24 @@ if triton is not None:
 # interpreter cannot run launch settings), so that pair is refused until it is understood.
 BWD_BLOCK_M, BWD_BLOCK_N, BWD_WARPS, BWD_STAGES = 64, 64, 4, 3
 BWD_BLOCK_FP32 = 32
+# With RoPE, rotating q and k as the kernels load them doubles their shared memory (the partner columns and the
+# tables, pipelined) and spills registers: compiled for sm_90, dq 142 KiB / 255 registers + 64 bytes of spills, dk/dv
+# 145 KiB / 255, one program per multiprocessor; without the rotation 66 and 73 KiB, 154 and 232 registers, 3 and 2
+# programs. `pre_rotate` writes rotated copies of q and k first (one pass over them) and rotates only the gradients
+# back as they are stored. Not yet timed on a GPU, so off by default; the sweep times both.
+BWD_PRE_ROTATE = False
+
+
+def _rotated(x, cos, sin, num_prefix: int, block_d: int) -> torch.Tensor:
+    """`x` (`[batch, tokens, heads, head_dim]`, any strides) with RoPE applied to its patch tokens, contiguous."""
+    batch, num_tokens, heads, head_dim = x.shape
+    out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+    block_n = 32
+    _rotate_kernel[(triton.cdiv(num_tokens, block_n), batch, heads)](
+        x, out, cos, sin, num_tokens, num_prefix, x.stride(0), x.stride(1), x.stride(2),
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=4,
+    )
+    return out
 
 
 def _check_launch(num_warps: int, num_stages: int) -> None:
@@ -393,7 +428,7 @@ def _check_launch(num_warps: int, num_stages: int) -> None:
 
 def window_attention_backward_triton(query, key, value, output, grad_output, cos, sin, num_prefix: int, grid_size,
                                      window_size: int, scale: float, block_m=None, block_n=None, num_warps=None,
-                                     num_stages=None):
+                                     num_stages=None, pre_rotate=None):
     """Gradients `(dq, dk, dv)` of `window_attention_triton`, stacked as `[3, batch, tokens, heads, head_dim]` in the
     dtype of `query` (the prefix-gradient kernel writes all three through one pointer), given its `output` and
     `grad_output` (`[batch, tokens, heads * head_dim]`). The keyword arguments override the launch settings above
@@ -421,9 +456,13 @@ def window_attention_backward_triton(query, key, value, output, grad_output, cos
     grads = torch.empty(3, batch, num_tokens, heads, head_dim, device=device, dtype=dtype)
     tables = _rope_tables(cos, sin, query)
     has_rope = tables[0] is not query
+    pre_rotate = has_rope and (BWD_PRE_ROTATE if pre_rotate is None else pre_rotate)
+    if pre_rotate:
+        query, key = (_rotated(x, *tables, num_prefix, block_d) for x in (query, key))
     constants = dict(
         HEAD_DIM=head_dim, BLOCK_D=block_d, WINDOW=window_size, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_P=block_p,
-        HAS_ROPE=has_rope, SPLIT_HALVES=has_rope and head_dim != block_d, PRECISION=_precision(query),
+        HAS_ROPE=has_rope, LOAD_ROPE=has_rope and not pre_rotate, SPLIT_HALVES=has_rope and head_dim != block_d,
+        PRECISION=_precision(query),
         HAS_PREFIX=num_prefix > 0, num_warps=num_warps or BWD_WARPS, num_stages=num_stages or BWD_STAGES,
         EVEN=grid_size[0] % window_size == 0 and grid_size[1] % window_size == 0
         and (window_size * window_size) % block_m == 0 and (window_size * window_size) % block_n == 0,

@@ -80,9 +80,12 @@ def test_window_attention_kernels_compile_for_sm90(compiled_kernels, dtype, grid
 
     q, k, v, _, cos, sin = inputs(dtype, dim=dim, grid=grid, num_prefix=num_prefix, kernel_size=None, rope=rope)
     out = window_attention_triton(q, k, v, cos, sin, num_prefix, grid, window, 0.125)
-    window_attention_backward_triton(q, k, v, out, torch.randn(out.shape).to(dtype), cos, sin, num_prefix, grid,
-                                     window, 0.125)
+    for pre_rotate in (False, True):
+        window_attention_backward_triton(q, k, v, out, torch.randn(out.shape).to(dtype), cos, sin, num_prefix, grid,
+                                         window, 0.125, pre_rotate=pre_rotate)
     expected = {"_window_bwd_dq_kernel", "_window_bwd_dkdv_kernel"}
     if num_prefix:
         expected |= {"_prefix_stats_kernel", "_prefix_grad_kernel"}
+    if rope:
+        expected |= {"_rotate_kernel"}
     check(compiled_kernels, expected)
