@@ -79,8 +79,8 @@ if triton is not None:
         return tl.reshape(tl.permute(tl.join(second, first), (0, 2, 1)), (ROWS, BLOCK_D))
 
     @triton.jit
-    def _rotate_kernel(x_ptr, out_ptr, cos_ptr, sin_ptr, num_tokens, num_prefix, stride_b, stride_n, stride_h,
-                       HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    def _window_bwd_rotate_kernel(x_ptr, out_ptr, cos_ptr, sin_ptr, num_tokens, num_prefix, stride_b, stride_n,
+                                  stride_h, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
         """BLOCK_N rows of one (image, head) of q or k with RoPE applied to their patch tokens, into `out_ptr`
         (contiguous `[batch, tokens, heads, head_dim]`): the `pre_rotate` inputs of the backward kernels."""
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -413,7 +413,7 @@ def _rotated(x, cos, sin, num_prefix: int, block_d: int) -> torch.Tensor:
     batch, num_tokens, heads, head_dim = x.shape
     out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     block_n = 32
-    _rotate_kernel[(triton.cdiv(num_tokens, block_n), batch, heads)](
+    _window_bwd_rotate_kernel[(triton.cdiv(num_tokens, block_n), batch, heads)](
         x, out, cos, sin, num_tokens, num_prefix, x.stride(0), x.stride(1), x.stride(2),
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=4,
     )

@@ -87,5 +87,5 @@ def test_window_attention_kernels_compile_for_sm90(compiled_kernels, dtype, grid
     if num_prefix:
         expected |= {"_prefix_stats_kernel", "_prefix_grad_kernel"}
     if rope:
-        expected |= {"_rotate_kernel"}
+        expected |= {"_window_bwd_rotate_kernel"}
     check(compiled_kernels, expected)
