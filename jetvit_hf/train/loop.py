@@ -28,8 +28,8 @@ from torch import nn
 
 from ..io import atomic_directory, atomic_write_json
 from ..models.jetvit.modeling_jetvit import JetViTPreTrainedModel
-from .checkpoints import (TRAIN_LOG_FILE, Progress, StopRequest, TrainingInterrupted, find_resume_checkpoint,
-                          restore_progress, save_checkpoint, agreed, stop_on_signals)
+from .checkpoints import (TRAIN_LOG_FILE, Progress, StopRequest, TrainingInterrupted, agreed, find_resume_checkpoint,
+                          restore_progress, save_checkpoint, stop_on_signals)
 from .config import TrainConfig, resolve_compile_backend
 from .loader import build_training_loader
 from .losses import FeatureDistillationLoss, depth_anything_loss
