@@ -1,6 +1,7 @@
 """The `jetvit` command: `jetvit convert ...` (and the later pipeline steps) as thin wrappers over the Python API."""
 
 import argparse
+import errno
 import re
 import sys
 import traceback
@@ -620,12 +621,20 @@ def describe_error(error: Exception) -> tuple[str, int]:
     torch, safetensors = sys.modules.get("torch"), sys.modules.get("safetensors")  # only imported ones can raise
     if isinstance(error, ValueError):  # JetViTUserError, and JSON and Unicode decoding errors among others
         return text, 2
+    # a full disk, from Python's writes or from safetensors' (a ViT-L checkpoint is 3 GB): what was saved before stays
+    # whole (writes are atomic), so the same command continues once there is room
+    if (isinstance(error, OSError) and error.errno == errno.ENOSPC) or "No space left on device" in text:
+        where = f" writing {error.filename}" if isinstance(error, OSError) and error.filename else ""
+        return (f"out of disk space{where}; free some or write to a larger disk, then rerun the same command (a "
+                "pipeline continues where it stopped)"), 2
     if isinstance(error, OSError) and error.filename is not None:
         where = f"{error.filename} -> {error.filename2}" if error.filename2 is not None else f"{error.filename}"
         return f"{where}: {error.strerror or text}", 2
     if isinstance(error, OSError):
         return text, 2
     if safetensors is not None and isinstance(error, safetensors.SafetensorError):
+        if text.startswith("Error while serializing"):
+            return f"could not write a safetensors file ({text})", 2
         return f"a safetensors file is truncated or corrupt ({text})", 2
     if torch is not None and isinstance(error, torch.OutOfMemoryError):
         return f"out of memory ({text}); try a smaller batch or image size", 2

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import safetensors
 from PIL import Image
 
 from jetvit_hf import cli
@@ -134,6 +135,15 @@ def test_unexpected_error_is_one_line_and_debug_adds_the_traceback(debug_flag, m
      "/data/annotations.json: No such file or directory"),
     (PermissionError(13, "Permission denied", "/models/jet"), "/models/jet: Permission denied"),
     (JetViTUserError("--data /d: expected images"), "--data /d: expected images"),
+    # a full disk: named as such, not as a broken file (what safetensors raised on an H200 when a pipeline filled it)
+    (OSError(28, "No space left on device", "/runs/stage1/checkpoints/optimizer.bin"),
+     "out of disk space writing /runs/stage1/checkpoints/optimizer.bin; free some or write to a larger disk, then rerun "
+     "the same command (a pipeline continues where it stopped)"),
+    (safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
+     "out of disk space; free some or write to a larger disk, then rerun the same command (a pipeline continues where "
+     "it stopped)"),
+    (safetensors.SafetensorError("Error while serializing: I/O error: Permission denied (os error 13)"),
+     "could not write a safetensors file (Error while serializing: I/O error: Permission denied (os error 13))"),
 ])
 def test_user_errors_are_one_line_with_status_2(error, expected, monkeypatch, capsys):
     def fail(args):
