@@ -390,8 +390,9 @@ if triton is not None:
         tl.store(out + (batch_head % num_heads) * stride_h + offs_d, total.to(grads_ptr.dtype.element_ty), mask=d_mask)
 
 
-# Launch settings: first guesses (FlashAttention-2's backward blocks for head_dim 64, Triton's default 3 pipeline
-# stages), not yet tuned on a GPU; `benchmarks/bench_window_attention.py --sweep-backward` times alternatives. fp32
+# Launch settings: FlashAttention-2's backward blocks for head_dim 64 and Triton's default 3 pipeline stages, checked
+# on a GPU against a few alternatives only (below); `benchmarks/bench_window_attention.py --sweep-backward` times the
+# rest. fp32
 # operands take twice the shared memory: with 64 x 64 blocks the dk/dv kernel would need 241 KiB, more than the
 # 227 KiB an sm_90 block may have (`tests/models/jetvit/test_kernels_compile.py`), so fp32 takes 32 x 32 (110 KiB).
 # In bf16, 3 stages keep 142-145 KiB of shared memory, one program (4 warps) per multiprocessor; 1 stage needs
