@@ -188,10 +188,13 @@ if triton is not None:
                      mask=d_mask[:, None] & (offs_t < TAPS)[None, :])
 
 
-# Launch settings: the largest token blocks that compile for sm_90 without register spills in bf16/fp16 (ptxas: 128
-# and 232 registers a thread). Timed at these settings only (H200: both backwards 0.75 ms at 8197 tokens, 16 heads,
-# against 2.42 ms in PyTorch); `benchmarks/bench_linear_attention.py --sweep` times the alternatives.
-STATE_BACKWARD_BLOCK_N, STATE_BACKWARD_WARPS, STATE_BACKWARD_PROGRAMS_PER_SM = 32, 8, 4
+# Launch settings: token blocks that compile for sm_90 without register spills in bf16/fp16. The state backward's are
+# the fastest of `benchmarks/bench_linear_attention.py --sweep-backward` (H200, 8197 tokens, batch 8, 16 heads:
+# 1.47 ms, against 1.90 ms at 32 tokens, 8 warps, 4 programs per SM, the setting before it;
+# benchmarks/results/h200_speed_round2/linear_backward_sweep_bs8.json). The output backward's sweep was cut short
+# after its 16-token blocks (best 4.00 ms), so it keeps the setting both backwards were first timed at (with the
+# state backward 0.75 ms at batch 1 against 2.42 ms in PyTorch).
+STATE_BACKWARD_BLOCK_N, STATE_BACKWARD_WARPS, STATE_BACKWARD_PROGRAMS_PER_SM = 64, 8, 2
 OUTPUT_BACKWARD_BLOCK_N, OUTPUT_BACKWARD_WARPS, OUTPUT_BACKWARD_PROGRAMS_PER_SM = 32, 8, 4
 
 

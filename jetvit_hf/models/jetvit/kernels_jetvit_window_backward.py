@@ -3,8 +3,8 @@
 
 Semantics are those of the forward (`kernels_jetvit_window.py`, `window_attention_torch`): each patch query attends to
 its `window_size` x `window_size` window (padding past the grid masked) plus every prefix token, each prefix query to
-every token; RoPE is applied to the patch tokens of q and k as they are loaded (or, with `pre_rotate`, to copies of
-them in one pass before the kernels), and the gradients of the rotated q and k are rotated back (the transpose
+every token; RoPE is applied to the patch tokens of q and k in one pass before the kernels (`pre_rotate`, the
+default; or as the kernels load them), and the gradients of the rotated q and k are rotated back (the transpose
 rotation, `unrotate_grad`) before they are stored. With `s = q k^T` (rotated), the
 softmax `p`, `dp = dO v^T` and `ds = p (dp - delta)`, `delta = rowsum(dO * O)`:
 `dq = scale ds k`, `dk = scale ds^T q`, `dv = p^T dO`. Products accumulate in fp32; gradients are stored in the
@@ -390,23 +390,21 @@ if triton is not None:
         tl.store(out + (batch_head % num_heads) * stride_h + offs_d, total.to(grads_ptr.dtype.element_ty), mask=d_mask)
 
 
-# Launch settings: FlashAttention-2's backward blocks for head_dim 64 and Triton's default 3 pipeline stages, checked
-# on a GPU against a few alternatives only (below); `benchmarks/bench_window_attention.py --sweep-backward` times the
-# rest. fp32
-# operands take twice the shared memory: with 64 x 64 blocks the dk/dv kernel would need 241 KiB, more than the
-# 227 KiB an sm_90 block may have (`tests/models/jetvit/test_kernels_compile.py`), so fp32 takes 32 x 32 (110 KiB).
-# In bf16, 3 stages keep 142-145 KiB of shared memory, one program (4 warps) per multiprocessor; 1 stage needs
-# 32-46 KiB. On an H200 at the training shape (512x512, batch 32: 1.08 ms) 1 and 2 stages were 2-3% slower and
-# 8 warps 1.8x slower; 8 warps with 3 stages made an illegal memory access (triton 3.6; 2 stages did not, and the
-# interpreter cannot run launch settings), so that pair is refused until it is understood.
+# Launch settings: FlashAttention-2's backward blocks for head_dim 64, Triton's default 3 pipeline stages, and RoPE
+# applied before the kernels (`pre_rotate`), the fastest of the 60 settings `benchmarks/bench_window_attention.py
+# --sweep-backward` times (H200, 512x512, batch 32, bf16: 0.72 ms; the same blocks rotating as they load 1.09 ms, the
+# next best 0.78 ms with 2 stages; benchmarks/results/h200_speed_round2/window_backward_sweep_512_bs32.json).
+# Rotating q and k as the kernels load them doubles their shared memory (the partner columns and the tables,
+# pipelined) and spills registers: compiled for sm_90, dq 142 KiB / 255 registers + 64 bytes of spills, dk/dv
+# 145 KiB / 255, one program per multiprocessor; pre-rotated 66 and 73 KiB, 154 and 232 registers, 3 and 2 programs.
+# `pre_rotate` writes rotated copies of q and k first (one pass over them) and rotates only the gradients back as they
+# are stored. fp32 operands take twice the shared memory: with 64 x 64 blocks the dk/dv kernel would need 241 KiB, more
+# than the 227 KiB an sm_90 block may have (`tests/models/jetvit/test_kernels_compile.py`), so fp32 takes 32 x 32.
+# 8 warps were 1.3-2x slower; 8 warps with 3 stages made an illegal memory access (triton 3.6; 2 stages did not, and
+# the interpreter cannot run launch settings), so that pair is refused until it is understood.
 BWD_BLOCK_M, BWD_BLOCK_N, BWD_WARPS, BWD_STAGES = 64, 64, 4, 3
 BWD_BLOCK_FP32 = 32
-# With RoPE, rotating q and k as the kernels load them doubles their shared memory (the partner columns and the
-# tables, pipelined) and spills registers: compiled for sm_90, dq 142 KiB / 255 registers + 64 bytes of spills, dk/dv
-# 145 KiB / 255, one program per multiprocessor; without the rotation 66 and 73 KiB, 154 and 232 registers, 3 and 2
-# programs. `pre_rotate` writes rotated copies of q and k first (one pass over them) and rotates only the gradients
-# back as they are stored. Not yet timed on a GPU, so off by default; the sweep times both.
-BWD_PRE_ROTATE = False
+BWD_PRE_ROTATE = True
 
 
 def _rotated(x, cos, sin, num_prefix: int, block_d: int) -> torch.Tensor:

@@ -461,14 +461,14 @@ def test_triton_window_backward_launch_settings(grid, window, num_prefix, dim, b
     ((6, 7), 4, 1, 32),   # padded windows
     ((6, 7), 4, 2, 48),   # a head dim below its tile: the gradients' rotation back on split halves
 ])
-def test_triton_window_backward_pre_rotated_inputs(dtype, grid, window, num_prefix, dim):
-    """`pre_rotate`: q and k rotated in a pass of their own, the kernels loading them as they are; the gradients still
-    match float64 autograd of the PyTorch path."""
+def test_triton_window_backward_rotating_as_it_loads(dtype, grid, window, num_prefix, dim):
+    """`pre_rotate=False`: the kernels rotate q and k as they load them instead of the default's pass of its own before
+    them; the gradients still match float64 autograd of the PyTorch path."""
     device = triton_device(dtype)
     q, k, v, _ = random_inputs(2, num_prefix, grid, 2, dim, 3, dtype=dtype, device=device, scale=2.0, seed=8)
     cos, sin = (t.to(device) for t in rope_tables(grid[0] * grid[1], dim))
     window_backward_check(q, k, v, cos, sin, num_prefix, grid, window, dim**-0.5, WINDOW_BACKWARD_TOLERANCE[dtype],
-                          pre_rotate=True)
+                          pre_rotate=False)
 
 
 def test_triton_window_backward_refuses_eight_warps_with_three_stages():
