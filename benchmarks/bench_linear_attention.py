@@ -273,8 +273,9 @@ OUTPUT_BACKWARD_SETTINGS = [(block_n, warps, per_sm) for block_n, warps in ((16,
 
 
 def sweep_backward(q, k, v, state, key_sum, conv_weight, cos, sin, num_prefix, grid) -> list[dict]:
-    """The fused backwards' launch settings, each kernel on random gradients of its op's outputs; each timing is
-    printed as it is taken, so a run cut short still shows what it measured."""
+    """The fused backwards' launch settings, each kernel on random gradients of its op's outputs, each with RoPE in the
+    kernel and pre-rotated (`pre_rotate`, with RoPE only); the current defaults first (`block_n` None), so that a run
+    cut short still compares against them. Each timing is printed as it is taken."""
     rows = []
     batch, tokens, heads, dim = q.shape
     grads = [torch.randn_like(t) for t in (state, key_sum, key_sum)]
@@ -288,13 +289,17 @@ def sweep_backward(q, k, v, state, key_sum, conv_weight, cos, sin, num_prefix, g
                 q, v, state, key_sum, conv_weight, cos, sin, num_prefix, grid, 1e-6, grad_out, **launch))),
     )
     for kernel, settings, run in kernels:
-        for block_n, warps, per_sm in settings:
-            try:
-                ms = graph_ms(lambda: run(block_n=block_n, num_warps=warps, programs_per_sm=per_sm))
-            except Exception:  # e.g. out of shared memory or registers for this setting
-                continue
-            rows.append({"kernel": kernel, "block_n": block_n, "warps": warps, "per_sm": per_sm, "ms": ms})
-            print(f"  {kernel} block_n={block_n} warps={warps} per_sm={per_sm}: {ms * 1e3:.1f} us", flush=True)
+        for block_n, warps, per_sm in [(None, None, None), *settings]:
+            for pre_rotate in (False, True) if cos is not None else (False,):
+                try:
+                    ms = graph_ms(lambda: run(block_n=block_n, num_warps=warps, programs_per_sm=per_sm,
+                                              pre_rotate=pre_rotate))
+                except Exception:  # e.g. out of shared memory or registers for this setting
+                    continue
+                rows.append({"kernel": kernel, "block_n": block_n, "warps": warps, "per_sm": per_sm,
+                             "pre_rotate": pre_rotate, "ms": ms})
+                print(f"  {kernel} block_n={block_n or 'default'} warps={warps} per_sm={per_sm}"
+                      f"{' pre-rotated' if pre_rotate else ''}: {ms * 1e3:.1f} us", flush=True)
     return rows
 
 

@@ -74,14 +74,17 @@ def main(argv=None) -> int:
         linear_attention_output_backward_triton(q, v, state, key_sum, conv_weight, cos, sin, prefix, grid, 1e-6,
                                                 linear_grad)
         results += rows("linear backward", compiled)
-        for block_n, warps in sorted({(n, w) for n, w, _ in STATE_BACKWARD_SETTINGS}):
-            linear_attention_state_backward_triton(k, v, cos, sin, prefix, state, key_sum, value_sum,
-                                                   block_n=block_n, num_warps=warps)
-            results += rows(f"state bwd n{block_n} w{warps}", compiled)
-        for block_n, warps in sorted({(n, w) for n, w, _ in OUTPUT_BACKWARD_SETTINGS}):
-            linear_attention_output_backward_triton(q, v, state, key_sum, conv_weight, cos, sin, prefix, grid, 1e-6,
-                                                    linear_grad, block_n=block_n, num_warps=warps)
-            results += rows(f"output bwd n{block_n} w{warps}", compiled)
+        for pre in (False, True):
+            suffix = " pre-rotated" if pre else ""
+            for block_n, warps in sorted({(n, w) for n, w, _ in STATE_BACKWARD_SETTINGS}):
+                linear_attention_state_backward_triton(k, v, cos, sin, prefix, state, key_sum, value_sum,
+                                                       block_n=block_n, num_warps=warps, pre_rotate=pre)
+                results += rows(f"state bwd n{block_n} w{warps}{suffix}", compiled)
+            for block_n, warps in sorted({(n, w) for n, w, _ in OUTPUT_BACKWARD_SETTINGS}):
+                linear_attention_output_backward_triton(q, v, state, key_sum, conv_weight, cos, sin, prefix, grid,
+                                                        1e-6, linear_grad, block_n=block_n, num_warps=warps,
+                                                        pre_rotate=pre)
+                results += rows(f"output bwd n{block_n} w{warps}{suffix}", compiled)
         out = window_attention_triton(q, k, v, cos, sin, prefix, grid, 16, 0.125)
         results += rows("window forward", compiled)
         grad = torch.randn(out.shape).to(dtype)

@@ -34,7 +34,8 @@ def classify_attention_kernel(name: str) -> str | None:
 
 def kernel_category(name: str) -> str:
     """Coarse class of a GPU kernel for a time breakdown: gemm, convolution (patch embedding, DPT neck and head),
-    softmax attention, JetViT's own attention kernels (its Triton linear- and window-attention kernels), other."""
+    softmax attention, JetViT's own attention kernels (its Triton linear- and window-attention kernels and the
+    backwards' RoPE passes), other."""
     lowered = name.lower()
     if "linear_attention" in lowered or any(
         k in name for k in ("_state_kernel", "_state_finalize", "_state_split", "_output_kernel",
@@ -43,6 +44,8 @@ def kernel_category(name: str) -> str:
         return "jetvit linear attention"
     if any(k in name for k in ("_window_kernel", "_prefix_merge", "_window_bwd", "_prefix_stats", "_prefix_grad")):
         return "jetvit window attention"
+    if "_rope_rotate_kernel" in name:
+        return "jetvit RoPE passes (backwards' pre_rotate)"
     if classify_attention_kernel(name) or "attention" in lowered or "sdpa" in lowered:
         return "softmax attention"
     if not lowered.startswith("triton_") and any(key in lowered for key in ("fprop", "dgrad", "wgrad", "conv2d",

@@ -416,7 +416,7 @@ def test_every_jetvit_kernel_has_its_profile_category():
     assert launched == {"_state_kernel", "_state_finalize_kernel", "_state_split_kernel", "_output_kernel",
                         "_state_backward_kernel", "_output_backward_kernel", "_window_kernel", "_prefix_merge_kernel",
                         "_window_bwd_dq_kernel", "_prefix_stats_kernel", "_window_bwd_dkdv_kernel",
-                        "_prefix_grad_kernel", "_window_bwd_rotate_kernel"}
+                        "_prefix_grad_kernel", "_rope_rotate_kernel"}
     for name in launched:
         assert bench.kernel_category(name).startswith("jetvit "), name
 

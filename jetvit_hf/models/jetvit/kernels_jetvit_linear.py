@@ -76,6 +76,22 @@ if triton is not None:
         return x
 
     @triton.jit
+    def _rope_rotate_kernel(x_ptr, out_ptr, cos_ptr, sin_ptr, num_tokens, num_prefix, stride_b, stride_n, stride_h,
+                            HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+        """BLOCK_N rows of one (image, head) of `x` with RoPE applied to their patch tokens, into `out_ptr`
+        (contiguous `[batch, tokens, heads, head_dim]`): `rope_rotated`."""
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        batch = tl.program_id(1)
+        head = tl.program_id(2)
+        offs_d = tl.arange(0, BLOCK_D)
+        mask = (rows < num_tokens)[:, None] & (offs_d < HEAD_DIM)[None, :]
+        x = _load_rotated(x_ptr + batch * stride_b + head * stride_h, rows, stride_n, offs_d, mask, cos_ptr, sin_ptr,
+                          num_prefix, HEAD_DIM, True, RELU=False)
+        heads = tl.num_programs(2)
+        out = out_ptr + ((batch * num_tokens + rows[:, None]) * heads + head) * HEAD_DIM + offs_d[None, :]
+        tl.store(out, x, mask=mask)
+
+    @triton.jit
     def _state_kernel(
         k_ptr, v_ptr, cos_ptr, sin_ptr, partial_ptr,
         num_tokens, num_heads, num_prefix, tokens_per_split,
@@ -227,6 +243,7 @@ STATE_BLOCK_N, STATE_WARPS, STATE_PROGRAMS_PER_SM, STATE_STAGES = 64, 4, 4, 2
 OUTPUT_BLOCK_N, OUTPUT_BLOCK_E, OUTPUT_WARPS = 32, 64, 2  # BLOCK_E splits head dims above 64 into column blocks
 FINALIZE_BLOCK, FINALIZE_SPLITS = 256, 16  # a [splits, BLOCK] tile per load
 SPLIT_COLUMNS = 16
+ROTATE_BLOCK_N = 32  # rows per program of the RoPE pass
 
 
 def _block_d(head_dim: int) -> int:
@@ -247,6 +264,28 @@ def _rope_tables(cos, sin, reference: torch.Tensor):
     if cos is None:
         return reference, reference
     return cos.contiguous(), sin.contiguous()
+
+
+def rope_rotated(x, cos, sin, num_prefix: int) -> torch.Tensor:
+    """`x` (`[batch, tokens, heads, head_dim]`, any strides) with RoPE applied to its patch tokens, contiguous and in
+    its dtype, as `_load_rotated` gives it: the backwards' `pre_rotate` pass, after which their kernels load q and k as
+    they are."""
+    batch, num_tokens, heads, head_dim = x.shape
+    out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+    cos, sin = _rope_tables(cos, sin, x)
+    _rope_rotate_kernel[(triton.cdiv(num_tokens, ROTATE_BLOCK_N), batch, heads)](
+        x, out, cos, sin, num_tokens, num_prefix, x.stride(0), x.stride(1), x.stride(2),
+        HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), BLOCK_N=ROTATE_BLOCK_N, num_warps=4,
+    )
+    return out
+
+
+def rope_unrotated(grad, cos, sin, num_prefix: int) -> torch.Tensor:
+    """The gradient w.r.t. RoPE's input from `grad` w.r.t. its output (`torch_jetvit.unrotate_grad`, the transpose
+    rotation `x1 = g1 cos1 + g2 sin2`, `x2 = g2 cos2 - g1 sin1`): `rope_rotated` with the tables `cos` and `-sin`
+    with its halves swapped."""
+    half = sin.shape[-1] // 2
+    return rope_rotated(grad, cos, -torch.cat((sin[..., half:], sin[..., :half]), dim=-1), num_prefix)
 
 
 def linear_attention_state_triton(key, value, cos, sin, num_prefix: int, block_n=None, num_warps=None,

@@ -26,7 +26,8 @@ Shipped with every saved checkpoint for `trust_remote_code`; Triton is optional 
 
 import torch
 
-from .kernels_jetvit_linear import FINALIZE_BLOCK, FINALIZE_SPLITS, _block_d, _rope_tables, _sequence_splits
+from .kernels_jetvit_linear import (FINALIZE_BLOCK, FINALIZE_SPLITS, _block_d, _rope_tables, _sequence_splits,
+                                   rope_rotated, rope_unrotated)
 
 try:
     import triton
@@ -196,6 +197,11 @@ if triton is not None:
 # state backward 0.75 ms at batch 1 against 2.42 ms in PyTorch).
 STATE_BACKWARD_BLOCK_N, STATE_BACKWARD_WARPS, STATE_BACKWARD_PROGRAMS_PER_SM = 64, 8, 2
 OUTPUT_BACKWARD_BLOCK_N, OUTPUT_BACKWARD_WARPS, OUTPUT_BACKWARD_PROGRAMS_PER_SM = 32, 8, 4
+# With RoPE, `pre_rotate` applies it to q (k) in a pass before the kernel and takes the query (key) gradient back
+# through the transpose rotation in a pass after it, so the kernel runs as without RoPE: no rotation of the loads
+# (partner columns and tables) and no in-register un-rotation (a split and join of the tile). The window backward
+# gained 1.5x from the first half of that. Not yet timed on a GPU, so off; `--sweep-backward` times both.
+BACKWARD_PRE_ROTATE = False
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -203,10 +209,16 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 def linear_attention_state_backward_triton(key, value, cos, sin, num_prefix: int, grad_state, grad_key_sum,
-                                           grad_value_sum, block_n=None, num_warps=None, programs_per_sm=None):
+                                           grad_value_sum, block_n=None, num_warps=None, programs_per_sm=None,
+                                           pre_rotate=None):
     """`(grad_key, grad_value)` of `linear_attention_state` as `torch_jetvit.linear_attention_state_backward_torch`
     computes them, `[batch, tokens, heads, head_dim]` in the inputs' dtypes. The keyword arguments override the launch
     settings above."""
+    if cos is not None and (BACKWARD_PRE_ROTATE if pre_rotate is None else pre_rotate):
+        grad_key, grad_value = linear_attention_state_backward_triton(
+            rope_rotated(key, cos, sin, num_prefix), value, None, None, num_prefix, grad_state, grad_key_sum,
+            grad_value_sum, block_n=block_n, num_warps=num_warps, programs_per_sm=programs_per_sm)
+        return rope_unrotated(grad_key, cos, sin, num_prefix), grad_value
     batch, num_tokens, heads, head_dim = key.shape
     block_n = block_n or STATE_BACKWARD_BLOCK_N
     splits, tokens_per_split = _sequence_splits(batch * heads, num_tokens, block_n, key.device,
@@ -231,10 +243,15 @@ def linear_attention_state_backward_triton(key, value, cos, sin, num_prefix: int
 
 def linear_attention_output_backward_triton(query, value, state, key_sum, conv_weight, cos, sin, num_prefix: int,
                                             grid_size, eps: float, grad_out, block_n=None, num_warps=None,
-                                            programs_per_sm=None):
+                                            programs_per_sm=None, pre_rotate=None):
     """`(grad_query, grad_value, grad_state, grad_key_sum, grad_weight)` of `linear_attention_output` as
     `torch_jetvit.linear_attention_output_backward_torch` computes them (`grad_value`, `grad_weight` None without
     `conv_weight`). The keyword arguments override the launch settings above."""
+    if cos is not None and (BACKWARD_PRE_ROTATE if pre_rotate is None else pre_rotate):
+        grad_query, *rest = linear_attention_output_backward_triton(
+            rope_rotated(query, cos, sin, num_prefix), value, state, key_sum, conv_weight, None, None, num_prefix,
+            grid_size, eps, grad_out, block_n=block_n, num_warps=num_warps, programs_per_sm=programs_per_sm)
+        return rope_unrotated(grad_query, cos, sin, num_prefix), *rest
     batch, num_tokens, heads, head_dim = query.shape
     block_n = block_n or OUTPUT_BACKWARD_BLOCK_N
     splits, tokens_per_split = _sequence_splits(batch * heads, num_tokens, block_n, query.device,

@@ -44,7 +44,7 @@ Shipped with every saved checkpoint for `trust_remote_code`; Triton is optional 
 
 import torch
 
-from .kernels_jetvit_linear import _block_d, _rope_tables
+from .kernels_jetvit_linear import _block_d, _rope_tables, rope_rotated
 from .kernels_jetvit_window import _precision
 
 try:
@@ -77,22 +77,6 @@ if triton is not None:
         pairs = tl.permute(tl.reshape(x, (ROWS, 2, BLOCK_D // 2)), (0, 2, 1))
         first, second = tl.split(pairs)
         return tl.reshape(tl.permute(tl.join(second, first), (0, 2, 1)), (ROWS, BLOCK_D))
-
-    @triton.jit
-    def _window_bwd_rotate_kernel(x_ptr, out_ptr, cos_ptr, sin_ptr, num_tokens, num_prefix, stride_b, stride_n,
-                                  stride_h, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
-        """BLOCK_N rows of one (image, head) of q or k with RoPE applied to their patch tokens, into `out_ptr`
-        (contiguous `[batch, tokens, heads, head_dim]`): the `pre_rotate` inputs of the backward kernels."""
-        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        batch = tl.program_id(1)
-        head = tl.program_id(2)
-        offs_d = tl.arange(0, BLOCK_D)
-        mask = (rows < num_tokens)[:, None] & (offs_d < HEAD_DIM)[None, :]
-        x = _load_rotated(x_ptr + batch * stride_b + head * stride_h, rows, stride_n, offs_d, mask, cos_ptr, sin_ptr,
-                          num_prefix, HEAD_DIM, True, RELU=False)
-        heads = tl.num_programs(2)
-        out = out_ptr + ((batch * num_tokens + rows[:, None]) * heads + head) * HEAD_DIM + offs_d[None, :]
-        tl.store(out, x, mask=mask)
 
     @triton.jit
     def _unrotate(grad, tokens, offs_d, mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM: tl.constexpr,
@@ -407,18 +391,6 @@ BWD_BLOCK_FP32 = 32
 BWD_PRE_ROTATE = True
 
 
-def _rotated(x, cos, sin, num_prefix: int, block_d: int) -> torch.Tensor:
-    """`x` (`[batch, tokens, heads, head_dim]`, any strides) with RoPE applied to its patch tokens, contiguous."""
-    batch, num_tokens, heads, head_dim = x.shape
-    out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
-    block_n = 32
-    _window_bwd_rotate_kernel[(triton.cdiv(num_tokens, block_n), batch, heads)](
-        x, out, cos, sin, num_tokens, num_prefix, x.stride(0), x.stride(1), x.stride(2),
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=4,
-    )
-    return out
-
-
 def _check_launch(num_warps: int, num_stages: int) -> None:
     if num_warps >= 8 and num_stages >= 3:
         raise ValueError(f"window attention backward: {num_warps} warps with {num_stages} pipeline stages made an "
@@ -457,7 +429,7 @@ def window_attention_backward_triton(query, key, value, output, grad_output, cos
     has_rope = tables[0] is not query
     pre_rotate = has_rope and (BWD_PRE_ROTATE if pre_rotate is None else pre_rotate)
     if pre_rotate:
-        query, key = (_rotated(x, *tables, num_prefix, block_d) for x in (query, key))
+        query, key = (rope_rotated(x, *tables, num_prefix) for x in (query, key))
     constants = dict(
         HEAD_DIM=head_dim, BLOCK_D=block_d, WINDOW=window_size, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_P=block_p,
         HAS_ROPE=has_rope, LOAD_ROPE=has_rope and not pre_rotate, SPLIT_HALVES=has_rope and head_dim != block_d,

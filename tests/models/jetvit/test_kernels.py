@@ -8,7 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from jetvit_hf.models.jetvit import kernels_jetvit_linear, ops_jetvit
-from jetvit_hf.models.jetvit.kernels_jetvit_linear import linear_attention_output_triton, linear_attention_state_triton
+from jetvit_hf.models.jetvit.kernels_jetvit_linear import (
+    linear_attention_output_triton,
+    linear_attention_state_triton,
+    rope_rotated,
+    rope_unrotated,
+)
 from jetvit_hf.models.jetvit.kernels_jetvit_linear_backward import (
     linear_attention_output_backward_triton,
     linear_attention_state_backward_triton,
@@ -17,6 +22,7 @@ from jetvit_hf.models.jetvit.kernels_jetvit_window import window_attention_trito
 from jetvit_hf.models.jetvit.kernels_jetvit_window_backward import window_attention_backward_triton
 from jetvit_hf.models.jetvit.ops_jetvit import linear_attention_output, linear_attention_state, window_attention
 from jetvit_hf.models.jetvit.torch_jetvit import (
+    apply_rope,
     linear_attention_output_torch,
     linear_attention_state_torch,
     window_attention_torch,
@@ -224,11 +230,36 @@ def backward_tolerance(dtype):
 BACKWARD_SHAPES = [((6, 7), 0, 32), ((6, 7), 1, 64), ((6, 7), 5, 32), ((6, 7), 5, 64), ((5, 9), 2, 48)]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("num_prefix, dim", [(0, 32), (5, 64), (2, 48)])
+def test_rope_passes_match_float64_autograd(dtype, num_prefix, dim):
+    """`rope_rotated` is `apply_rope` and `rope_unrotated` the gradient through it (float64 autograd), on strided q/k
+    views and on tables whose halves differ, so the transpose's use of the other half's sine is checked."""
+    device = triton_device(dtype)
+    q, k, _, _ = random_inputs(2, num_prefix, (3, 4), 3, dim, 3, dtype=dtype, device=device, scale=2.0, seed=16)
+    cos, sin = rope_tables(12, dim, seed=17, same_halves=False)
+    rotated = rope_rotated(q, cos.to(device), sin.to(device), num_prefix)
+    assert rotated.dtype == dtype and rotated.is_contiguous()
+    (q64,) = float64_leaves(q)
+    expected = apply_rope(q64, cos.double(), sin.double(), num_prefix)
+    tolerance = 1e-6 if dtype == torch.float32 else 2e-3
+    assert relative_error(rotated.cpu(), expected) < tolerance
+    expected.backward(k.cpu().double())  # k as the output gradient
+    unrotated = rope_unrotated(k, cos.to(device), sin.to(device), num_prefix)
+    assert unrotated.dtype == dtype
+    assert relative_error(unrotated.cpu(), q64.grad) < tolerance
+    assert torch.equal(unrotated[:, :num_prefix], k[:, :num_prefix])  # prefix tokens pass unchanged
+
+
+ROPE_MODES = [None, "in the kernels", "pre-rotated"]  # no RoPE; rotated as loaded; in passes around the kernels
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("grid, num_prefix, dim", BACKWARD_SHAPES)
-@pytest.mark.parametrize("rope", [False, True])
+@pytest.mark.parametrize("rope", ROPE_MODES)
 def test_triton_state_backward_matches_float64_autograd(dtype, grid, num_prefix, dim, rope):
-    """The fused state backward against float64 autograd of the PyTorch path (48: head halves padded in registers)."""
+    """The fused state backward against float64 autograd of the PyTorch path (48: head halves padded in registers),
+    RoPE applied in the kernel or, with `pre_rotate`, in passes before and after it."""
     device = triton_device(dtype)
     _, k, v, _ = random_inputs(2, num_prefix, grid, 2, dim, 3, dtype=dtype, device=device, scale=2.0, seed=8)
     cos, sin = rope_tables(grid[0] * grid[1], dim, seed=9, same_halves=False) if rope else (None, None)
@@ -237,7 +268,7 @@ def test_triton_state_backward_matches_float64_autograd(dtype, grid, num_prefix,
         torch.randn(*shape, generator=generator).to(device) for shape in ((2, 2, dim, dim), (2, 2, dim), (2, 2, dim)))
     on_device = (None, None) if cos is None else (cos.to(device), sin.to(device))
     grad_key, grad_value = linear_attention_state_backward_triton(
-        k, v, *on_device, num_prefix, grad_state, grad_key_sum, grad_value_sum)
+        k, v, *on_device, num_prefix, grad_state, grad_key_sum, grad_value_sum, pre_rotate=rope == "pre-rotated")
     assert grad_key.dtype == grad_value.dtype == dtype
     assert grad_key.shape == grad_value.shape == k.shape
 
@@ -251,11 +282,11 @@ def test_triton_state_backward_matches_float64_autograd(dtype, grid, num_prefix,
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("grid, num_prefix, dim", BACKWARD_SHAPES)
-@pytest.mark.parametrize("rope", [False, True])
+@pytest.mark.parametrize("rope", ROPE_MODES)
 @pytest.mark.parametrize("kernel_size", [None, 3])
 def test_triton_output_backward_matches_float64_autograd(dtype, grid, num_prefix, dim, rope, kernel_size):
     """The fused output backward (query gradient, split sums of the state, key-sum and kernel gradients, the conv's
-    value gradient) against float64 autograd of the PyTorch path."""
+    value gradient) against float64 autograd of the PyTorch path, RoPE as in the state backward's test."""
     device = triton_device(dtype)
     q, k, v, conv_weight = random_inputs(2, num_prefix, grid, 2, dim, kernel_size or 3, dtype=dtype, device=device,
                                          scale=2.0, seed=11)
@@ -267,7 +298,7 @@ def test_triton_output_backward_matches_float64_autograd(dtype, grid, num_prefix
     on_device = (None, None) if cos is None else (cos.to(device), sin.to(device))
     grads = linear_attention_output_backward_triton(
         q, v, state.float().to(device), key_sum.float().to(device), conv_weight, *on_device, num_prefix, grid, 1e-6,
-        grad_out)
+        grad_out, pre_rotate=rope == "pre-rotated")
 
     leaves = float64_leaves(q, v, state, key_sum, conv_weight)
     out = linear_attention_output_torch(*leaves, cos, sin, num_prefix, grid, 1e-6)

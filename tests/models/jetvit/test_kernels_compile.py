@@ -62,10 +62,13 @@ def test_linear_attention_kernels_compile_for_sm90(compiled_kernels, dtype, dim,
                                             kernel_size=kernel_size, rope=rope)
     state, key_sum, value_sum = linear_attention_state_triton(k, v, cos, sin, num_prefix)
     out = linear_attention_output_triton(q, v, state, key_sum, conv_weight, cos, sin, num_prefix, grid, 1e-6)
-    linear_attention_state_backward_triton(k, v, cos, sin, num_prefix, state, key_sum, value_sum)
-    linear_attention_output_backward_triton(q, v, state, key_sum, conv_weight, cos, sin, num_prefix, grid, 1e-6,
-                                            torch.randn(out.shape).to(dtype))
-    check(compiled_kernels, {"_state_backward_kernel", "_output_backward_kernel", "_state_finalize_kernel"})
+    for pre_rotate in (False, True):
+        linear_attention_state_backward_triton(k, v, cos, sin, num_prefix, state, key_sum, value_sum,
+                                               pre_rotate=pre_rotate)
+        linear_attention_output_backward_triton(q, v, state, key_sum, conv_weight, cos, sin, num_prefix, grid, 1e-6,
+                                                torch.randn(out.shape).to(dtype), pre_rotate=pre_rotate)
+    expected = {"_state_backward_kernel", "_output_backward_kernel", "_state_finalize_kernel"}
+    check(compiled_kernels, expected | ({"_rope_rotate_kernel"} if rope else set()))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
@@ -87,5 +90,5 @@ def test_window_attention_kernels_compile_for_sm90(compiled_kernels, dtype, grid
     if num_prefix:
         expected |= {"_prefix_stats_kernel", "_prefix_grad_kernel"}
     if rope:
-        expected |= {"_window_bwd_rotate_kernel"}
+        expected |= {"_rope_rotate_kernel"}
     check(compiled_kernels, expected)
