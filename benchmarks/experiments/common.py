@@ -1,6 +1,9 @@
-"""Shared pieces of the kernel experiments: random attention inputs at a ViT-L shape (16 heads of 64; by default 1024x2048: 4 registers + CLS, a 64x128 grid), as
-views of one fused QKV projection output, the way the model passes them to the kernels, and interleaved timing."""
+"""Shared pieces of the kernel experiments: random attention inputs at a ViT-L shape (16 heads of 64; by default
+1024x2048: 4 registers + CLS, a 64x128 grid), as views of one fused QKV projection output, the way the model passes
+them to the kernels; interleaved timing; and the whole hybrid timed once per code variant."""
+import json
 import statistics
+from pathlib import Path
 
 import torch
 
@@ -26,3 +29,24 @@ def interleaved_medians(timers: dict, rounds: int) -> tuple[dict, dict]:
             times[name].append(timer())
     return ({name: round(statistics.median(t), 1) for name, t in times.items()},
             {name: round(max(t) - min(t), 1) for name, t in times.items()})
+
+
+def hybrid_bench_runs(preset: str, resolution: str, directory: Path, runs: dict) -> dict:
+    """The hybrid's `jetvit bench` (alone, CUDA graphs: bs1 latency and batch-8 time, medians in ms) once per entry
+    of `runs`, `{name: (patch, extra jetvit bench arguments)}`, in this process and in order: `patch` is a context
+    manager in force while that run builds and times the model (e.g. `unittest.mock.patch.object` of the function a
+    variant replaces). Put a plain run first and last: the two bound the drift between runs."""
+    from jetvit_hf.cli import main as jetvit
+
+    results = {}
+    for index, (name, (patch, extra)) in enumerate(runs.items()):
+        output = directory / f"bench_{index}.json"
+        with patch:
+            status = jetvit(["bench", "--preset", preset, "--resolution", resolution, "--batch-size", "8",
+                             "--compile-mode", "reduce-overhead", "--baselines", "none", "--no-profile",
+                             "--output", str(output), *extra])
+        torch.compiler.reset()
+        result = json.loads(output.read_text())["results"]["jetvit"] if status == 0 else {}
+        results[name] = {key: result.get(key, {}).get("median_ms") for key in ("latency", "throughput")}
+        print(f"{preset} {resolution} hybrid, {name}: {results[name]}", flush=True)
+    return {"preset": preset, "resolution": resolution, "median_ms": results}

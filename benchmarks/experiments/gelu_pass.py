@@ -24,11 +24,12 @@ are built (the MLPs take it at construction), and with PyTorch's again, so the t
 """
 
 import argparse
-import json
+import contextlib
 import math
 import sys
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +39,7 @@ import triton.language as tl
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.bench_linear_attention import graph_ms  # noqa: E402
-from benchmarks.experiments.common import interleaved_medians  # noqa: E402
+from benchmarks.experiments.common import hybrid_bench_runs, interleaved_medians  # noqa: E402
 from jetvit_hf.io import atomic_write_json  # noqa: E402
 
 # Abramowitz & Stegun 7.1.26: erfc(z) = t (a1 + t (a2 + ... + t a5)) exp(-z^2), t = 1 / (1 + p z), z >= 0, absolute
@@ -153,28 +154,14 @@ def timings(rounds: int) -> dict:
 
 def model_bench(preset: str, resolution: str, directory: Path) -> dict:
     """The hybrid's `jetvit bench` latency (bs1) and batch-8 time: PyTorch's GELU, the A&S GELU, PyTorch's again."""
-    from jetvit_hf.cli import main as jetvit
-
     exact_gelu = F.gelu
 
     def as_gelu(x, approximate="none"):
         return gelu_as_torch(x) if approximate == "none" else exact_gelu(x, approximate=approximate)
 
-    runs = {}
-    for name in ("torch exact", "A&S erfc", "torch exact again"):
-        output = directory / f"bench_{len(runs)}.json"
-        F.gelu = as_gelu if name == "A&S erfc" else exact_gelu
-        try:
-            status = jetvit(["bench", "--preset", preset, "--resolution", resolution, "--batch-size", "8",
-                             "--compile-mode", "reduce-overhead", "--baselines", "none", "--no-profile",
-                             "--output", str(output)])
-        finally:
-            F.gelu = exact_gelu
-        torch.compiler.reset()
-        result = json.loads(output.read_text())["results"]["jetvit"] if status == 0 else {}
-        runs[name] = {key: result.get(key, {}).get("median_ms") for key in ("latency", "throughput")}
-        print(f"{preset} {resolution} hybrid, {name}: {runs[name]}", flush=True)
-    return {"preset": preset, "resolution": resolution, "median_ms": runs}
+    plain = (contextlib.nullcontext(), [])
+    return hybrid_bench_runs(preset, resolution, directory, {
+        "torch exact": plain, "A&S erfc": (mock.patch.object(F, "gelu", as_gelu), []), "torch exact again": plain})
 
 
 def main(argv=None) -> int:

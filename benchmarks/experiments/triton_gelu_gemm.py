@@ -26,6 +26,7 @@ import torch
 try:
     import triton
     import triton.language as tl
+    from triton.tools.tensor_descriptor import TensorDescriptor
 except ImportError:  # CPU-only installs: bench_mlp.py leaves the Triton variants out
     triton = None
 
@@ -48,14 +49,28 @@ if triton is not None:
         return block_m, block_n
 
     @triton.jit
-    def _epilogue(acc, b_ptr, o_ptr, rows, row_mask, offs_n, N, stride_om, stride_on,
-                  HAS_BIAS: tl.constexpr, GELU: tl.constexpr):
-        """Bias and exact GELU on the fp32 accumulator tile (rows `rows`, columns `offs_n`), stored in the output's
-        dtype."""
+    def _bias_gelu(acc, b_ptr, offs_n, N, HAS_BIAS: tl.constexpr, GELU: tl.constexpr):
+        """Bias and GELU on an fp32 accumulator tile (columns `offs_n`). GELU: "" (none), "erf" (libdevice's erf:
+        `0.5 y (1 + erf(y / sqrt 2))`) or "erfc_as" (Abramowitz & Stegun 7.1.26: erfc(z) = t (a1 + ... + t a5)
+        exp(-z^2), t = 1 / (1 + p z), absolute error <= 1.5e-7, no branch; Phi from erfc(|y| / sqrt 2) with the sign
+        chosen last, so the negative tail has no cancellation: as exact as PyTorch's GELU in bf16, `gelu_pass.py`)."""
         if HAS_BIAS:
             acc += tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
-        if GELU:  # 0.5 y (1 + erf(y / sqrt(2)))
+        if GELU == "erf":
             acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
+        elif GELU == "erfc_as":
+            z = tl.abs(acc) * 0.7071067811865476
+            t = 1.0 / (1.0 + 0.3275911 * z)
+            poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+            half_erfc = 0.5 * poly * tl.exp(-z * z)
+            acc = acc * tl.where(acc >= 0, 1.0 - half_erfc, half_erfc)
+        return acc
+
+    @triton.jit
+    def _epilogue(acc, b_ptr, o_ptr, rows, row_mask, offs_n, N, stride_om, stride_on,
+                  HAS_BIAS: tl.constexpr, GELU: tl.constexpr):
+        """`_bias_gelu` of the fp32 accumulator tile (rows `rows`, columns `offs_n`), stored in the output's dtype."""
+        acc = _bias_gelu(acc, b_ptr, offs_n, N, HAS_BIAS, GELU)
         tl.store(o_ptr + rows[:, None] * stride_om + offs_n[None, :] * stride_on, acc.to(o_ptr.dtype.element_ty),
                  mask=row_mask[:, None] & (offs_n < N)[None, :])
 
@@ -117,6 +132,41 @@ if triton is not None:
                 _epilogue(acc, b_ptr, o_ptr, out_rows, row_mask, offs_n, N, stride_om, stride_on, HAS_BIAS, GELU)
 
 
+    @triton.jit
+    def _gemm_gelu_tma_kernel(
+        x_desc, w_desc, o_desc, b_ptr, M, N, K,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+        HAS_BIAS: tl.constexpr, GELU: tl.constexpr, EPILOGUE_SPLIT: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
+    ):
+        """`_gemm_gelu_kernel` with Hopper's tensor-memory accelerator: a persistent grid whose programs take tiles
+        `program_id + i * num_programs`; x and w tiles arrive by TMA loads (out-of-range rows and the K tail read as
+        zeros), the output leaves by TMA stores (clipped at the edges), so nothing is masked by hand. The tile loop is
+        flattened with the K loop so the next tile's loads overlap this tile's epilogue; WARP_SPECIALIZE asks the
+        compiler to give loads and math warps of their own."""
+        num_m = tl.cdiv(M, BLOCK_M)
+        num_n = tl.cdiv(N, BLOCK_N)
+        k_tiles = tl.cdiv(K, BLOCK_K)
+        for tile in tl.range(tl.program_id(0), num_m * num_n, tl.num_programs(0), flatten=True,
+                             warp_specialize=WARP_SPECIALIZE):
+            block_m, block_n = _tile_coordinates(tile, num_m, num_n, GROUP_M)
+            off_m = block_m * BLOCK_M
+            off_n = block_n * BLOCK_N
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for k in range(k_tiles):
+                x = x_desc.load([off_m, k * BLOCK_K])
+                w = w_desc.load([off_n, k * BLOCK_K])
+                acc = tl.dot(x, w.T, acc)
+            offs_n = off_n + tl.arange(0, BLOCK_N // EPILOGUE_SPLIT)
+            if EPILOGUE_SPLIT == 2:
+                acc_lo, acc_hi = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+                acc_lo = _bias_gelu(acc_lo, b_ptr, offs_n, N, HAS_BIAS, GELU)
+                o_desc.store([off_m, off_n], acc_lo.to(o_desc.dtype))
+                acc_hi = _bias_gelu(acc_hi, b_ptr, offs_n + BLOCK_N // 2, N, HAS_BIAS, GELU)
+                o_desc.store([off_m, off_n + BLOCK_N // 2], acc_hi.to(o_desc.dtype))
+            else:
+                o_desc.store([off_m, off_n], _bias_gelu(acc, b_ptr, offs_n, N, HAS_BIAS, GELU).to(o_desc.dtype))
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Launch settings and launcher
 # ----------------------------------------------------------------------------------------------------------------------
@@ -158,10 +208,11 @@ def launch_config(m: int, n: int, k: int, dtype: torch.dtype, device: torch.devi
     return fit(block_m, m), fit(block_n, n), fit(block_k, k), warps, stages, split
 
 
-def linear_gelu_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = True,
+def linear_gelu_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: str = "erf",
                        block_m=None, block_n=None, block_k=None, num_warps=None, num_stages=None, epilogue_split=None,
                        group_m=None, programs_per_sm=None) -> torch.Tensor:
-    """`gelu(x @ weight.T + bias)` (exact GELU; the plain linear layer with `gelu=False`) as `[..., N]` in the dtype
+    """`gelu(x @ weight.T + bias)` (exact GELU by `gelu`'s formula, see `_bias_gelu`; the plain linear layer with
+    `gelu=""`) as `[..., N]` in the dtype
     of `x`. The keyword arguments override the launch settings above (benchmarks and tests sweep them);
     `programs_per_sm` launches a persistent grid of that many programs per multiprocessor instead of one program per
     tile (0: one per tile, whatever `PROGRAMS_PER_SM` says)."""
@@ -192,3 +243,62 @@ def linear_gelu_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         num_warps=num_warps or config[3], num_stages=num_stages or config[4],
     )
     return out.view(*x.shape[:-1], n)
+
+
+# The TMA kernel's (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, epilogue split, programs per SM, warp
+# specialization): the pointer kernel's Hopper tiles, one persistent program per multiprocessor. Compiled for sm_90
+# on a CPU only; `benchmarks/bench_mlp.py --sweep` times alternatives.
+TMA_CONFIG = (128, 256, 64, 8, 3, 2, 1, False)
+
+
+def linear_gelu_triton_tma(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: str = "erfc_as",
+                           block_m=None, block_n=None, block_k=None, num_warps=None, num_stages=None,
+                           epilogue_split=None, group_m=None, programs_per_sm=None,
+                           warp_specialize=None) -> torch.Tensor:
+    """`linear_gelu_triton` through `_gemm_gelu_tma_kernel` (Hopper and newer; half precision; `x`'s rows and
+    `weight` with unit stride along K and 16-byte aligned rows, as TMA needs). The keyword arguments override
+    `TMA_CONFIG`."""
+    k = x.shape[-1]
+    n = weight.shape[0]
+    flat = x.reshape(-1, k)
+    m = flat.shape[0]
+    out = torch.empty(m, n, device=x.device, dtype=x.dtype)
+    if m == 0:
+        return out.view(*x.shape[:-1], n)
+    config = [given or default for given, default in zip(
+        (block_m, block_n, block_k, num_warps, num_stages, epilogue_split, programs_per_sm), TMA_CONFIG)]
+    block_m, block_n, block_k, warps, stages, split, per_sm = config
+    if split not in (1, 2):
+        raise ValueError(f"epilogue_split must be 1 or 2, got {split}")
+    tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
+    x_desc = TensorDescriptor.from_tensor(flat, [block_m, block_k])
+    w_desc = TensorDescriptor.from_tensor(weight, [block_n, block_k])
+    o_desc = TensorDescriptor.from_tensor(out, [block_m, block_n // split])
+    _gemm_gelu_tma_kernel[(min(tiles, per_sm * _multiprocessors(x.device)),)](
+        x_desc, w_desc, o_desc, bias if bias is not None else weight, m, n, k,  # weight: a never-read placeholder
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=group_m or GROUP_M, HAS_BIAS=bias is not None,
+        GELU=gelu, EPILOGUE_SPLIT=split,
+        WARP_SPECIALIZE=TMA_CONFIG[7] if warp_specialize is None else warp_specialize,
+        num_warps=warps, num_stages=stages,
+    )
+    return out.view(*x.shape[:-1], n)
+
+
+@torch.library.custom_op("jetvit_experiments::linear_gelu_tma", mutates_args=())
+def linear_gelu_tma_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """`linear_gelu_triton_tma` (A&S GELU) as an op `torch.compile` keeps whole (its TMA descriptors are built at
+    run time, outside the graph)."""
+    return linear_gelu_triton_tma(x, weight, bias)
+
+
+@linear_gelu_tma_op.register_fake
+def _(x, weight, bias):
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
+def tma_addmm_activation(bias, flat, weight_t, beta=1, alpha=1, use_gelu=False):
+    """A stand-in for `torch._addmm_activation(bias, x, weight.T, use_gelu=True)` (what the model's GELU epilogue
+    calls) that computes the exact GELU through the TMA kernel: `bench_mlp.py --model-bench` patches it in."""
+    if not use_gelu or beta != 1 or alpha != 1:
+        raise ValueError("tma_addmm_activation stands in for the GELU epilogue's call only")
+    return linear_gelu_tma_op(flat, weight_t.t(), bias)
