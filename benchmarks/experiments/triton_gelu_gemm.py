@@ -208,19 +208,22 @@ def launch_config(m: int, n: int, k: int, dtype: torch.dtype, device: torch.devi
     return fit(block_m, m), fit(block_n, n), fit(block_k, k), warps, stages, split
 
 
+def _flat_operands(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`x` as a 2-d `[M, K]` view (its leading dimensions flattened) and the empty `[M, N]` output, both launchers'
+    operands."""
+    flat = x.reshape(-1, x.shape[-1])
+    return flat, torch.empty(flat.shape[0], weight.shape[0], device=x.device, dtype=x.dtype)
+
+
 def linear_gelu_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: str = "erf",
                        block_m=None, block_n=None, block_k=None, num_warps=None, num_stages=None, epilogue_split=None,
                        group_m=None, programs_per_sm=None) -> torch.Tensor:
     """`gelu(x @ weight.T + bias)` (exact GELU by `gelu`'s formula, see `_bias_gelu`; the plain linear layer with
-    `gelu=""`) as `[..., N]` in the dtype
-    of `x`. The keyword arguments override the launch settings above (benchmarks and tests sweep them);
+    `gelu=""`) as `[..., N]` in the dtype of `x`. The keyword arguments override the launch settings above (benchmarks and tests sweep them);
     `programs_per_sm` launches a persistent grid of that many programs per multiprocessor instead of one program per
     tile (0: one per tile, whatever `PROGRAMS_PER_SM` says)."""
-    k = x.shape[-1]
-    n = weight.shape[0]
-    flat = x.reshape(-1, k)
-    m = flat.shape[0]
-    out = torch.empty(m, n, device=x.device, dtype=x.dtype)
+    flat, out = _flat_operands(x, weight)
+    (m, k), n = flat.shape, out.shape[1]
     if m == 0:
         return out.view(*x.shape[:-1], n)
     config = launch_config(m, n, k, x.dtype, x.device)
@@ -258,11 +261,8 @@ def linear_gelu_triton_tma(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     """`linear_gelu_triton` through `_gemm_gelu_tma_kernel` (Hopper and newer; half precision; `x`'s rows and
     `weight` with unit stride along K and 16-byte aligned rows, as TMA needs). The keyword arguments override
     `TMA_CONFIG`."""
-    k = x.shape[-1]
-    n = weight.shape[0]
-    flat = x.reshape(-1, k)
-    m = flat.shape[0]
-    out = torch.empty(m, n, device=x.device, dtype=x.dtype)
+    flat, out = _flat_operands(x, weight)
+    (m, k), n = flat.shape, out.shape[1]
     if m == 0:
         return out.view(*x.shape[:-1], n)
     config = [given or default for given, default in zip(
