@@ -189,19 +189,18 @@ if triton is not None:
                      mask=d_mask[:, None] & (offs_t < TAPS)[None, :])
 
 
-# Launch settings: token blocks that compile for sm_90 without register spills in bf16/fp16. The state backward's are
-# the fastest of `benchmarks/bench_linear_attention.py --sweep-backward` (H200, 8197 tokens, batch 8, 16 heads:
-# 1.47 ms, against 1.90 ms at 32 tokens, 8 warps, 4 programs per SM, the setting before it;
-# benchmarks/results/h200_speed_round2/linear_backward_sweep_bs8.json). The output backward's sweep was cut short
-# after its 16-token blocks (best 4.00 ms), so it keeps the setting both backwards were first timed at (with the
-# state backward 0.75 ms at batch 1 against 2.42 ms in PyTorch).
-STATE_BACKWARD_BLOCK_N, STATE_BACKWARD_WARPS, STATE_BACKWARD_PROGRAMS_PER_SM = 64, 8, 2
-OUTPUT_BACKWARD_BLOCK_N, OUTPUT_BACKWARD_WARPS, OUTPUT_BACKWARD_PROGRAMS_PER_SM = 32, 8, 4
+# Launch settings: token blocks that compile for sm_90 without register spills in bf16/fp16, the fastest of
+# `benchmarks/bench_linear_attention.py --sweep-backward` (H200, 8197 tokens, batch 8, 16 heads, RoPE, pre-rotated;
+# benchmarks/results/h200_speed_round2/linear_backward_sweep_bs8.json): state backward 0.35 ms, against 1.47 ms at
+# the settings before them (64 tokens, 8 warps, 2 programs per SM, rotating in the kernel); output backward 2.26 ms,
+# against 4.09 ms (32 tokens, 8 warps, 4 per SM). Without RoPE the kernels are the pre-rotated ones.
+STATE_BACKWARD_BLOCK_N, STATE_BACKWARD_WARPS, STATE_BACKWARD_PROGRAMS_PER_SM = 32, 4, 2
+OUTPUT_BACKWARD_BLOCK_N, OUTPUT_BACKWARD_WARPS, OUTPUT_BACKWARD_PROGRAMS_PER_SM = 64, 8, 2
 # With RoPE, `pre_rotate` applies it to q (k) in a pass before the kernel and takes the query (key) gradient back
 # through the transpose rotation in a pass after it, so the kernel runs as without RoPE: no rotation of the loads
-# (partner columns and tables) and no in-register un-rotation (a split and join of the tile). The window backward
-# gained 1.5x from the first half of that. Not yet timed on a GPU, so off; `--sweep-backward` times both.
-BACKWARD_PRE_ROTATE = False
+# (partner columns and tables) and no in-register un-rotation (a split and join of the tile). In the sweep above it
+# is faster at every setting (state backward 0.50 against 1.47 ms at the old defaults).
+BACKWARD_PRE_ROTATE = True
 
 
 def _precision(dtype: torch.dtype) -> str:
