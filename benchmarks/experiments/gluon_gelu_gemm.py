@@ -34,6 +34,11 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script, and its --diagnose subprocesses
+
+from benchmarks.experiments import triton_gelu_gemm  # noqa: E402
 
 try:
     import triton
@@ -157,10 +162,6 @@ if gluon is not None:
         ], [4, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS])
 
 
-def _multiprocessors(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
-
-
 def linear_gelu_gluon(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: str = "erfc_as",
                       stages: int = STAGES, consumer_registers: int = CONSUMER_REGISTERS,
                       loader_registers: int = LOADER_REGISTERS) -> torch.Tensor:
@@ -184,7 +185,7 @@ def linear_gelu_gluon(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     w_desc = TensorDescriptor.from_tensor(weight, [BLOCK_N, BLOCK_K], w_layout)
     o_desc = TensorDescriptor.from_tensor(out, [BLOCK_M, BLOCK_N], o_layout)
     tiles = triton.cdiv(m, BLOCK_M) * triton.cdiv(n, BLOCK_N)
-    _gemm_gelu_pingpong_kernel[(min(tiles, _multiprocessors(x.device)), )](
+    _gemm_gelu_pingpong_kernel[(min(tiles, triton_gelu_gemm._multiprocessors(x.device)), )](
         x_desc, w_desc, o_desc, bias if bias is not None else weight, m, n, k,  # weight: a never-read placeholder
         HAS_BIAS=bias is not None, GELU=gelu, GROUP_M=GROUP_M, STAGES=stages,
         CONSUMER_REGISTERS=consumer_registers, LOADER_REGISTERS=loader_registers, num_warps=4,
@@ -204,8 +205,6 @@ DIAGNOSE_CASES = [(128, 128, 64, "", 4), (128, 128, 1024, "", 4), (128, 128, 102
 
 def check_case(m: int, n: int, k: int, gelu: str, stages: int) -> int:
     """One launch against fp32 PyTorch; prints the largest difference."""
-    import torch.nn.functional as F
-
     torch.manual_seed(0)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     weight = (torch.randn(n, k, device="cuda") / k ** 0.5).bfloat16()
@@ -237,11 +236,7 @@ def diagnose() -> int:
 
 
 def main(argv=None) -> int:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    import torch.nn.functional as F
-
     from benchmarks.bench_linear_attention import graph_ms
-    from benchmarks.experiments import triton_gelu_gemm
     from jetvit_hf.io import atomic_write_json
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

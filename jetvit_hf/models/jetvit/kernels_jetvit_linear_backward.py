@@ -3,8 +3,10 @@ is installed (elsewhere the PyTorch backwards of `torch_jetvit.py`, which these 
 
 - `linear_attention_state_backward_triton`: per token, `grad_key = unrotate((v_j grad_state^T + grad_key_sum) *
   [RoPE(k_j) > 0])` and `grad_value = relu(RoPE(k_j)) grad_state (+ grad_value_sum on patch tokens)`. One kernel: each
-  program takes a run of token blocks of one (image, head), keeps that head's `grad_state` in registers, loads k with
-  RoPE on load and un-rotates the key gradient in registers before writing both gradients in the inputs' dtype.
+  program takes a run of token blocks of one (image, head), keeps that head's `grad_state` in registers, loads k and
+  writes both gradients in the inputs' dtype. With RoPE, k is rotated in a pass before the kernel and the key gradient
+  rotated back in a pass after it (`pre_rotate`, the default); with `pre_rotate=False` the kernel rotates k as it
+  loads it and un-rotates the key gradient in registers (the output backward does the same with q).
 - `linear_attention_output_backward_triton`: per token, `grad_query`; summed over tokens, `grad_state`,
   `grad_key_sum` and (with the dynamic convolution) the convolution kernels' gradient, as the forward's state op does:
   per-split partial sums, then the forward's fixed-order finalize kernel (deterministic, no atomics). The depthwise
@@ -18,8 +20,9 @@ the PyTorch backward's quantities are `grad_numerator_i = g_i / n_i`, `g_i . num
 state gradient.
 
 The products take fp32 operands: exact fp32 for fp32 inputs, TF32 tensor cores for bf16/fp16 inputs (whose gradients
-are rounded to 8 or 11 bits anyway); sums are fp32. With RoPE the head dimension is laid out in registers as its two halves, each
-padded to a power of two (`_head_columns`), so that the inverse rotation (pairs `j`, `j + d/2`) is a split of the tile.
+are rounded to 8 or 11 bits anyway); sums are fp32. With RoPE rotated in the kernels (`pre_rotate=False`) the head
+dimension is laid out in registers as its two halves, each padded to a power of two (`_head_columns`), so that the
+inverse rotation (pairs `j`, `j + d/2`) is a split of the tile.
 
 Shipped with every saved checkpoint for `trust_remote_code`; Triton is optional (without it nothing here is launched).
 """
