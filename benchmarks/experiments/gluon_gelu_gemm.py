@@ -17,16 +17,28 @@ lets us write it:
   its `ready` barrier (TMA byte count). Consumer c takes this program's tiles c, c + 2, ...; a tile's K-steps are
   ring positions `local_tile * k_steps + k`, so both consumers know where their data is without talking;
 - main loop: async wgmma on the stage, keep one in flight, release the previous stage;
-- epilogue: bias, exact GELU (A&S erfc, as `triton_gelu_gemm._bias_gelu`), bf16, into the consumer's own output
-  buffer in shared memory and out by a TMA store, which completes while the next tile's main loop runs.
+- epilogue: bias, exact GELU, bf16, into the consumer's own output buffer in shared memory and out by a TMA store,
+  which completes while the next tile's main loop runs. Two forms of the exact GELU: `erfc_as` (A&S 7.1.26 erfc, as
+  `triton_gelu_gemm._bias_gelu`: a reciprocal, an exp and ~16 FMAs) and `erf_logistic`, x Phi(x) = x / (1 + 2^(x
+  P(x^2))) with P of degree 6 least-squares fitted to -log2(e) logit(Phi) (max |error| 5.9e-7 in fp32 over
+  [-40, 40], against tanh-GELU's 4.7e-4; ~12 instructions);
+- the consumers take turns on the ring (an `order` barrier pair): without them the first launch faulted, because a
+  consumer waited on a stage's `ready` barrier phases ahead of the loader, and a barrier's parity cannot tell phase n
+  from n + 2.
 
-`python benchmarks/experiments/gluon_gelu_gemm.py --batch 8 --output gluon_gelu_gemm.json` checks it against a
-float64 reference and times it beside cuBLAS + GELU, the tanh epilogue and the Triton TMA kernel (CUDA-graph medians).
+`python benchmarks/experiments/gluon_gelu_gemm.py --batch 8 --sweep --output sweep.json` checks it against float64
+and times it beside cuBLAS + GELU, the tanh epilogue and the Triton TMA kernel (CUDA-graph medians), then sweeps ring
+depths and epilogues, each configuration in its own process; `--model-bench dinov3-l:1024x2048 --model-config
+128,128,64,5,erf_logistic` also times the whole hybrid with it patched into the GELU epilogue.
 
-Status (2026-12-02): compiles for sm_90 on a CPU (192 KiB of shared memory; setmaxnreg gives the consumers 232
-registers and the loader 40; no spills), but its first launch on an H200 failed with "unspecified launch failure"
-(gelu="", batch 8). Not yet debugged: `--diagnose` launches small cases (one tile, one K-step, both consumers, two
-stages), each in its own process, to find which part faults.
+Findings (H200, `h200_gluon_gelu_gemm.json`), ViT-L up-projection at batch 8 (65576 x 1024 -> 4096):
+- a ReLU epilogue costs nothing (0.911 against 0.899 ms with none, 5 stages): the ping-pong hides a cheap epilogue.
+  The exact GELU is not hidden in proportion to its instructions: +0.165 ms as A&S 7.1.26, +0.26 as A&S 7.1.28 (one
+  MUFU op fewer, more FMAs), +0.080 as `erf_logistic`: the epilogue's ALU work slows the other warpgroup's MMAs;
+- best: 128 x 128 x 64, 5 stages, `erf_logistic`: 0.978 ms, against cuBLAS + the GELU pass 1.202, cuBLASLt's tanh
+  epilogue 0.943 and cuBLAS without a GELU 0.853; at batch 1, 0.128 against 0.156 / 0.118 / 0.097;
+- whole DINOv3-L hybrid at 1024 x 2048 (bs1 latency / bs8 time): torch exact 14.10 / 105.35 ms, this kernel 13.05 /
+  100.68, tanh epilogue 13.31 / 97.97, torch exact again 13.63 / 105.28 (one process, in that order).
 """
 
 import argparse
@@ -36,7 +48,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script, and its --diagnose subprocesses
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script, and its --sweep subprocesses
 
 from benchmarks.experiments import triton_gelu_gemm  # noqa: E402
 
@@ -59,6 +71,8 @@ except ImportError:  # no Triton, or one without Gluon
 # warpgroup and of the loader's (setmaxnreg: the consumers take what the loader gives up)
 BLOCK_M, BLOCK_N, BLOCK_K, STAGES, GROUP_M = 128, 128, 64, 4, 8
 CONSUMER_REGISTERS, LOADER_REGISTERS = 232, 40
+# epilogues: none, a ReLU (the cheapest: what hiding an epilogue costs) and the exact GELU in two forms
+GELUS = ("", "relu", "erfc_as", "erf_logistic")
 
 if gluon is not None:
 
@@ -96,9 +110,14 @@ if gluon is not None:
                 position += 1
 
     @gluon.jit
-    def _consumer(x_bufs, w_bufs, ready, empty, o_bufs, o_desc, b_ptr, M, N, K, HAS_BIAS: gl.constexpr,
+    def _consumer(x_bufs, w_bufs, ready, empty, order, o_bufs, o_desc, b_ptr, M, N, K, HAS_BIAS: gl.constexpr,
                   GELU: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr, CONSUMER: gl.constexpr):
-        """Main loop and epilogue of this program's tiles CONSUMER, CONSUMER + 2, ... (one warpgroup)."""
+        """Main loop and epilogue of this program's tiles CONSUMER, CONSUMER + 2, ... (one warpgroup).
+
+        The two consumers take turns on the ring: consumer c starts a tile's main loop only after the other has
+        issued all of its previous tile's MMAs (`order[c]`, which the other arrives on). Without the turns, a
+        consumer would wait on a stage's `ready` barrier several phases ahead of the loader, and an mbarrier's
+        parity cannot tell phase n from phase n + 2: it would read another tile's data."""
         BLOCK_M: gl.constexpr = o_desc.block_type.shape[0]
         BLOCK_N: gl.constexpr = o_desc.block_type.shape[1]
         BLOCK_K: gl.constexpr = x_bufs.type.shape[2]
@@ -109,7 +128,10 @@ if gluon is not None:
         num_n = gl.cdiv(N, BLOCK_N)
         k_steps = gl.cdiv(K, BLOCK_K)
         first = gl.program_id(0) + CONSUMER * gl.num_programs(0)
+        turn = 0
         for tile in range(first, num_m * num_n, 2 * gl.num_programs(0)):
+            # consumer 0's first wait is on a fresh barrier's parity 1, which passes: it goes first
+            mbarrier.wait(order.index(CONSUMER), (turn & 1) ^ (1 - CONSUMER))
             position = (tile - gl.program_id(0)) // gl.num_programs(0) * k_steps
             acc = gl.zeros((BLOCK_M, BLOCK_N), dtype=gl.float32, layout=layout)
             for k in range(k_steps):
@@ -119,8 +141,10 @@ if gluon is not None:
                 acc = warpgroup_mma_wait(1, (acc, ))  # the previous step's MMA is done with its stage
                 mbarrier.arrive(empty.index((position + STAGES - 1) % STAGES), pred=k > 0)
                 position += 1
+            mbarrier.arrive(order.index(1 - CONSUMER))  # the other consumer's turn on the ring
             acc = warpgroup_mma_wait(0, (acc, ))
             mbarrier.arrive(empty.index((position + STAGES - 1) % STAGES))
+            turn += 1
 
             block_m, block_n = _tile_coordinates(tile, num_m, num_n, GROUP_M)
             if HAS_BIAS:
@@ -133,6 +157,18 @@ if gluon is not None:
                                                                                       + t * 1.061405429))))
                 half_erfc = 0.5 * poly * gl.exp(-z * z)
                 acc = acc * gl.where(acc >= 0, 1.0 - half_erfc, half_erfc)
+            elif GELU == "erf_logistic":  # x Phi(x) = x / (1 + 2^(x P(x^2))), P fitted: see the module docstring
+                s = acc * acc
+                p = -5.2862860076e-09
+                p = 3.8896500335e-07 + s * p
+                p = -1.1525755058e-05 + s * p
+                p = 0.00016001541863 + s * p
+                p = 9.3093183449e-05 + s * p
+                p = -0.10483433137 + s * p
+                p = -2.3022094578 + s * p
+                acc = acc / (1.0 + gl.exp2(acc * p))
+            elif GELU == "relu":  # the cheapest epilogue, to measure how much of the GELU's cost is hidden
+                acc = gl.maximum(acc, 0.0)
             tma.store_wait(0)  # this consumer's previous tile has left o_buf
             o_buf.store(acc.to(o_desc.dtype))
             fence_async_shared()
@@ -149,27 +185,31 @@ if gluon is not None:
         o_bufs = gl.allocate_shared_memory(dtype, [2] + o_desc.block_type.shape, o_desc.layout)
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        order = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(STAGES):
             mbarrier.init(ready.index(i), count=1)
             mbarrier.init(empty.index(i), count=1)
+        for i in gl.static_range(2):
+            mbarrier.init(order.index(i), count=1)
         fence_async_shared()  # the initialized barriers, visible to the TMA unit
         gl.warp_specialize([
-            (_consumer, (x_bufs, w_bufs, ready, empty, o_bufs, o_desc, b_ptr, M, N, K, HAS_BIAS, GELU, GROUP_M, STAGES,
-                         0)),
-            (_consumer, (x_bufs, w_bufs, ready, empty, o_bufs, o_desc, b_ptr, M, N, K, HAS_BIAS, GELU, GROUP_M, STAGES,
-                         1)),
+            (_consumer, (x_bufs, w_bufs, ready, empty, order, o_bufs, o_desc, b_ptr, M, N, K, HAS_BIAS, GELU,
+                         GROUP_M, STAGES, 0)),
+            (_consumer, (x_bufs, w_bufs, ready, empty, order, o_bufs, o_desc, b_ptr, M, N, K, HAS_BIAS, GELU,
+                         GROUP_M, STAGES, 1)),
             (_loader, (x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, K, GROUP_M, STAGES)),
         ], [4, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS])
 
 
 def linear_gelu_gluon(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: str = "erfc_as",
-                      stages: int = STAGES, consumer_registers: int = CONSUMER_REGISTERS,
+                      block: tuple[int, int, int] = (BLOCK_M, BLOCK_N, BLOCK_K), stages: int = STAGES,
+                      consumer_registers: int = CONSUMER_REGISTERS,
                       loader_registers: int = LOADER_REGISTERS) -> torch.Tensor:
     """`gelu(x @ weight.T + bias)` as `[..., N]` (bf16 or fp16; `gelu=""` for the plain linear layer), through
     `_gemm_gelu_pingpong_kernel` (Hopper). `x`'s flattened rows and `weight` need unit stride along K and 16-byte
     aligned rows (TMA)."""
-    if gelu not in ("erfc_as", ""):
-        raise ValueError(f"gelu must be 'erfc_as' or '', got {gelu!r}")
+    if gelu not in GELUS:
+        raise ValueError(f"gelu must be one of {GELUS}, got {gelu!r}")
     if x.dtype not in (torch.bfloat16, torch.float16) or weight.dtype != x.dtype:
         raise ValueError(f"half-precision x and weight of one dtype expected, got {x.dtype} and {weight.dtype}")
     flat = x.reshape(-1, x.shape[-1])
@@ -178,13 +218,14 @@ def linear_gelu_gluon(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     if m == 0:
         return out.view(*x.shape[:-1], n)
     element = gl.bfloat16 if x.dtype == torch.bfloat16 else gl.float16
-    x_layout = gl.NVMMASharedLayout.get_default_for([BLOCK_M, BLOCK_K], element)
-    w_layout = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_K], element)
-    o_layout = gl.NVMMASharedLayout.get_default_for([BLOCK_M, BLOCK_N], element)
-    x_desc = TensorDescriptor.from_tensor(flat, [BLOCK_M, BLOCK_K], x_layout)
-    w_desc = TensorDescriptor.from_tensor(weight, [BLOCK_N, BLOCK_K], w_layout)
-    o_desc = TensorDescriptor.from_tensor(out, [BLOCK_M, BLOCK_N], o_layout)
-    tiles = triton.cdiv(m, BLOCK_M) * triton.cdiv(n, BLOCK_N)
+    block_m, block_n, block_k = block
+    x_layout = gl.NVMMASharedLayout.get_default_for([block_m, block_k], element)
+    w_layout = gl.NVMMASharedLayout.get_default_for([block_n, block_k], element)
+    o_layout = gl.NVMMASharedLayout.get_default_for([block_m, block_n], element)
+    x_desc = TensorDescriptor.from_tensor(flat, [block_m, block_k], x_layout)
+    w_desc = TensorDescriptor.from_tensor(weight, [block_n, block_k], w_layout)
+    o_desc = TensorDescriptor.from_tensor(out, [block_m, block_n], o_layout)
+    tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
     _gemm_gelu_pingpong_kernel[(min(tiles, triton_gelu_gemm._multiprocessors(x.device)), )](
         x_desc, w_desc, o_desc, bias if bias is not None else weight, m, n, k,  # weight: a never-read placeholder
         HAS_BIAS=bias is not None, GELU=gelu, GROUP_M=GROUP_M, STAGES=stages,
@@ -196,47 +237,82 @@ def linear_gelu_gluon(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     return out.view(*x.shape[:-1], n)
 
 
-# (M, N, K, gelu, stages): one tile and one K-step; one tile, 16 K-steps; with the GELU; two programs of one tile (one
-# consumer each); 132 programs of two tiles (both consumers), one K-step, then 16; the ViT-L shape with two stages
-DIAGNOSE_CASES = [(128, 128, 64, "", 4), (128, 128, 1024, "", 4), (128, 128, 1024, "erfc_as", 4),
-                  (256, 128, 1024, "erfc_as", 4), (33792, 128, 64, "erfc_as", 4), (33792, 128, 1024, "erfc_as", 4),
-                  (8197, 4096, 1024, "erfc_as", 2)]
+MODEL_BENCH_SETTINGS = {}  # linear_gelu_gluon's keyword arguments in the --model-bench runs (--model-config)
 
 
-def check_case(m: int, n: int, k: int, gelu: str, stages: int) -> int:
-    """One launch against fp32 PyTorch; prints the largest difference."""
+@torch.library.custom_op("jetvit_experiments::linear_gelu_gluon", mutates_args=())
+def linear_gelu_gluon_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """`linear_gelu_gluon` (exact GELU) as an op `torch.compile` keeps whole."""
+    return linear_gelu_gluon(x, weight, bias, **MODEL_BENCH_SETTINGS)
+
+
+@linear_gelu_gluon_op.register_fake
+def _(x, weight, bias):
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
+def gluon_addmm_activation(bias, flat, weight_t, beta=1, alpha=1, use_gelu=False):
+    """A stand-in for `torch._addmm_activation(bias, x, weight.T, use_gelu=True)` (the model's GELU epilogue) that
+    computes the exact GELU through the ping-pong kernel: `--model-bench` patches it in."""
+    if not use_gelu or beta != 1 or alpha != 1:
+        raise ValueError("gluon_addmm_activation stands in for the GELU epilogue's call only")
+    return linear_gelu_gluon_op(flat, weight_t.t(), bias)
+
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, stages) that --sweep times; each fits 227 KiB of shared memory
+SWEEP_CONFIGS = [(128, 128, 64, 4), (128, 128, 64, 5)]
+
+
+def time_config(block_m: int, block_n: int, block_k: int, stages: int, rows: int, hidden: int) -> int:
+    """Prints one JSON line: medians (ms) of the up-projection through this config with each of GELUS, and each one's
+    relative error against float64."""
+    import json
+
+    from benchmarks.bench_linear_attention import graph_ms
+
     torch.manual_seed(0)
-    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-    weight = (torch.randn(n, k, device="cuda") / k ** 0.5).bfloat16()
-    bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
-    out = linear_gelu_gluon(x, weight, bias, gelu=gelu, stages=stages).float()
-    expected = x.float() @ weight.float().T + bias.float()
-    expected = F.gelu(expected) if gelu else expected
-    difference = (out - expected).abs().max().item()
-    print(f"M={m} N={n} K={k} gelu={gelu!r} stages={stages}: max |difference| {difference:.3g}")
+    x = torch.randn(rows, hidden, device="cuda", dtype=torch.bfloat16)
+    weight = (torch.randn(4 * hidden, hidden, device="cuda") / hidden ** 0.5).bfloat16()
+    bias = torch.randn(4 * hidden, device="cuda", dtype=torch.bfloat16)
+    settings = {"block": (block_m, block_n, block_k), "stages": stages}
+    pre = x.double() @ weight.double().T + bias.double()
+    references = {"": pre, "relu": pre.relu(), "erfc_as": F.gelu(pre), "erf_logistic": F.gelu(pre)}
+    errors = {gelu or "none": ((linear_gelu_gluon(x, weight, bias, gelu=gelu, **settings).double() - references[gelu])
+                               .norm() / references[gelu].norm()).item() for gelu in GELUS}
+    ms = {gelu or "none": graph_ms(lambda gelu=gelu: linear_gelu_gluon(x, weight, bias, gelu=gelu, **settings))
+          for gelu in GELUS}
+    print(json.dumps({"block": [block_m, block_n, block_k], "stages": stages, "ms": ms,
+                      "relative_error_vs_float64": errors}))
     return 0
 
 
-def diagnose() -> int:
-    """Each of DIAGNOSE_CASES in a fresh process (a faulting launch poisons the CUDA context), 30 s each."""
-    import os
+def sweep(rows: int, hidden: int) -> list[dict]:
+    """`time_config` of each of SWEEP_CONFIGS in its own process (a config that faults loses only itself)."""
+    import json
     import subprocess
 
-    environment = {**os.environ, "CUDA_LAUNCH_BLOCKING": "1"}
-    for m, n, k, gelu, stages in DIAGNOSE_CASES:
+    results = []
+    for config in SWEEP_CONFIGS:
+        command = [sys.executable, __file__, "--time-config", ",".join(map(str, config)), "--tokens", str(rows),
+                   "--batch", "1", "--hidden", str(hidden)]
         try:
-            run = subprocess.run([sys.executable, __file__, "--case", f"{m},{n},{k},{gelu},{stages}"],
-                                 capture_output=True, text=True, timeout=30, env=environment)
+            run = subprocess.run(command, capture_output=True, text=True, timeout=60)
             lines = (run.stdout + run.stderr).strip().splitlines()
-            print(f"({m}, {n}, {k}, {gelu!r}, {stages}) exit {run.returncode}: {lines[-1] if lines else ''}",
-                  flush=True)
+            result = json.loads(lines[-1]) if run.returncode == 0 else {"config": config, "error": lines[-1:]}
         except subprocess.TimeoutExpired:
-            print(f"({m}, {n}, {k}, {gelu!r}, {stages}) hung (30 s)", flush=True)
-    return 0
+            result = {"config": config, "error": "timed out (60 s)"}
+        print(result, flush=True)
+        results.append(result)
+    return results
 
 
 def main(argv=None) -> int:
+    import contextlib
+    import tempfile
+    from unittest import mock
+
     from benchmarks.bench_linear_attention import graph_ms
+    from benchmarks.experiments.common import hybrid_bench_runs
     from jetvit_hf.io import atomic_write_json
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -244,17 +320,18 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--output", default=None)
-    parser.add_argument("--diagnose", action="store_true", help="launch small cases, each in its own process")
-    parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # M,N,K,gelu,stages: one --diagnose case
+    parser.add_argument("--model-bench", default=None, metavar="PRESET:HxW",
+                        help="also time the whole hybrid with the kernel patched into the GELU epilogue")
+    parser.add_argument("--model-config", default="128,128,64,4,erfc_as", metavar="BM,BN,BK,STAGES,GELU",
+                        help="the kernel's configuration in the --model-bench runs")
+    parser.add_argument("--sweep", action="store_true", help="also time SWEEP_CONFIGS, each in its own process")
+    parser.add_argument("--time-config", default=None, help=argparse.SUPPRESS)  # BM,BN,BK,stages: one --sweep config
     args = parser.parse_args(argv)
     if not torch.cuda.is_available() or gluon is None:
         print("gluon_gelu_gemm: needs a CUDA GPU and Triton with Gluon", file=sys.stderr)
         return 2
-    if args.diagnose:
-        return diagnose()
-    if args.case:
-        m, n, k, gelu, stages = args.case.split(",")
-        return check_case(int(m), int(n), int(k), gelu, int(stages))
+    if args.time_config:
+        return time_config(*map(int, args.time_config.split(",")), args.batch * args.tokens, args.hidden)
     torch.manual_seed(0)
     with torch.device("cuda"):
         x = torch.randn(args.batch * args.tokens, args.hidden, dtype=torch.bfloat16)
@@ -269,6 +346,8 @@ def main(argv=None) -> int:
             "triton_tma_erfc_as_epilogue": lambda: triton_gelu_gemm.linear_gelu_triton_tma(x, up.weight, up.bias),
             "gluon_pingpong_no_gelu": lambda: linear_gelu_gluon(x, up.weight, up.bias, gelu=""),
             "gluon_pingpong_erfc_as_epilogue": lambda: linear_gelu_gluon(x, up.weight, up.bias),
+            "gluon_pingpong_erf_logistic_epilogue": lambda: linear_gelu_gluon(x, up.weight, up.bias,
+                                                                              gelu="erf_logistic"),
         }
         errors = {}
         for name, fn in variants.items():
@@ -285,6 +364,21 @@ def main(argv=None) -> int:
               "config": {"block": [BLOCK_M, BLOCK_N, BLOCK_K], "stages": STAGES, "group_m": GROUP_M,
                          "consumer_registers": CONSUMER_REGISTERS, "loader_registers": LOADER_REGISTERS},
               "ms": ms, "relative_error_vs_float64": errors}
+    if args.sweep:
+        result["sweep"] = sweep(args.batch * args.tokens, args.hidden)
+    if args.model_bench:
+        *sizes, gelu = args.model_config.split(",")
+        MODEL_BENCH_SETTINGS.update(block=tuple(map(int, sizes[:3])), stages=int(sizes[3]), gelu=gelu)
+        result["model_config"] = MODEL_BENCH_SETTINGS
+        preset, resolution = args.model_bench.split(":")
+        plain = (contextlib.nullcontext(), [])
+        epilogue = ["--tanh-gelu-epilogue"]
+        gluon_patch = mock.patch.object(torch, "_addmm_activation", gluon_addmm_activation)
+        with tempfile.TemporaryDirectory() as directory:
+            result["model_bench"] = hybrid_bench_runs(preset, resolution, Path(directory), {
+                "torch exact": plain, f"gluon ping-pong, {gelu} epilogue": (gluon_patch, epilogue),
+                "cublaslt tanh epilogue (approximation)": (contextlib.nullcontext(), epilogue),
+                "torch exact again": plain})
     if args.output:
         atomic_write_json(args.output, result)
     return 0
