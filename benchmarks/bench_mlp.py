@@ -12,6 +12,8 @@ Times `down(gelu(up(x)))`, as CUDA-graph medians, as:
 - `triton_tma_erfc_as_epilogue` (Hopper): the persistent TMA version of that GEMM with the A&S GELU (as fast as
   cuBLAS without the GELU, but its epilogue adds a quarter: still slower than the tanh epilogue, so not shipped
   either; `experiments/README.md`);
+- `gluon_erf_epilogue` (Hopper, Triton with Gluon): the shipped kernel (`kernels_jetvit_mlp.py`, what
+  `fuse_gelu_epilogue()` runs for exact-GELU models), a ping-pong GEMM with the exact GELU in logistic form;
 and the up-projection alone (`up_projection_ms`): cuBLAS's GEMM with bias and no GELU (the floor a fused epilogue can
 reach), the same plus PyTorch's GELU, the fused epilogues, and the Triton GEMMs without their GELU. Each variant's
 relative error (Frobenius norm) is against a float64 computation with the exact GELU from the same half-precision
@@ -41,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmar
 
 from benchmarks.bench_linear_attention import graph_ms  # noqa: E402
 from jetvit_hf.io import atomic_write_json  # noqa: E402
+from jetvit_hf.models.jetvit import kernels_jetvit_mlp  # noqa: E402
 from benchmarks.experiments import triton_gelu_gemm  # noqa: E402
 from benchmarks.experiments.common import hybrid_bench_runs  # noqa: E402
 
@@ -121,13 +124,17 @@ def main(argv=None) -> int:
             mlp["triton_tma_erfc_as_epilogue"] = lambda: down(triton_tma_up())
             up_only["triton_tma_erfc_as_epilogue"] = triton_tma_up
             up_only["triton_tma_gemm_bias_no_gelu"] = lambda: triton_tma_up(gelu="")
+    if kernels_jetvit_mlp.gluon_linear_gelu_supported(x, up.weight, up.bias):
+        mlp["gluon_erf_epilogue"] = lambda: down(kernels_jetvit_mlp.linear_gelu_gluon(x, up.weight, up.bias))
+        up_only["gluon_erf_epilogue"] = lambda: kernels_jetvit_mlp.linear_gelu_gluon(x, up.weight, up.bias)
     with torch.inference_mode():
         hidden64 = F.gelu(x.double() @ up.weight.double().T + up.bias.double())  # exact GELU, float64
         out64 = hidden64 @ down.weight.double().T + down.bias.double()
         errors = {name: relative_error(fn(), out64) for name, fn in mlp.items()}  # also compiles before timing
         up_errors = {name: relative_error(up_only[name](), hidden64)
                      for name in ("cublas_gemm_bias_then_gelu", "addmm_tanh_epilogue", "triton_erf_epilogue",
-                                  "triton_erfc_as_epilogue", "triton_tma_erfc_as_epilogue") if name in up_only}
+                                  "triton_erfc_as_epilogue", "triton_tma_erfc_as_epilogue", "gluon_erf_epilogue")
+                     if name in up_only}
         ms = {name: graph_ms(fn) for name, fn in mlp.items()}
         up_ms = {name: graph_ms(fn) for name, fn in up_only.items()}
         sweep = run_sweep(x, up, hidden64) if args.sweep and has_triton else []

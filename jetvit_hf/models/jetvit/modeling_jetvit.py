@@ -33,7 +33,7 @@ from transformers.utils.generic import can_return_tuple
 from .configuration_jetvit import JetViTConfig
 from .modeling_jetvit_embeddings import JetViTEmbeddings, JetViTRopePositionEmbedding
 from .modeling_jetvit_heads import JetViTDepthHead, JetViTDepthNeck, JetViTLinearProbeHead
-from .ops_jetvit import linear_attention_output, linear_attention_state, window_attention
+from .ops_jetvit import linear_attention_output, linear_attention_state, linear_gelu, window_attention
 from .torch_jetvit import apply_rope, window_attention_torch
 
 
@@ -323,7 +323,8 @@ class JetViTDropPath(nn.Module):
         return f"p={self.drop_prob}"
 
 
-GELU_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh")
+# transformers' GELU activations, and the epilogue that computes each one (see JetViTPreTrainedModel.fuse_gelu_epilogue)
+GELU_EPILOGUES = {"gelu": "erf", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 
 
 class JetViTMLP(nn.Module):
@@ -332,20 +333,23 @@ class JetViTMLP(nn.Module):
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
         self.act_fn = ACT2FN[config.hidden_act]
-        self.gelu_epilogue = False  # see JetViTPreTrainedModel.fuse_gelu_epilogue
-        self.has_gelu = config.hidden_act in GELU_ACTIVATIONS
+        self.hidden_act = config.hidden_act
+        self.gelu_epilogue = None  # "erf" or "tanh": see JetViTPreTrainedModel.fuse_gelu_epilogue
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if (
-            self.gelu_epilogue
+            self.gelu_epilogue is not None
             and not self.training
             and hidden_states.is_cuda
             and hidden_states.dtype in (torch.bfloat16, torch.float16)
             and self.up_proj.bias is not None
         ):
-            flat = hidden_states.reshape(-1, hidden_states.shape[-1])
-            hidden = torch._addmm_activation(self.up_proj.bias, flat, self.up_proj.weight.t(), use_gelu=True)
-            return self.down_proj(hidden.view(*hidden_states.shape[:-1], -1))
+            if self.gelu_epilogue == "tanh":
+                flat = hidden_states.reshape(-1, hidden_states.shape[-1])
+                hidden = torch._addmm_activation(self.up_proj.bias, flat, self.up_proj.weight.t(), use_gelu=True)
+                return self.down_proj(hidden.view(*hidden_states.shape[:-1], -1))
+            if not torch.is_grad_enabled():  # the fused exact GELU has no backward
+                return self.down_proj(linear_gelu(hidden_states, self.up_proj.weight, self.up_proj.bias))
         return self.down_proj(self.act_fn(self.up_proj(hidden_states)))
 
 
@@ -468,14 +472,19 @@ class JetViTPreTrainedModel(PreTrainedModel):
             if isinstance(module, JetViTAttention):
                 module.unfuse_qkv_projections()
 
-    def fuse_gelu_epilogue(self, enabled: bool = True) -> None:
-        """Inference on CUDA in bf16/fp16: compute the MLP's up-projection and GELU as one cuBLASLt GEMM with a GELU
-        epilogue (15% faster MLP on an H200 at ViT-L, 8k tokens). cuBLASLt's GELU is the tanh approximation, so for
-        exact-GELU checkpoints (DINOv2/DINOv3) outputs move at the level of half-precision rounding (see
-        `benchmarks/bench_mlp.py`); off by default."""
+    def fuse_gelu_epilogue(self, enabled: bool = True, approximate: str | None = None) -> None:
+        """Inference on CUDA in bf16/fp16: compute the MLP's up-projection, bias and GELU as one GEMM.
+
+        By default each MLP keeps its own activation: the exact (erf) GELU of DINOv2/DINOv3/Depth Anything runs
+        `kernels_jetvit_mlp.py`'s Gluon kernel on Hopper under `torch.no_grad()` / `inference_mode()` (elsewhere the
+        unfused PyTorch path), and tanh-GELU models cuBLASLt's tanh epilogue. `approximate="tanh"` puts every GELU on
+        cuBLASLt's tanh epilogue, an approximation of the exact GELU (outputs move at the level of half-precision
+        rounding; a little faster). Training and fp32 always take the unfused path."""
+        if approximate not in (None, "tanh"):
+            raise ValueError(f"approximate must be None (each MLP's own GELU) or 'tanh', got {approximate!r}")
         for module in self.modules():
-            if isinstance(module, JetViTMLP) and module.has_gelu:
-                module.gelu_epilogue = enabled
+            if isinstance(module, JetViTMLP) and module.hidden_act in GELU_EPILOGUES:
+                module.gelu_epilogue = (approximate or GELU_EPILOGUES[module.hidden_act]) if enabled else None
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save as a complete remote-code checkpoint: weights, config with `auto_map`, and the modeling files."""

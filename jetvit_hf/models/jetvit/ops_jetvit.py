@@ -9,6 +9,8 @@ implementations for `torch.compile` and their autograd backwards, and the functi
   of V on the patch grid for patch tokens, as `[batch, tokens, heads * head_dim]`, the layout `o_proj` reads.
 - `window_attention(query, key, value, ...)`: each patch query attends to its window plus the prefix tokens, each
   prefix query to every token, as `[batch, tokens, heads * head_dim]`.
+- `linear_gelu(x, weight, bias)`: the MLP's up-projection and exact GELU in one GEMM (`kernels_jetvit_mlp.py`),
+  for inference.
 
 Linear attention runs as two ops (the dynamic convolution's kernels are computed from the first op's V sum between
 them) so that `torch.compile` keeps whole graphs. Inputs are `[batch, tokens, heads, head_dim]` with a contiguous last
@@ -31,6 +33,7 @@ from .kernels_jetvit_linear_backward import (
     linear_attention_output_backward_triton,
     linear_attention_state_backward_triton,
 )
+from .kernels_jetvit_mlp import gluon_linear_gelu_supported, linear_gelu_gluon
 from .kernels_jetvit_window import window_attention_triton
 from .kernels_jetvit_window_backward import window_attention_backward_triton
 from .torch_jetvit import (
@@ -299,6 +302,24 @@ _define_op("window_attention_backward", _window_backward_impl, _window_backward_
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# jetvit::linear_gelu
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _linear_gelu_forward(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    if gluon_linear_gelu_supported(x, weight, bias):
+        return linear_gelu_gluon(x, weight, bias)
+    return torch.nn.functional.gelu(torch.nn.functional.linear(x, weight, bias))
+
+
+def _linear_gelu_fake(x, weight, bias):
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
+_define_op("linear_gelu", _linear_gelu_forward, _linear_gelu_fake)  # inference only: no backward
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # The functions the modeling file calls
 # ----------------------------------------------------------------------------------------------------------------------
 # They call the ops above and add only a friendlier signature: the patch grid as one `(height, width)` pair, and the
@@ -326,3 +347,10 @@ def window_attention(query, key, value, num_prefix: int, grid_size, window_size:
     return torch.ops.jetvit.window_attention(
         query, key, value, cos, sin, num_prefix, grid_size[0], grid_size[1], window_size, scale
     )
+
+
+def linear_gelu(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """`gelu(x @ weight.T + bias)` with the exact GELU, for inference (no backward): one GEMM with the GELU in its
+    epilogue where the Gluon kernel runs (`kernels_jetvit_mlp.py`: Hopper, bf16/fp16), PyTorch's linear then GELU
+    elsewhere."""
+    return torch.ops.jetvit.linear_gelu(x, weight, bias)

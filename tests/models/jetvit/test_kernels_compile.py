@@ -7,11 +7,12 @@ installed and TRITON_INTERPRET unset; the kernels' numbers are checked by `test_
 """
 
 import os
+import re
 
 import pytest
 import torch
 
-from benchmarks.sm90_compile import SM90_SHARED_MEMORY, compile_only_for_sm90
+from benchmarks.sm90_compile import SM90_SHARED_MEMORY, compile_only_for_sm90, resource_usage
 from jetvit_hf.models.jetvit import kernels_jetvit_linear
 
 triton = kernels_jetvit_linear.triton
@@ -92,3 +93,20 @@ def test_window_attention_kernels_compile_for_sm90(compiled_kernels, dtype, grid
     if rope:
         expected |= {"_rope_rotate_kernel"}
     check(compiled_kernels, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows, hidden, out", [(8197, 1024, 4096), (127, 64, 1000)])
+def test_mlp_gelu_kernel_compiles_for_sm90_without_spills(compiled_kernels, dtype, rows, hidden, out):
+    from jetvit_hf.models.jetvit import kernels_jetvit_mlp
+
+    if kernels_jetvit_mlp.gluon is None:
+        pytest.skip("this Triton has no Gluon")
+    x, weight, bias = (torch.randn(shape).to(dtype) for shape in ((rows, hidden), (out, hidden), (out, )))
+    kernels_jetvit_mlp.linear_gelu_gluon(x, weight, bias)
+    check(compiled_kernels, {"_gemm_bias_gelu_kernel"})
+    (_, kernel), = compiled_kernels
+    # three warpgroups (two consumers and the loader's, padded), the consumers raised to 232 registers, no spills
+    assert kernel.metadata.num_warps == 12
+    assert re.search(r"setmaxnreg\.inc\.sync\.aligned\.u32\s+232;", kernel.asm["ptx"])
+    assert resource_usage(kernel)["stack_bytes"] == 0
