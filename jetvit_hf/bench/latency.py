@@ -210,6 +210,7 @@ def _layer_table_record(spec: ModelSpec, settings: RunSettings, command: str, re
         "compile": header["compile"],
         "fuse_qkv": header["fuse_qkv"],
         "tanh_gelu_epilogue": header["tanh_gelu_epilogue"],
+        "mlp_gelu": header["mlp_gelu"],
         "sdpa_backend_requested": header["sdpa_backend_requested"],
         "config_overrides": header["config_overrides"],
         "notes": header["notes"],

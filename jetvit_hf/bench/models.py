@@ -90,14 +90,14 @@ def _from_pretrained(spec: ModelSpec, device: torch.device, dtype: torch.dtype) 
 
 
 def prepare_jetvit(model: torch.nn.Module, fuse_qkv: bool = True, tanh_gelu_epilogue: bool = False) -> torch.nn.Module:
-    """JetViT's inference set-up: one fused QKV GEMM per attention (`fuse_qkv_projections`). The MLP keeps the source
-    model's exact GELU unless `tanh_gelu_epilogue` opts into cuBLASLt's bias + tanh-GELU epilogue
-    (`fuse_gelu_epilogue`, an approximation; CUDA half precision only)."""
+    """JetViT's inference set-up: one fused QKV GEMM per attention (`fuse_qkv_projections`), and the MLP's GELU in
+    its up-projection's epilogue (`fuse_gelu_epilogue`): the source model's exact GELU (a Gluon GEMM on Hopper, the
+    unfused path elsewhere), or with `tanh_gelu_epilogue` cuBLASLt's tanh-GELU epilogue, an approximation."""
     with torch.inference_mode(False):
         if fuse_qkv and hasattr(model, "fuse_qkv_projections"):
             model.fuse_qkv_projections()
-        if tanh_gelu_epilogue and hasattr(model, "fuse_gelu_epilogue"):
-            model.fuse_gelu_epilogue()
+        if hasattr(model, "fuse_gelu_epilogue"):
+            model.fuse_gelu_epilogue(approximate="tanh" if tanh_gelu_epilogue else None)
     return model
 
 

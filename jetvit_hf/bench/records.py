@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import datetime
 
+import torch
+
 from ..layouts import summarize_types
+from ..models.jetvit.kernels_jetvit_mlp import gluon_linear_gelu_runs_on
 from .device import CPU_SMOKE_NOTE, dtype_name, environment
 from .specs import ModelSpec
 from .timing import RunSettings
@@ -33,6 +36,16 @@ def _model_record(spec: ModelSpec) -> dict:
     }
 
 
+def _mlp_gelu(settings: RunSettings) -> str:
+    """How JetViT's MLPs compute an exact-GELU source model's activation in this run (`prepare_jetvit`)."""
+    if settings.tanh_gelu_epilogue and settings.device.type == "cuda" and settings.dtype in (torch.bfloat16,
+                                                                                            torch.float16):
+        return "tanh approximation, cuBLASLt GEMM epilogue"
+    if gluon_linear_gelu_runs_on(settings.device, settings.dtype):
+        return "exact, Gluon GEMM epilogue"
+    return "exact, PyTorch GELU after the GEMM"
+
+
 def _header(kind: str, spec: ModelSpec, settings: RunSettings, attention_types, layout, command) -> dict:
     env = environment(settings.device)
     return {
@@ -54,6 +67,7 @@ def _header(kind: str, spec: ModelSpec, settings: RunSettings, attention_types, 
         "compile": settings.compile_record(),
         "fuse_qkv": settings.fuse_qkv,
         "tanh_gelu_epilogue": settings.tanh_gelu_epilogue,
+        "mlp_gelu": _mlp_gelu(settings),
         "sdpa_backend_requested": settings.sdpa_backend,
         "config_overrides": dict(spec.config_overrides),
         "notes": list(spec.notes),

@@ -36,7 +36,8 @@ def format_benchmark(result: dict) -> str:
         f"jetvit bench: {model['name']} at {res[0]}x{res[1]} ({result['num_tokens']} tokens), {result['dtype']}"
         f"{compiled}, on {_where(result)}",
         f"hybrid: {result['attention_summary']} ({result['attention_layout']}); window {model['window_size']} patches; "
-        f"SDPA: {_sdpa_text(result['sdpa_backend'])}; torch {result['versions']['torch']}, transformers "
+        f"SDPA: {_sdpa_text(result['sdpa_backend'])}; MLP GELU: {result.get('mlp_gelu', 'n/a')}; "
+        f"torch {result['versions']['torch']}, transformers "
         f"{result['versions']['transformers']}",
         "",
         f"| model | latency bs1 (ms) | bs{b} (ms/batch) | bs{b} (img/s) | peak mem bs1 (MiB) | peak mem bs{b} (MiB) "

@@ -386,7 +386,8 @@ def test_config_overrides_reach_every_jetvit_model(tmp_path):
 
 
 def test_jetvit_models_keep_the_exact_gelu_unless_the_tanh_epilogue_is_asked_for():
-    """The bench times the source model's exact GELU; cuBLASLt's tanh-GELU epilogue is an opt-in approximation."""
+    """The bench times the source model's exact GELU (fused into the GEMM where the Gluon kernel runs); cuBLASLt's
+    tanh-GELU epilogue is an opt-in approximation."""
     from jetvit_hf.models.jetvit.modeling_jetvit import JetViTMLP
 
     spec = bench.resolve_model_spec("tiny")
@@ -395,7 +396,8 @@ def test_jetvit_models_keep_the_exact_gelu_unless_the_tanh_epilogue_is_asked_for
         factories = _model_factories(spec, ["window"] * 4, ["jetvit-full"], settings)
         for name, (_, factory) in factories.items():
             mlps = [m for m in factory(torch.device("cpu"), torch.float32).modules() if isinstance(m, JetViTMLP)]
-            assert mlps and all(mlp.gelu_epilogue is tanh for mlp in mlps), (name, tanh)
+            assert mlps and all(mlp.hidden_act == "gelu" for mlp in mlps)
+            assert all(mlp.gelu_epilogue == ("tanh" if tanh else "erf") for mlp in mlps), (name, tanh)
     assert settings.tanh_gelu_epilogue and bench.benchmark.__kwdefaults__["tanh_gelu_epilogue"] is False
 
 
@@ -419,6 +421,14 @@ def test_every_jetvit_kernel_has_its_profile_category():
                         "_prefix_grad_kernel", "_rope_rotate_kernel"}
     for name in launched:
         assert bench.kernel_category(name).startswith("jetvit "), name
+    # the MLP's fused GEMM (a Gluon kernel) counts with the GEMMs
+    from jetvit_hf.models.jetvit import kernels_jetvit_mlp
+
+    source = open(kernels_jetvit_mlp.__file__).read()
+    launched = set(re.findall(r"(\w+_kernel)\[", source))
+    assert launched == {"_gemm_bias_gelu_kernel"}
+    assert launched <= set(re.findall(r"@gluon\.jit\n    def (\w+)\(", source))
+    assert bench.kernel_category("_gemm_bias_gelu_kernel") == "gemm"
 
 
 def test_the_pipeline_benchmark_reads_the_jobs_own_step_announcements(capsys):
