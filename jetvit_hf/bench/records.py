@@ -9,6 +9,7 @@ import torch
 
 from ..layouts import summarize_types
 from ..models.jetvit.kernels_jetvit_mlp import gluon_linear_gelu_runs_on
+from ..models.jetvit.modeling_jetvit import GELU_EPILOGUES
 from .device import CPU_SMOKE_NOTE, dtype_name, environment
 from .specs import ModelSpec
 from .timing import RunSettings
@@ -36,14 +37,19 @@ def _model_record(spec: ModelSpec) -> dict:
     }
 
 
-def _mlp_gelu(settings: RunSettings) -> str:
-    """How JetViT's MLPs compute an exact-GELU source model's activation in this run (`prepare_jetvit`)."""
-    if settings.tanh_gelu_epilogue and settings.device.type == "cuda" and settings.dtype in (torch.bfloat16,
-                                                                                            torch.float16):
-        return "tanh approximation, cuBLASLt GEMM epilogue"
+def _mlp_gelu(spec: ModelSpec, settings: RunSettings) -> str:
+    """How JetViT's MLPs compute the model's activation in this run (`prepare_jetvit`, `fuse_gelu_epilogue`)."""
+    config = spec.jetvit_config
+    own = GELU_EPILOGUES.get(config.hidden_act) if not config.use_gated_mlp else None
+    if own is None:
+        return f"none ({'gated ' if config.use_gated_mlp else ''}{config.hidden_act} MLP)"
+    if settings.device.type != "cuda" or settings.dtype not in (torch.bfloat16, torch.float16):
+        return f"{'exact' if own == 'erf' else 'tanh-GELU'}, PyTorch's GELU after the GEMM"
+    if settings.tanh_gelu_epilogue or own == "tanh":
+        return "tanh" + (" approximation" if own == "erf" else "-GELU") + ", cuBLASLt GEMM epilogue"
     if gluon_linear_gelu_runs_on(settings.device, settings.dtype):
         return "exact, Gluon GEMM epilogue"
-    return "exact, PyTorch GELU after the GEMM"
+    return "exact, PyTorch's GELU after the GEMM"
 
 
 def _header(kind: str, spec: ModelSpec, settings: RunSettings, attention_types, layout, command) -> dict:
@@ -67,7 +73,7 @@ def _header(kind: str, spec: ModelSpec, settings: RunSettings, attention_types, 
         "compile": settings.compile_record(),
         "fuse_qkv": settings.fuse_qkv,
         "tanh_gelu_epilogue": settings.tanh_gelu_epilogue,
-        "mlp_gelu": _mlp_gelu(settings),
+        "mlp_gelu": _mlp_gelu(spec, settings),
         "sdpa_backend_requested": settings.sdpa_backend,
         "config_overrides": dict(spec.config_overrides),
         "notes": list(spec.notes),

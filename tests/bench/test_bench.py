@@ -148,6 +148,7 @@ def test_cli_cpu_benchmark_writes_consistent_json(preset, tmp_path, capsys):
     assert result["results"]["hf"]["params"] == result["results"]["jetvit-full"]["params"]
     assert result["fuse_qkv"] is True and result["results"]["hf"]["fused_qkv"] is False
     assert result["results"]["jetvit"]["fused_qkv"] is True and result["results"]["jetvit-full"]["fused_qkv"] is True
+    assert result["mlp_gelu"] == "exact, PyTorch's GELU after the GEMM"  # the CPU: no fused epilogue
     impl = result["results"]["hf"]["attn_implementation"]
     assert "sdpa" in impl.values()
     hybrid = result["results"]["jetvit"]
@@ -399,6 +400,24 @@ def test_jetvit_models_keep_the_exact_gelu_unless_the_tanh_epilogue_is_asked_for
             assert mlps and all(mlp.hidden_act == "gelu" for mlp in mlps)
             assert all(mlp.gelu_epilogue == ("tanh" if tanh else "erf") for mlp in mlps), (name, tanh)
     assert settings.tanh_gelu_epilogue and bench.benchmark.__kwdefaults__["tanh_gelu_epilogue"] is False
+
+
+def test_the_record_says_how_the_mlp_computed_its_activation():
+    from jetvit_hf.bench.records import _mlp_gelu
+    from jetvit_hf.models.jetvit import kernels_jetvit_mlp
+
+    gelu, gated = bench.resolve_model_spec("tiny"), bench.resolve_model_spec("dinov3-s+")
+    assert gelu.jetvit_config.hidden_act == "gelu" and gated.jetvit_config.use_gated_mlp
+
+    def settings(device, dtype=torch.bfloat16, tanh=False):
+        return timing.RunSettings(torch.device(device), dtype, 0, 1, tanh_gelu_epilogue=tanh)
+
+    assert _mlp_gelu(gelu, settings("cpu")) == "exact, PyTorch's GELU after the GEMM"
+    assert _mlp_gelu(gelu, settings("cuda", tanh=True)) == "tanh approximation, cuBLASLt GEMM epilogue"
+    assert _mlp_gelu(gelu, settings("cuda", torch.float32, tanh=True)) == "exact, PyTorch's GELU after the GEMM"
+    assert _mlp_gelu(gated, settings("cuda")) == "none (gated silu MLP)"
+    if kernels_jetvit_mlp.gluon is None:  # no Gluon: the exact GELU stays a pass after the GEMM on any GPU
+        assert _mlp_gelu(gelu, settings("cuda")) == "exact, PyTorch's GELU after the GEMM"
 
 
 def test_every_jetvit_kernel_has_its_profile_category():
