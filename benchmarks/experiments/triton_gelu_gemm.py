@@ -23,6 +23,8 @@ the same compiled kernel.
 
 import torch
 
+from jetvit_hf.models.jetvit.kernels_jetvit_linear import multiprocessors
+
 try:
     import triton
     import triton.language as tl
@@ -186,10 +188,6 @@ GROUP_M = 8
 PROGRAMS_PER_SM = None  # None: one program per output tile; a number: a persistent grid of that many per SM
 
 
-def _multiprocessors(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-
-
 def launch_config(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device):
     """`(block_m, block_n, block_k, num_warps, num_stages, epilogue_split)` for an `[m, k] x [k, n]` product in
     `dtype` on `device`, blocks shrunk to the problem (at least 16, what `tl.dot` needs)."""
@@ -197,7 +195,7 @@ def launch_config(m: int, n: int, k: int, dtype: torch.dtype, device: torch.devi
         config = FP32
     elif device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9:
         large_tiles = triton.cdiv(m, HOPPER_LARGE[0]) * triton.cdiv(n, HOPPER_LARGE[1])
-        config = HOPPER_LARGE if large_tiles >= _multiprocessors(device) else HOPPER_SMALL
+        config = HOPPER_LARGE if large_tiles >= multiprocessors(device) else HOPPER_SMALL
     else:
         config = OTHER_GPUS
     block_m, block_n, block_k, warps, stages, split = config
@@ -230,7 +228,7 @@ def linear_gelu_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     block_m, block_n, block_k = block_m or config[0], block_n or config[1], block_k or config[2]
     tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
     per_sm = PROGRAMS_PER_SM if programs_per_sm is None else programs_per_sm
-    programs = min(tiles, per_sm * _multiprocessors(x.device)) if per_sm else tiles
+    programs = min(tiles, per_sm * multiprocessors(x.device)) if per_sm else tiles
     split = (epilogue_split or config[5]) if block_n >= 32 else 1  # halves of at least 16 columns
     if split not in (1, 2):
         raise ValueError(f"epilogue_split must be 1 or 2, got {split}")
@@ -275,7 +273,7 @@ def linear_gelu_triton_tma(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     x_desc = TensorDescriptor.from_tensor(flat, [block_m, block_k])
     w_desc = TensorDescriptor.from_tensor(weight, [block_n, block_k])
     o_desc = TensorDescriptor.from_tensor(out, [block_m, block_n // split])
-    _gemm_gelu_tma_kernel[(min(tiles, per_sm * _multiprocessors(x.device)),)](
+    _gemm_gelu_tma_kernel[(min(tiles, per_sm * multiprocessors(x.device)),)](
         x_desc, w_desc, o_desc, bias if bias is not None else weight, m, n, k,  # weight: a never-read placeholder
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=group_m or GROUP_M, HAS_BIAS=bias is not None,
         GELU=gelu, EPILOGUE_SPLIT=split,

@@ -250,11 +250,16 @@ def _block_d(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
+def multiprocessors(device: torch.device) -> int:
+    """The GPU's multiprocessor count, which launch grids are sized by; 4 for a CPU device, which a launcher sees only
+    when `benchmarks/sm90_compile.py` compiles the kernels for sm_90 without a GPU."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
 def _sequence_splits(batch_heads: int, num_tokens: int, block_n: int, device: torch.device, programs_per_sm: int):
     """`(splits, tokens_per_split)`: split each (image, head)'s sequence so that about `programs_per_sm` programs run
     per multiprocessor even at batch 1; splits are whole blocks of `block_n` tokens."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    splits = max(1, min(triton.cdiv(programs_per_sm * sms, batch_heads), triton.cdiv(num_tokens, block_n)))
+    splits = max(1, min(triton.cdiv(programs_per_sm * multiprocessors(device), batch_heads), triton.cdiv(num_tokens, block_n)))
     tokens_per_split = triton.cdiv(triton.cdiv(num_tokens, splits), block_n) * block_n
     return triton.cdiv(num_tokens, tokens_per_split), tokens_per_split
 

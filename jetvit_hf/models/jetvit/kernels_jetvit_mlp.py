@@ -26,6 +26,8 @@ Triton with Gluon is optional (without it nothing here is launched).
 
 import torch
 
+from .kernels_jetvit_linear import multiprocessors
+
 try:
     import triton
     from triton.experimental import gluon
@@ -198,10 +200,7 @@ def linear_gelu_gluon(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor)
     o_desc = TensorDescriptor.from_tensor(out, [BLOCK_M, BLOCK_N],
                                           gl.NVMMASharedLayout.get_default_for([BLOCK_M, BLOCK_N], element))
     tiles = triton.cdiv(m, BLOCK_M) * triton.cdiv(n, BLOCK_N)
-    # (a CPU tensor only when compiling for sm_90 without a GPU: benchmarks/sm90_compile.py)
-    sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
-    programs = min(tiles, sms)
-    _gemm_bias_gelu_kernel[(programs, )](
+    _gemm_bias_gelu_kernel[(min(tiles, multiprocessors(x.device)), )](
         x_desc, w_desc, o_desc, bias, m, n, k, GROUP_M=GROUP_M, STAGES=STAGES, CONSUMER_REGISTERS=CONSUMER_REGISTERS,
         LOADER_REGISTERS=LOADER_REGISTERS, num_warps=4,
         # 3 warpgroups x 128 threads x 168 registers at launch; once the partitions start, the default one (consumer

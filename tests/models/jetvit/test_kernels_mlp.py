@@ -78,12 +78,10 @@ def test_fuse_gelu_epilogue_leaves_other_activations_alone():
     assert all(m.gelu_epilogue is None for m in model.modules() if isinstance(m, JetViTMLP))
 
 
-def hopper_with_gluon() -> bool:
-    return (torch.cuda.is_available() and kernels_jetvit_mlp.gluon is not None
-            and torch.cuda.get_device_capability() == (9, 0))
-
-
-hopper = pytest.mark.skipif(not hopper_with_gluon(), reason="needs a Hopper GPU and Triton with Gluon")
+hopper = pytest.mark.skipif(
+    not (torch.cuda.is_available()
+         and kernels_jetvit_mlp.gluon_linear_gelu_runs_on(torch.device("cuda"), torch.bfloat16)),
+    reason="needs a Hopper GPU and Triton with Gluon")
 
 
 @pytest.mark.gpu
