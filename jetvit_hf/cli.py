@@ -204,7 +204,9 @@ def _add_bench_run_arguments(bench) -> None:
     bench.add_argument(
         "--compile-mode",
         default=None,
-        help="torch.compile mode (e.g. max-autotune, reduce-overhead); implies --compile",
+        help="torch.compile mode (e.g. max-autotune, reduce-overhead), or cuda-graph: the default compile with each "
+        "input shape's whole forward captured as one CUDA graph (no per-call guard checks; CUDA only); implies "
+        "--compile",
     )
     bench.add_argument(
         "--sdpa-backend",

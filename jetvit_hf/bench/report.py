@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ..layouts import LAYOUTS, summarize_types
 from .presets import PRESETS
+from .timing import WHOLE_GRAPH_MODE
 
 
 def _fmt(value, spec: str = ".2f", suffix: str = "") -> str:
@@ -28,7 +29,7 @@ def format_benchmark(result: dict) -> str:
     model = result["model"]
     b = result["batch_sizes"]["throughput"]
     res = result["resolution"]
-    compiled = f", torch.compile({result['compile']['mode']})" if result.get("compile") else ", eager"
+    compiled = _compile_label(result.get("compile"))
     lines = []
     if result.get("note"):
         lines.append(f"*** {result['note'].upper()} ***")
@@ -90,7 +91,7 @@ def format_sweep(result: dict) -> str:
     lines = []
     if result.get("note"):
         lines.append(f"*** {result['note'].upper()} ***")
-    compiled = f", torch.compile({result['compile']['mode']})" if result.get("compile") else ", eager"
+    compiled = _compile_label(result.get("compile"))
     lines += [
         f"jetvit bench sweep: {result['model']['name']}, batch {result['batch_size']}, {result['dtype']}{compiled}, "
         f"on {_where(result)}; hybrid {result['attention_summary']}",
@@ -145,3 +146,11 @@ def list_presets() -> str:
     lines.append("")
     lines.append("layouts: " + ", ".join(LAYOUTS) + " (or jetvit convert's syntax, e.g. 'linear,window*10,full,...')")
     return "\n".join(lines)
+
+
+def _compile_label(record: dict | None) -> str:
+    if not record:
+        return ", eager"
+    if record["mode"] == WHOLE_GRAPH_MODE:
+        return ", torch.compile + one CUDA graph per shape"
+    return f", torch.compile({record['mode']})"

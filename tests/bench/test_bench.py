@@ -463,3 +463,34 @@ def test_the_pipeline_benchmark_reads_the_jobs_own_step_announcements(capsys):
     assert [(s["step"], s["title"]) for s in steps] == [
         (1, "distilling the stage-1 supernet"), (6, "converting the teacher: already done in runs/x, skipped")]
     assert all(s["began_s"] == 0 for s in steps)  # both within the first second of the restarted clock
+
+
+def test_whole_graph_mode_needs_cuda_and_is_labelled():
+    with pytest.raises(ValueError, match="cuda-graph captures CUDA graphs and needs a CUDA device"):
+        _settings("cpu", None, 1, 1, True, "cuda-graph", None, False)
+    from jetvit_hf.bench.report import _compile_label
+
+    assert _compile_label({"mode": "cuda-graph", "dynamic": False}) == ", torch.compile + one CUDA graph per shape"
+    assert _compile_label({"mode": "reduce-overhead", "dynamic": False}) == ", torch.compile(reduce-overhead)"
+    assert _compile_label(None) == ", eager"
+
+
+@pytest.mark.gpu
+def test_whole_forward_graph_replays_new_inputs_and_recaptures_new_shapes():
+    """The captured forward computes each call's own input (copied into the graph), also for inputs passed through a
+    tuple, and a new shape gets its own graph; checked against the eager module in float64."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 8)).cuda().double()
+
+    def forward(x, pair):
+        return module(x) * pair[0] + pair[1]
+
+    runner = timing.WholeForwardGraph(forward)
+    scale, shift = torch.randn(8, device="cuda", dtype=torch.float64), torch.randn(8, device="cuda", dtype=torch.float64)
+    with torch.inference_mode():
+        for shape in [(4, 16), (4, 16), (9, 16)]:
+            x = torch.randn(*shape, device="cuda", dtype=torch.float64)
+            other_scale = scale * torch.rand(1, device="cuda", dtype=torch.float64)
+            got = runner(x, pair=(other_scale, shift)).clone()
+            torch.testing.assert_close(got, forward(x, (other_scale, shift)), rtol=1e-12, atol=1e-12)
+            assert runner.key[1][0] == ("tensor", shape, torch.float64, x.device)
