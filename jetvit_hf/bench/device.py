@@ -52,12 +52,18 @@ def environment(device: torch.device) -> dict:
 
 
 def _is_oom(error: BaseException) -> bool:
-    if isinstance(error, getattr(torch.cuda, "OutOfMemoryError", ())):
-        return True
-    text = str(error)
-    return isinstance(error, RuntimeError) and (
-        "out of memory" in text.lower() or "can't allocate memory" in text or "DefaultCPUAllocator" in text
-    )
+    """Whether `error` is, or was raised while handling, running out of memory: an allocation that fails while a
+    CUDA graph is captured surfaces as the capture's own error, with the out-of-memory error as its context."""
+    while error is not None:
+        if isinstance(error, getattr(torch.cuda, "OutOfMemoryError", ())):
+            return True
+        text = str(error)
+        if isinstance(error, RuntimeError) and (
+            "out of memory" in text.lower() or "can't allocate memory" in text or "DefaultCPUAllocator" in text
+        ):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _free_memory(device: torch.device) -> None:

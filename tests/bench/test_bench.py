@@ -260,6 +260,31 @@ def test_benchmark_out_of_memory_at_the_throughput_batch_names_a_batch_that_fits
     assert tried.count(4) == 2 and tried.count(2) == 2  # halving from 8: 4 (out of memory), then 2 (fits)
 
 
+def test_out_of_memory_behind_another_error_is_still_recorded_as_such(monkeypatch):
+    """Running out of memory while a CUDA graph is captured surfaces as the capture's error, with the out-of-memory
+    error as its context (`WholeForwardGraph`): the case is still an "oom" record, and other errors still raise."""
+    from jetvit_hf.bench.device import _is_oom
+
+    def capture_fails(batch_size, cause):
+        def forward(pixel_values):
+            if pixel_values.shape[0] > 1:
+                try:
+                    raise cause
+                except Exception as error:
+                    raise RuntimeError("CUDA error: operation failed due to a previous error during capture") from error
+            return pixel_values * 2
+
+        settings = _settings("cpu", None, 1, 1, False, None, None, False)
+        config = transformers.PretrainedConfig(num_channels=3)
+        return timing._measure_model(forward, config, batch_size, (8, 8), settings)
+
+    record = capture_fails(4, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB"))
+    assert record["status"] == "oom" and record["fits_batch_size"] == 1
+    with pytest.raises(RuntimeError, match="previous error during capture"):
+        capture_fails(4, ValueError("a bug, not memory"))
+    assert not _is_oom(RuntimeError("CUDA error: an illegal memory access was encountered"))
+
+
 def test_layer_table_and_estimate(tmp_path, capsys):
     path = tmp_path / "layers.json"
     argv = ["bench", "--preset", "tiny", "--device", "cpu", "--resolution", "128x128", "--warmup", "2",
