@@ -285,6 +285,34 @@ def test_out_of_memory_behind_another_error_is_still_recorded_as_such(monkeypatc
     assert not _is_oom(RuntimeError("CUDA error: an illegal memory access was encountered"))
 
 
+def test_profiled_forward_is_a_steady_state_call(monkeypatch):
+    """The profile runs after the throughput batch; a runner that prepares itself on a new shape (a
+    `WholeForwardGraph` recaptures: three warm-up forwards) must do that before the profiler starts."""
+    from jetvit_hf.bench import run
+
+    calls = []
+
+    class Recapturing:
+        shape = None
+
+        def __call__(self, pixel_values):
+            new_shape = pixel_values.shape != self.shape
+            self.shape = pixel_values.shape
+            calls.append("capture" if new_shape else "replay")
+
+    def profile_forward(fn, settings):
+        calls.append("profiler on")
+        fn()
+        return {"calls": list(calls)}
+
+    monkeypatch.setattr(run, "profile_forward", profile_forward)
+    runner = Recapturing()
+    runner(torch.zeros(8, 3, 8, 8))  # the throughput batch ran last
+    settings = _settings("cpu", None, 1, 1, False, None, None, True)
+    profile = run._profile_model(runner, transformers.PretrainedConfig(num_channels=3), (8, 8), settings)
+    assert profile["calls"] == ["capture", "capture", "profiler on", "replay"]
+
+
 def test_layer_table_and_estimate(tmp_path, capsys):
     path = tmp_path / "layers.json"
     argv = ["bench", "--preset", "tiny", "--device", "cpu", "--resolution", "128x128", "--warmup", "2",
