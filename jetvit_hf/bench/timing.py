@@ -123,7 +123,7 @@ class WholeForwardGraph:
     """A forward captured as one CUDA graph for its input shapes, replayed on every call after copying the inputs
     into the graph's own: the host's cost per call is one graph launch. `mode="reduce-overhead"` also replays CUDA
     graphs, but first checks Dynamo's guards and every parameter's address (0.8-1.6 ms per ViT-L forward on an H200
-    host, as much as 10% of a batch-1 forward). The price of skipping the checks: a call must not change the module's
+    host, up to 12% of a batch-1 forward). The price of skipping the checks: a call must not change the module's
     parameters, and its outputs are the graph's own buffers, overwritten by the next call. One graph is kept, so
     only one shape's memory pool is held at a time."""
 
