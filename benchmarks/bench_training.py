@@ -11,10 +11,19 @@ import sys
 import torch
 
 from benchmarks.bench_linear_attention import cuda_median_ms
-from benchmarks.profile_jetvit import dinov3_large
-from jetvit_hf import JetViTModel
+from jetvit_hf import JetViTConfig, JetViTModel
+from jetvit_hf.bench import get_preset
+from jetvit_hf.convert import jetvit_config_from_source
 from jetvit_hf.io import atomic_write_json
 from jetvit_hf.layouts import paper_2full_layout
+
+
+def dinov3_large(attention_types) -> JetViTConfig:
+    """The `dinov3-l` preset of `jetvit bench` as a JetViT config with these attention types."""
+    config, *_ = jetvit_config_from_source(
+        get_preset("dinov3-l").source_config(), attention_types, window_size=16, pos_embed_rescale=None
+    )
+    return config
 
 
 def top_ops(step, steps: int = 2, top: int = 15) -> list[dict]:

@@ -2,6 +2,8 @@
 attention kernels and the rest, next to the GEMM floor (FLOPs of the projections and MLPs at a measured GEMM rate).
 
     python benchmarks/profile_jetvit.py --layout paper-2full --height 1024 --width 2048 --compile
+    python benchmarks/profile_jetvit.py --preset depth-anything-v2-l --height 1022 --width 1358 \
+        --compile-mode cuda-graph
 
 Each profiled forward starts on an idle GPU (as `jetvit bench` times latency), so its timeline also splits the
 latency into the host's lead before the first kernel, the kernels' busy time and the GPU's idle gaps between them.
@@ -14,19 +16,13 @@ from collections import defaultdict
 
 import torch
 
-from jetvit_hf import JetViTConfig, JetViTModel
+from jetvit_hf.bench import kernel_category
+from jetvit_hf.bench.models import build_model, prepare_jetvit
+from jetvit_hf.bench.resolution import num_tokens
+from jetvit_hf.bench.specs import _config_with, resolve_model_spec
+from jetvit_hf.bench.timing import WHOLE_GRAPH_MODE, WholeForwardGraph
 from jetvit_hf.io import atomic_write_json
-from jetvit_hf.bench import get_preset, kernel_category
 from jetvit_hf.layouts import paper_2full_layout
-from jetvit_hf.convert import jetvit_config_from_source
-
-
-def dinov3_large(attention_types) -> JetViTConfig:
-    """The `dinov3-l` preset of `jetvit bench` as a JetViT config with these attention types."""
-    config, *_ = jetvit_config_from_source(
-        get_preset("dinov3-l").source_config(), attention_types, window_size=16, pos_embed_rescale=None
-    )
-    return config
 
 
 _FORWARD_MARK = "profile_jetvit.forward"
@@ -61,32 +57,37 @@ def forward_timeline(events) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--layout", default="paper-2full", choices=["paper-2full", "all-full", "all-linear", "all-window"])
+    parser.add_argument("--preset", default="dinov3-l", help="a `jetvit bench` preset (random weights)")
+    parser.add_argument("--layout", default="paper-2full",
+                        choices=["paper-2full", "all-full", "all-linear", "all-window"])
     parser.add_argument("--height", type=int, default=1024)
     parser.add_argument("--width", type=int, default=2048)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"],
-                        help="torch.compile mode with --compile (reduce-overhead: CUDA graphs, as `jetvit bench`)")
+    parser.add_argument("--compile-mode", default="default",
+                        choices=["default", "reduce-overhead", "max-autotune", WHOLE_GRAPH_MODE],
+                        help="torch.compile mode, or cuda-graph (one CUDA graph per shape), as `jetvit bench`; implies "
+                        "--compile")
     parser.add_argument("--top", type=int, default=15, help="how many of the slowest kernels to list")
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("profile_jetvit: needs a CUDA GPU", file=sys.stderr)
         return 2
-    layouts = {
-        "paper-2full": paper_2full_layout(24),
-        "all-full": ["full"] * 24,
-        "all-linear": ["linear"] * 24,
-        "all-window": ["window"] * 24,
-    }
-    config = dinov3_large(layouts[args.layout])
-    with torch.device("cuda"):
-        model = JetViTModel(config).to(torch.bfloat16).eval()
-    model.fuse_qkv_projections()
-    model.fuse_gelu_epilogue()
-    mode = None if args.compile_mode == "default" else args.compile_mode
-    forward = torch.compile(model, mode=mode) if args.compile else model
+    if args.compile_mode != "default":
+        args.compile = True
+    spec = resolve_model_spec(args.preset)  # as `jetvit bench` builds it (16-patch windows)
+    layers = spec.num_layers
+    layouts = {"paper-2full": paper_2full_layout(layers), "all-full": ["full"] * layers,
+               "all-linear": ["linear"] * layers, "all-window": ["window"] * layers}
+    config = _config_with(spec.jetvit_config, attention_types=layouts[args.layout])
+    model = prepare_jetvit(build_model(spec.jetvit_class, config, torch.device("cuda"), torch.bfloat16))
+    if not args.compile:
+        forward = model
+    elif args.compile_mode == WHOLE_GRAPH_MODE:
+        forward = WholeForwardGraph(torch.compile(model))
+    else:
+        forward = torch.compile(model, mode=None if args.compile_mode == "default" else args.compile_mode)
     pixel_values = torch.randn(args.batch_size, 3, args.height, args.width, device="cuda", dtype=torch.bfloat16)
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.inference_mode():
@@ -111,8 +112,9 @@ def main(argv=None) -> int:
         groups[kernel_category(name)] += ms
     total = sum(groups.values())
 
-    tokens = args.batch_size * (config.num_prefix_tokens + (args.height // 16) * (args.width // 16))
-    gemm_flops = 24 * tokens * config.hidden_size**2 * config.num_hidden_layers
+    tokens = args.batch_size * num_tokens(config, (args.height, args.width))
+    hidden, mlp = config.hidden_size, config.intermediate_size  # q, k, v, output projections and the MLP's two GEMMs
+    gemm_flops = 2 * tokens * config.num_hidden_layers * (4 * hidden * hidden + 2 * hidden * mlp)
     a = torch.randn(8192, 1024, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(1024, 4096, device="cuda", dtype=torch.bfloat16)
     for _ in range(5):
@@ -128,6 +130,9 @@ def main(argv=None) -> int:
     result = {
         "gpu": torch.cuda.get_device_name(),
         "torch": torch.__version__,
+        "command": "python benchmarks/profile_jetvit.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "preset": args.preset,
+        "model_class": type(model).__name__,
         "layout": args.layout,
         "attention_types": config.attention_types,
         "resolution": [args.height, args.width],
@@ -141,11 +146,12 @@ def main(argv=None) -> int:
         "measured_gemm_tflops": gemm_rate / 1e12,
         "top_kernels_ms": dict(sorted(per_kernel.items(), key=lambda kv: -kv[1])[: args.top]),
     }
-    print(f"{result['gpu']} {args.layout} {args.height}x{args.width} b{args.batch_size} "
+    print(f"{result['gpu']} {args.preset} {args.layout} {args.height}x{args.width} b{args.batch_size} "
           f"compiled={result['compile_mode'] or False}")
     for name, ms in sorted(groups.items(), key=lambda kv: -kv[1]):
         print(f"  {name:34s} {ms:8.3f} ms  {100 * ms / total:5.1f}%")
-    print(f"  {'total kernel time':34s} {total:8.3f} ms; GEMM floor {result['gemm_floor_ms']:.2f} ms at {gemm_rate / 1e12:.0f} TFLOP/s")
+    print(f"  {'total kernel time':34s} {total:8.3f} ms; GEMM floor {result['gemm_floor_ms']:.2f} ms at "
+          f"{gemm_rate / 1e12:.0f} TFLOP/s")
     print("  per forward, median of 5 (ms): " + ", ".join(f"{k} {v:.3f}" for k, v in timeline.items()))
     for name, ms in result["top_kernels_ms"].items():
         print(f"    {ms:7.3f} ms  {name[:110]}")
