@@ -20,7 +20,7 @@ from jetvit_hf.bench import kernel_category
 from jetvit_hf.bench.models import build_model, prepare_jetvit
 from jetvit_hf.bench.resolution import num_tokens
 from jetvit_hf.bench.specs import _config_with, resolve_model_spec
-from jetvit_hf.bench.timing import WHOLE_GRAPH_MODE, WholeForwardGraph
+from jetvit_hf.bench.timing import WHOLE_GRAPH_MODE, _maybe_compile, _settings
 from jetvit_hf.io import atomic_write_json
 from jetvit_hf.layouts import paper_2full_layout
 
@@ -74,21 +74,16 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("profile_jetvit: needs a CUDA GPU", file=sys.stderr)
         return 2
-    if args.compile_mode != "default":
-        args.compile = True
+    settings = _settings("cuda", "bfloat16", None, None, args.compile,
+                         None if args.compile_mode == "default" else args.compile_mode, None, False)
     spec = resolve_model_spec(args.preset)  # as `jetvit bench` builds it (16-patch windows)
     layers = spec.num_layers
     layouts = {"paper-2full": paper_2full_layout(layers), "all-full": ["full"] * layers,
                "all-linear": ["linear"] * layers, "all-window": ["window"] * layers}
     config = _config_with(spec.jetvit_config, attention_types=layouts[args.layout])
-    model = prepare_jetvit(build_model(spec.jetvit_class, config, torch.device("cuda"), torch.bfloat16))
-    if not args.compile:
-        forward = model
-    elif args.compile_mode == WHOLE_GRAPH_MODE:
-        forward = WholeForwardGraph(torch.compile(model))
-    else:
-        forward = torch.compile(model, mode=None if args.compile_mode == "default" else args.compile_mode)
-    pixel_values = torch.randn(args.batch_size, 3, args.height, args.width, device="cuda", dtype=torch.bfloat16)
+    model = prepare_jetvit(build_model(spec.jetvit_class, config, settings.device, settings.dtype))
+    forward = _maybe_compile(model, settings)  # as `jetvit bench` compiles (or captures) it
+    pixel_values = torch.randn(args.batch_size, 3, args.height, args.width, device="cuda", dtype=settings.dtype)
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.inference_mode():
         for _ in range(5):
@@ -137,8 +132,8 @@ def main(argv=None) -> int:
         "attention_types": config.attention_types,
         "resolution": [args.height, args.width],
         "batch_size": args.batch_size,
-        "compiled": args.compile,
-        "compile_mode": args.compile_mode if args.compile else None,
+        "compiled": settings.compile,
+        "compile_mode": args.compile_mode if settings.compile else None,
         "timeline_ms": timeline,
         "kernel_ms_by_category": dict(groups),
         "kernel_ms_total": total,
