@@ -16,7 +16,8 @@ partitions need at least 154, and four warpgroups at 154 exceed the 64K register
 the third warpgroup with the loader's (12 warps, 168 registers at launch; SUB_N = 32 spills, 16 and 8 do not).
 
 Shared memory: STAGES x (128x64 + 256x64) x 2 B + 128x256 x 2 B staging = 3 x 48 + 64 = 208 KiB of 227.
-Prepared and compiled for sm_90 on the CPU on 2026-12-02 (no spills at SUB_N 16 and 8); not yet run on a GPU.
+Result (H200, 2026-12-02, `h200_gluon_coop_gemm.json`): correct, and 2.5x slower than the shipped ping-pong kernel:
+the two epilogue warps are the bottleneck (`experiments/README.md`). Not shipped.
 
     python benchmarks/experiments/gluon_coop_gemm.py --output coop.json                # on a Hopper GPU
     PYTHONPATH=.:benchmarks python benchmarks/experiments/gluon_coop_gemm.py --compile-only   # sm_90 on the CPU
