@@ -9,7 +9,8 @@ and head, so a converted Depth Anything checkpoint keeps their parameter names.
 Memory layout: `JetViTBackbone` hands the neck channels-last views of its patch tokens, and `JetViTForDepthEstimation`
 keeps the neck's and head's convolution weights in `torch.channels_last`, so every op here (conv, conv-transpose,
 bilinear interpolation, ReLU, residual add) reads and writes NHWC memory (cuDNN's native layout for tensor cores)
-without a transpose. Nothing here depends on the layout: NCHW inputs give the same values.
+without a transpose. Nothing here depends on the layout: NCHW inputs give the same values. On a GPU, outside
+autograd, the `align_corners=True` upsamplings run a Triton kernel of ours (`ops_jetvit.upsample_bilinear`).
 
 Shipped with every saved checkpoint for `trust_remote_code`: imports only torch and its flat siblings.
 """
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_jetvit import JetViTConfig
+from .ops_jetvit import upsample_bilinear
 
 
 class JetViTReassembleLayer(nn.Module):
@@ -84,8 +86,9 @@ class JetViTFeatureFusionLayer(nn.Module):
         # interpolation makes each output pixel a weighted sum of input pixels with weights summing to 1, so
         # interp(W x + b) = W interp(x) + b (to rounding; tests/models/jetvit/test_dpt_channels_last.py checks it).
         hidden_state = self.projection(hidden_state)
-        resize = {"scale_factor": 2} if size is None else {"size": size}
-        return F.interpolate(hidden_state, **resize, mode="bilinear", align_corners=True)
+        if size is None:  # scale_factor=2; align_corners=True places the samples by the sizes alone
+            size = (2 * hidden_state.shape[2], 2 * hidden_state.shape[3])
+        return upsample_bilinear(hidden_state, size)
 
 
 class JetViTFeatureFusionStage(nn.Module):
@@ -141,7 +144,7 @@ class JetViTDepthHead(nn.Module):
         # conv1 stays before the upsampling: a 3x3 convolution mixes neighbours, so it does not commute with it
         predicted_depth = self.conv1(features[self.head_in_index])
         output_size = (grid_size[0] * self.patch_size, grid_size[1] * self.patch_size)
-        predicted_depth = F.interpolate(predicted_depth, output_size, mode="bilinear", align_corners=True)
+        predicted_depth = upsample_bilinear(predicted_depth, output_size)
         predicted_depth = self.conv3(self.activation1(self.conv2(predicted_depth)))
         predicted_depth = self.activation2(predicted_depth) * self.max_depth
         return predicted_depth.squeeze(dim=1)

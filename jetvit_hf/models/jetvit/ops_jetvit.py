@@ -11,6 +11,8 @@ implementations for `torch.compile` and their autograd backwards, and the functi
   prefix query to every token, as `[batch, tokens, heads * head_dim]`.
 - `linear_gelu(x, weight, bias)`: the MLP's up-projection and exact GELU in one GEMM (`kernels_jetvit_mlp.py`),
   for inference.
+- `upsample_bilinear(x, size)`: the DPT neck's and head's `align_corners=True` bilinear upsampling of channels-last
+  maps (`kernels_jetvit_upsample.py`), for inference.
 
 Linear attention runs as two ops (the dynamic convolution's kernels are computed from the first op's V sum between
 them) so that `torch.compile` keeps whole graphs. Inputs are `[batch, tokens, heads, head_dim]` with a contiguous last
@@ -34,6 +36,7 @@ from .kernels_jetvit_linear_backward import (
     linear_attention_state_backward_triton,
 )
 from .kernels_jetvit_mlp import gluon_linear_gelu_supported, linear_gelu_gluon
+from .kernels_jetvit_upsample import upsample_bilinear_runs_on, upsample_bilinear_triton
 from .kernels_jetvit_window import window_attention_triton
 from .kernels_jetvit_window_backward import window_attention_backward_triton
 from .torch_jetvit import (
@@ -320,6 +323,28 @@ _define_op("linear_gelu", _linear_gelu_forward, _linear_gelu_fake)  # inference 
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# jetvit::upsample_bilinear
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _interpolate(x: Tensor, size) -> Tensor:
+    return torch.nn.functional.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
+
+
+def _upsample_bilinear_forward(x: Tensor, height: int, width: int) -> Tensor:
+    if upsample_bilinear_runs_on(x):
+        return upsample_bilinear_triton(x, (height, width))
+    return _interpolate(x, (height, width)).contiguous(memory_format=torch.channels_last)
+
+
+def _upsample_bilinear_fake(x, height, width):
+    return x.new_empty(x.shape[0], x.shape[1], height, width).contiguous(memory_format=torch.channels_last)
+
+
+_define_op("upsample_bilinear", _upsample_bilinear_forward, _upsample_bilinear_fake)  # inference only: no backward
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # The functions the modeling file calls
 # ----------------------------------------------------------------------------------------------------------------------
 # They call the ops above and add only a friendlier signature: the patch grid as one `(height, width)` pair, and the
@@ -354,3 +379,12 @@ def linear_gelu(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     epilogue where the Gluon kernel runs (`kernels_jetvit_mlp.py`: Hopper, bf16/fp16), PyTorch's linear then GELU
     elsewhere."""
     return torch.ops.jetvit.linear_gelu(x, weight, bias)
+
+
+def upsample_bilinear(x: Tensor, size) -> Tensor:
+    """`F.interpolate(x, size, mode="bilinear", align_corners=True)`: the Triton kernel for channels-last CUDA maps
+    outside autograd (`kernels_jetvit_upsample.py`), F.interpolate itself otherwise (so `torch.compile` can still fuse
+    it there, and gradients flow)."""
+    if upsample_bilinear_runs_on(x) and not (torch.is_grad_enabled() and x.requires_grad):
+        return torch.ops.jetvit.upsample_bilinear(x, size[0], size[1])
+    return _interpolate(x, size)

@@ -110,3 +110,15 @@ def test_mlp_gelu_kernel_compiles_for_sm90_without_spills(compiled_kernels, dtyp
     assert kernel.metadata.num_warps == 12
     assert re.search(r"setmaxnreg\.inc\.sync\.aligned\.u32\s+232;", kernel.asm["ptx"])
     assert resource_usage(kernel)["stack_bytes"] == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("channels", [128, 256, 48])
+def test_upsample_kernel_compiles_for_sm90_without_spills(compiled_kernels, dtype, channels):
+    from jetvit_hf.models.jetvit.kernels_jetvit_upsample import upsample_bilinear_triton
+
+    x = torch.randn(1, channels, 73, 97).to(dtype).contiguous(memory_format=torch.channels_last)
+    upsample_bilinear_triton(x, (1022, 1358))
+    check(compiled_kernels, {"_upsample_bilinear_kernel"})
+    (_, kernel), = compiled_kernels
+    assert resource_usage(kernel)["stack_bytes"] == 0
