@@ -1,5 +1,5 @@
-"""Times Depth Anything V2's DPT neck and head alone (random weights, bf16), channels-last with the fusion layers'
-projection before the upsampling (the model's path now) against the NCHW, upsample-then-project path (before).
+"""Times Depth Anything V2's DPT neck and head alone (random weights, bf16), as the model runs them now (channels-last,
+the fusion layers' projection before the upsampling, the upsamplings in our Triton kernel) against the steps before.
 
 Input: the four tapped encoder hidden states of a 1022x1358 image (73x97 patches, 1024 channels, plus the CLS
 token), as `[batch, 1 + patches, hidden]` tensors. Each timed call builds the feature maps the way
@@ -8,13 +8,17 @@ token), as `[batch, 1 + patches, hidden]` tensors. Each timed call builds the fe
   upsample, then project (transformers' order);
 - `channels_last`: the maps as channels-last views of the normed patch tokens, channels-last weights; original order;
 - `project_first`: NCHW as `before`, with the projection before the upsampling;
-- `after`: `channels_last` and `project_first` together: what `JetViTForDepthEstimation` runs now.
+- `interpolate`: `channels_last` and `project_first` together, every upsampling through `F.interpolate` (which
+  `torch.compile` lowers to a kernel of its own, fused with the neighbouring additions and ReLUs);
+- `kernel_head`: `interpolate`, with the head's upsampling in the Triton kernel (`kernels_jetvit_upsample.py`);
+- `after`: the fusion layers' upsamplings in the kernel too: what `JetViTForDepthEstimation` runs now.
 Each variant eager (`eager_graph_ms`: a CUDA graph of back-to-back calls, kernel time without launch gaps;
 `eager_ms`: CUDA events around single synchronized calls) and with `torch.compile(mode="reduce-overhead")`
 (`compiled_ms`: CUDA events around single synchronized calls of the cudagraph-tree function), CUDA-event medians.
 `layout_copy_ms` is the former `.contiguous()` copies alone; `max_relative_difference_vs_before` compares each
 variant's bf16 depth with `before`'s (bf16 rounding; the float32 and float64 equalities are in
-tests/models/jetvit/test_dpt_channels_last.py). cuDNN autotuning is on, as in `jetvit bench`.
+tests/models/jetvit/test_dpt_channels_last.py and test_kernels_upsample.py). `--profile` adds each compiled variant's
+kernels (name, calls, total ms per forward). cuDNN autotuning is on, as in `jetvit bench`.
 
     python benchmarks/bench_dpt_neck.py --output dpt_neck.json
     python benchmarks/bench_dpt_neck.py --batch-sizes 4 --no-compile --output dpt_neck_eager_b4.json
@@ -36,6 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmar
 
 from benchmarks.bench_linear_attention import graph_ms  # noqa: E402
 from jetvit_hf.bench.presets import get_preset  # noqa: E402
+from jetvit_hf.bench.profiling import profile_forward  # noqa: E402
+from jetvit_hf.bench.timing import RunSettings  # noqa: E402
 from jetvit_hf.convert import jetvit_config_from_source  # noqa: E402
 from jetvit_hf.io import atomic_write_json  # noqa: E402
 from jetvit_hf.models.jetvit.modeling_jetvit_heads import (  # noqa: E402
@@ -44,11 +50,14 @@ from jetvit_hf.models.jetvit.modeling_jetvit_heads import (  # noqa: E402
     JetViTFeatureFusionLayer,
 )
 
-VARIANTS = {  # name -> (channels-last maps and weights, projection before the upsampling)
-    "before": (False, False),
-    "channels_last": (True, False),
-    "project_first": (False, True),
-    "after": (True, True),
+# name -> (channels-last maps and weights, projection before the upsampling, where the upsampling kernel runs)
+VARIANTS = {
+    "before": (False, False, ()),
+    "channels_last": (True, False, ()),
+    "project_first": (False, True, ()),
+    "interpolate": (True, True, ()),
+    "kernel_head": (True, True, ("head",)),
+    "after": (True, True, ("head", "fusion")),
 }
 
 
@@ -66,16 +75,45 @@ class UpsampleThenProjectFusionLayer(JetViTFeatureFusionLayer):
         return self.projection(hidden_state)
 
 
-def build_variant(neck, head, layernorm, grid, num_prefix, channels_last: bool, project_first: bool):
+class InterpolatingFusionLayer(JetViTFeatureFusionLayer):
+    """The fusion layer, projection first, upsampling through F.interpolate (the model before the upsampling kernel)."""
+
+    def forward(self, hidden_state, residual=None, size=None):
+        if residual is not None:
+            if hidden_state.shape != residual.shape:
+                residual = F.interpolate(residual, size=hidden_state.shape[2:], mode="bilinear", align_corners=False)
+            hidden_state = hidden_state + self.residual_layer1(residual)
+        hidden_state = self.projection(self.residual_layer2(hidden_state))
+        resize = {"scale_factor": 2} if size is None else {"size": size}
+        return F.interpolate(hidden_state, **resize, mode="bilinear", align_corners=True)
+
+
+class InterpolatingHead(JetViTDepthHead):
+    """The depth head, upsampling through F.interpolate (the model before the upsampling kernel)."""
+
+    def forward(self, features, grid_size):
+        predicted_depth = self.conv1(features[self.head_in_index])
+        output_size = (grid_size[0] * self.patch_size, grid_size[1] * self.patch_size)
+        predicted_depth = F.interpolate(predicted_depth, output_size, mode="bilinear", align_corners=True)
+        predicted_depth = self.conv3(self.activation1(self.conv2(predicted_depth)))
+        return (self.activation2(predicted_depth) * self.max_depth).squeeze(dim=1)
+
+
+def build_variant(neck, head, layernorm, grid, num_prefix, channels_last: bool, project_first: bool,
+                  kernel_sites=("head", "fusion")):
     """`fn(hidden_states) -> predicted depth` for one variant, on copies of the shared random modules (`fn.neck`,
-    `fn.head`)."""
+    `fn.head`). `kernel_sites`: where the upsampling kernel runs (`"head"`, `"fusion"`), F.interpolate elsewhere."""
     neck, head = copy.deepcopy(neck), copy.deepcopy(head)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     neck.to(memory_format=memory_format)
     head.to(memory_format=memory_format)
-    if not project_first:
-        for layer in neck.fusion_stage.layers:
+    for layer in neck.fusion_stage.layers:
+        if not project_first:
             layer.__class__ = UpsampleThenProjectFusionLayer
+        elif "fusion" not in kernel_sites:
+            layer.__class__ = InterpolatingFusionLayer
+    if "head" not in kernel_sites:
+        head.__class__ = InterpolatingHead
 
     def maps(hidden_states):
         out = []
@@ -143,6 +181,12 @@ def run_batch(functions: dict, batch: int, config, grid: tuple[int, int], args) 
             step()
             compiled_output = compiled(hidden_states).clone()
             record["compiled_ms"] = event_ms(lambda: compiled(hidden_states), args.warmup, args.iters, step)
+            if args.profile:
+                settings = RunSettings(torch.device("cuda"), torch.bfloat16, args.warmup, args.iters, compile=True,
+                                       compile_mode="reduce-overhead")
+                profile = profile_forward(lambda: compiled(hidden_states), settings, top=args.profile)
+                record["compiled_kernels"] = profile["top_kernels"]
+                record["compiled_kernel_ms"] = profile["gpu_kernel_ms"]
             if reference is not None:
                 record["compiled_max_relative_difference_vs_before"] = relative_difference(compiled_output, reference)
         row["variants"][name] = record
@@ -160,6 +204,8 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"some of {', '.join(VARIANTS)}")
     parser.add_argument("--no-compile", action="store_true", help="eager timings only")
     parser.add_argument("--no-cudnn-benchmark", action="store_true", help="keep cuDNN's heuristic algorithm choice")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also profile each compiled variant and keep its N slowest kernels")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--output", default=None)
@@ -212,7 +258,8 @@ def main(argv=None) -> int:
                   "hidden": config.hidden_size, "prefix_tokens": config.num_prefix_tokens,
                   "neck_hidden_sizes": list(config.neck_hidden_sizes),
                   "fusion_hidden_size": config.fusion_hidden_size, "dtype": "bfloat16"},
-        "variants": {name: {"channels_last": VARIANTS[name][0], "project_first": VARIANTS[name][1]}
+        "variants": {name: {"channels_last": VARIANTS[name][0], "project_first": VARIANTS[name][1],
+                            "upsampling_kernel_at": list(VARIANTS[name][2])}
                      for name in variants},
         "timing": {"warmup": args.warmup, "iters": args.iters, "graph_repeats": 20,
                    "median_of": "CUDA-event timings", "compile_mode": None if args.no_compile else "reduce-overhead"},

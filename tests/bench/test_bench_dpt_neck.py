@@ -1,4 +1,4 @@
-"""`benchmarks/bench_dpt_neck.py` on the CPU: its four variants compute the same depth, each in its intended layout, and
+"""`benchmarks/bench_dpt_neck.py` on the CPU: its variants compute the same depth, each in its intended layout, and
 without a GPU it refuses with status 2. No timing here."""
 
 import importlib.util
@@ -8,7 +8,7 @@ import torch
 
 from helpers import REPO
 from jetvit_hf import JetViTConfig
-from jetvit_hf.models.jetvit.modeling_jetvit_heads import JetViTDepthHead, JetViTDepthNeck
+from jetvit_hf.models.jetvit.modeling_jetvit_heads import JetViTDepthHead, JetViTDepthNeck, JetViTFeatureFusionLayer
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +32,8 @@ def test_variants_compute_the_same_depth_in_their_layouts(bench):
     hidden_states = [torch.randn(2, 1 + 35, 32) for _ in range(4)]
     outputs = {}
     with torch.no_grad():
-        for name, (channels_last, project_first) in bench.VARIANTS.items():
-            fn = bench.build_variant(neck, head, layernorm, grid, 1, channels_last, project_first)
+        for name, (channels_last, project_first, kernel_sites) in bench.VARIANTS.items():
+            fn = bench.build_variant(neck, head, layernorm, grid, 1, channels_last, project_first, kernel_sites)
             seen = []  # the feature maps, as the neck's first convolution receives them
             fn.neck.reassemble_stage.layers[0].projection.register_forward_pre_hook(
                 lambda module, args: seen.append(args[0]))
@@ -43,8 +43,10 @@ def test_variants_compute_the_same_depth_in_their_layouts(bench):
             memory_format = torch.channels_last if channels_last else torch.contiguous_format
             for part in (fn.neck, fn.head):  # (a 1x1 conv's weight is both)
                 assert all(p.is_contiguous(memory_format=memory_format) for p in part.parameters() if p.ndim == 4)
-            projects_first = type(fn.neck.fusion_stage.layers[0]) is not bench.UpsampleThenProjectFusionLayer
-            assert projects_first == project_first, name
+            fusion_class = type(fn.neck.fusion_stage.layers[0])
+            assert (fusion_class is not bench.UpsampleThenProjectFusionLayer) == project_first, name
+            assert (fusion_class is JetViTFeatureFusionLayer) == ("fusion" in kernel_sites), name
+            assert (type(fn.head) is JetViTDepthHead) == ("head" in kernel_sites), name
     assert outputs["before"].shape == (2, 70, 98)
     for name, output in outputs.items():
         assert bench.relative_difference(output, outputs["before"]) <= 1e-5, name
