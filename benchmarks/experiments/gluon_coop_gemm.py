@@ -24,9 +24,8 @@ the two epilogue warps are the bottleneck (`experiments/README.md`). Not shipped
 """
 
 import argparse
-import json
-import statistics
 import sys
+from pathlib import Path
 
 import torch
 import triton
@@ -41,9 +40,17 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from jetvit_hf.models.jetvit import kernels_jetvit_mlp
-from jetvit_hf.models.jetvit.kernels_jetvit_linear import multiprocessors
-from jetvit_hf.models.jetvit.kernels_jetvit_mlp import GELU_LOGISTIC_COEFFICIENTS, _loader, _tile_coordinates
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for `benchmarks.*`
+
+from benchmarks.bench_linear_attention import cuda_median_ms, graphed  # noqa: E402
+from jetvit_hf.io import atomic_write_json  # noqa: E402
+from jetvit_hf.models.jetvit import kernels_jetvit_mlp  # noqa: E402
+from jetvit_hf.models.jetvit.kernels_jetvit_linear import multiprocessors  # noqa: E402
+from jetvit_hf.models.jetvit.kernels_jetvit_mlp import (  # noqa: E402
+    GELU_LOGISTIC_COEFFICIENTS,
+    _loader,
+    _tile_coordinates,
+)
 
 _P = gl.constexpr(GELU_LOGISTIC_COEFFICIENTS)
 BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M = 128, 256, 64, 8
@@ -189,24 +196,6 @@ def compile_only() -> int:
     return 0
 
 
-def cuda_graph_median(fn, iters=50) -> float:
-    """Median ms of `fn` replayed as a CUDA graph, each replay timed by its own events."""
-    for _ in range(3):
-        fn()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--compile-only", action="store_true", help="compile the variants for sm_90 on the CPU")
@@ -250,13 +239,12 @@ def main(argv=None) -> int:
             try:
                 out = fn().double()
                 error = ((out - reference).norm() / reference.norm()).item() if name != "cublas_no_gelu" else None
-                runs[name] = {"ms": cuda_graph_median(fn), "relative_error": error}
+                runs[name] = {"ms": cuda_median_ms(graphed(fn)), "relative_error": error}
             except Exception as exc:  # noqa: BLE001 - an experiment: record the failure, keep the other variants
                 runs[name] = {"error": f"{type(exc).__name__}: {exc}"[:400]}
             print(f"bs{batch} {name:24s} {runs[name]}", flush=True)
     if args.output:
-        with open(args.output, "w") as handle:
-            json.dump(result, handle, indent=1)
+        atomic_write_json(args.output, result)
     return 0
 
 

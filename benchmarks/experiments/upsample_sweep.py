@@ -22,6 +22,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.bench_linear_attention import graph_ms  # noqa: E402
+from jetvit_hf.io import atomic_write_json  # noqa: E402
 from jetvit_hf.models.jetvit import kernels_jetvit_upsample  # noqa: E402
 
 # (channels, input size, output size): the four fusion layers (coarse to fine) and the head, 73x97 patches
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
                            "kernel": totals}, "best": best}
     print(json.dumps(result["total_ms"], indent=1), file=sys.stderr)
     if args.output:
-        Path(args.output).write_text(json.dumps(result, indent=1))
+        atomic_write_json(args.output, result)
     print("best", *best.split(","))
     return 0
 
