@@ -539,7 +539,7 @@ def test_whole_forward_graph_replays_new_inputs_and_recaptures_new_shapes():
         return module(x) * pair[0] + pair[1]
 
     runner = timing.WholeForwardGraph(forward)
-    scale, shift = torch.randn(8, device="cuda", dtype=torch.float64), torch.randn(8, device="cuda", dtype=torch.float64)
+    scale, shift = (torch.randn(8, device="cuda", dtype=torch.float64) for _ in range(2))
     with torch.inference_mode():
         for shape in [(4, 16), (4, 16), (9, 16)]:
             x = torch.randn(*shape, device="cuda", dtype=torch.float64)

@@ -259,7 +259,8 @@ def multiprocessors(device: torch.device) -> int:
 def _sequence_splits(batch_heads: int, num_tokens: int, block_n: int, device: torch.device, programs_per_sm: int):
     """`(splits, tokens_per_split)`: split each (image, head)'s sequence so that about `programs_per_sm` programs run
     per multiprocessor even at batch 1; splits are whole blocks of `block_n` tokens."""
-    splits = max(1, min(triton.cdiv(programs_per_sm * multiprocessors(device), batch_heads), triton.cdiv(num_tokens, block_n)))
+    splits_to_fill = triton.cdiv(programs_per_sm * multiprocessors(device), batch_heads)
+    splits = max(1, min(splits_to_fill, triton.cdiv(num_tokens, block_n)))
     tokens_per_split = triton.cdiv(triton.cdiv(num_tokens, splits), block_n) * block_n
     return triton.cdiv(num_tokens, tokens_per_split), tokens_per_split
 
