@@ -118,8 +118,9 @@ if gluon is not None:
 
     @gluon.jit
     def _consumer(x_bufs, w_bufs, ready, empty, order, o_bufs, o_desc, b_ptr, M, N, K, GROUP_M: gl.constexpr,
-                  STAGES: gl.constexpr, CONSUMER: gl.constexpr):
-        """Main loop and epilogue of this program's tiles CONSUMER, CONSUMER + 2, ... (one warpgroup)."""
+                  STAGES: gl.constexpr, GELU: gl.constexpr, CONSUMER: gl.constexpr):
+        """Main loop and epilogue (bias, and the GELU when GELU) of this program's tiles CONSUMER, CONSUMER + 2, ...
+        (one warpgroup)."""
         BLOCK_M: gl.constexpr = o_desc.block_type.shape[0]
         BLOCK_N: gl.constexpr = o_desc.block_type.shape[1]
         BLOCK_K: gl.constexpr = x_bufs.type.shape[2]
@@ -150,11 +151,12 @@ if gluon is not None:
             block_m, block_n = _tile_coordinates(tile, num_m, num_n, GROUP_M)
             offs_n = block_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, layout))
             acc += gl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(gl.float32)[None, :]
-            square = acc * acc
-            p = gl.full_like(acc, _P[6])
-            for i in gl.static_range(5, -1, -1):
-                p = _P[i] + square * p
-            acc = acc / (1.0 + gl.exp2(acc * p))
+            if GELU:
+                square = acc * acc
+                p = gl.full_like(acc, _P[6])
+                for i in gl.static_range(5, -1, -1):
+                    p = _P[i] + square * p
+                acc = acc / (1.0 + gl.exp2(acc * p))
             tma.store_wait(0)  # this consumer's previous tile has left o_buf
             o_buf.store(acc.to(o_desc.dtype))
             fence_async_shared()
@@ -163,7 +165,7 @@ if gluon is not None:
 
     @gluon.jit
     def _gemm_bias_gelu_kernel(x_desc, w_desc, o_desc, b_ptr, M, N, K, GROUP_M: gl.constexpr, STAGES: gl.constexpr,
-                            CONSUMER_REGISTERS: gl.constexpr, LOADER_REGISTERS: gl.constexpr):
+                               GELU: gl.constexpr, CONSUMER_REGISTERS: gl.constexpr, LOADER_REGISTERS: gl.constexpr):
         dtype: gl.constexpr = x_desc.dtype
         x_bufs = gl.allocate_shared_memory(dtype, [STAGES] + x_desc.block_type.shape, x_desc.layout)
         w_bufs = gl.allocate_shared_memory(dtype, [STAGES] + w_desc.block_type.shape, w_desc.layout)
@@ -178,8 +180,10 @@ if gluon is not None:
             mbarrier.init(order.index(i), count=1)
         fence_async_shared()  # the initialized barriers, visible to the TMA unit
         gl.warp_specialize([
-            (_consumer, (x_bufs, w_bufs, ready, empty, order, o_bufs, o_desc, b_ptr, M, N, K, GROUP_M, STAGES, 0)),
-            (_consumer, (x_bufs, w_bufs, ready, empty, order, o_bufs, o_desc, b_ptr, M, N, K, GROUP_M, STAGES, 1)),
+            (_consumer, (x_bufs, w_bufs, ready, empty, order, o_bufs, o_desc, b_ptr, M, N, K, GROUP_M, STAGES, GELU,
+                         0)),
+            (_consumer, (x_bufs, w_bufs, ready, empty, order, o_bufs, o_desc, b_ptr, M, N, K, GROUP_M, STAGES, GELU,
+                         1)),
             (_loader, (x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, K, GROUP_M, STAGES)),
         ], [4, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS])
 
@@ -187,22 +191,31 @@ if gluon is not None:
 def linear_gelu_gluon(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """`gelu(x @ weight.T + bias)` with the exact GELU, as `[..., N]`, through `_gemm_bias_gelu_kernel`: for the tensors
     `gluon_linear_gelu_supported` accepts."""
+    return linear_gluon(x, weight, bias, gelu=True)
+
+
+def linear_gluon(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gelu: bool,
+                 tile: tuple[int, int] = (BLOCK_M, BLOCK_N), stages: int = STAGES) -> torch.Tensor:
+    """`x @ weight.T + bias`, with the exact GELU when `gelu`, through `_gemm_bias_gelu_kernel` with a consumer's
+    output `tile` (rows, columns) and `stages` ring stages (shared memory: `stages` x (rows + columns) x 128 B plus
+    2 x rows x columns x 2 B)."""
+    block_m, block_n = tile
     flat = x.reshape(-1, x.shape[-1]).contiguous()
     (m, k), n = flat.shape, weight.shape[0]
     out = torch.empty(m, n, device=x.device, dtype=x.dtype)
     if m == 0:
         return out.view(*x.shape[:-1], n)
     element = gl.bfloat16 if x.dtype == torch.bfloat16 else gl.float16
-    x_desc = TensorDescriptor.from_tensor(flat, [BLOCK_M, BLOCK_K],
-                                          gl.NVMMASharedLayout.get_default_for([BLOCK_M, BLOCK_K], element))
-    w_desc = TensorDescriptor.from_tensor(weight, [BLOCK_N, BLOCK_K],
-                                          gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_K], element))
-    o_desc = TensorDescriptor.from_tensor(out, [BLOCK_M, BLOCK_N],
-                                          gl.NVMMASharedLayout.get_default_for([BLOCK_M, BLOCK_N], element))
-    tiles = triton.cdiv(m, BLOCK_M) * triton.cdiv(n, BLOCK_N)
+    x_desc = TensorDescriptor.from_tensor(flat, [block_m, BLOCK_K],
+                                          gl.NVMMASharedLayout.get_default_for([block_m, BLOCK_K], element))
+    w_desc = TensorDescriptor.from_tensor(weight, [block_n, BLOCK_K],
+                                          gl.NVMMASharedLayout.get_default_for([block_n, BLOCK_K], element))
+    o_desc = TensorDescriptor.from_tensor(out, [block_m, block_n],
+                                          gl.NVMMASharedLayout.get_default_for([block_m, block_n], element))
+    tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
     _gemm_bias_gelu_kernel[(min(tiles, multiprocessors(x.device)), )](
-        x_desc, w_desc, o_desc, bias, m, n, k, GROUP_M=GROUP_M, STAGES=STAGES, CONSUMER_REGISTERS=CONSUMER_REGISTERS,
-        LOADER_REGISTERS=LOADER_REGISTERS, num_warps=4,
+        x_desc, w_desc, o_desc, bias, m, n, k, GROUP_M=GROUP_M, STAGES=stages, GELU=gelu,
+        CONSUMER_REGISTERS=CONSUMER_REGISTERS, LOADER_REGISTERS=LOADER_REGISTERS, num_warps=4,
         # 3 warpgroups x 128 threads x 168 registers at launch; once the partitions start, the default one (consumer
         # 0) has what the workers leave: 3 x 168 - 232 - 40 = 232
         maxnreg=(CONSUMER_REGISTERS * 2 + LOADER_REGISTERS) // 3,
