@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_jetvit import JetViTConfig
+from .ops_jetvit import rope_tables
 
 
 class JetViTEmbeddings(nn.Module):
@@ -135,5 +136,4 @@ class JetViTRopePositionEmbedding(nn.Module):
                 coords, config.pos_embed_shift, config.pos_embed_jitter, config.pos_embed_rescale
             )
         angles = 2 * math.pi * coords[:, :, None] * self.inv_freq[None, None, :]
-        angles = angles.flatten(1, 2).tile(2)
-        return torch.cos(angles).to(dtype), torch.sin(angles).to(dtype)
+        return rope_tables(angles.flatten(1, 2).tile(2), dtype)

@@ -247,3 +247,30 @@ def test_hybrid_training_step_compiles_to_the_eager_gradients():
     assert any("dynamic_conv" in name for name in grads) and any("layer.1.attention" in name for name in grads)
     for name, grad in grads.items():
         torch.testing.assert_close(compiled_grads[name], grad, msg=name)
+
+
+def test_rope_tables_are_one_op_that_compile_keeps_and_match_float64():
+    """The tables are DINOv3's patch-centre angles' cos and sin (float64 long-hand), and `torch.compile` sees them as
+    one `jetvit::rope_tables` op, not cos/sin it could inline into every full layer's RoPE kernel."""
+    config = make_config()
+    grid = (3, 5)
+    centres = [((i + 0.5) / grid[0] * 2 - 1, (j + 0.5) / grid[1] * 2 - 1)
+               for i in range(grid[0]) for j in range(grid[1])]
+    inv_freq = 1 / config.rope_theta ** (torch.arange(config.head_dim // 4, dtype=torch.float64) * 4 / config.head_dim)
+    angles = 2 * torch.pi * torch.tensor(centres, dtype=torch.float64)[:, :, None] * inv_freq
+    angles = angles.flatten(1).repeat(1, 2)
+    cos, sin = JetViTRopePositionEmbedding(config).eval()(grid, torch.float32)
+    torch.testing.assert_close(cos, angles.cos().float(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(sin, angles.sin().float(), atol=1e-6, rtol=0)
+    torch.library.opcheck(torch.ops.jetvit.rope_tables.default, (angles.float(), torch.bfloat16))
+
+    targets = []
+
+    def recording_backend(graph_module, example_inputs):
+        targets.extend(node.target for node in graph_module.graph.nodes if node.op == "call_function")
+        return graph_module.forward
+
+    module = JetViTRopePositionEmbedding(config).eval()
+    torch.compile(lambda: module(grid, torch.bfloat16), fullgraph=True, backend=recording_backend)()
+    assert torch.ops.jetvit.rope_tables in targets
+    assert not {torch.cos, torch.sin} & set(targets)
