@@ -108,6 +108,27 @@ def test_the_kernel_matches_float64_like_cublas_and_pytorchs_gelu(dtype, rows, h
 
 @pytest.mark.gpu
 @hopper
+@pytest.mark.parametrize("tile, stages", [((128, 128), 5), ((64, 256), 4)])
+@pytest.mark.parametrize("rows, hidden, out", [(127, 64, 1000), (8197, 1024, 1024)])
+def test_the_kernel_without_the_gelu_matches_float64_like_cublas(tile, stages, rows, hidden, out):
+    """`linear_gluon(gelu=False)`, the bias-only epilogue `benchmarks/experiments/gemm_pingpong_shapes.py` times, at
+    both consumer tiles."""
+    torch.manual_seed(0)
+    x = torch.randn(rows, hidden, device="cuda", dtype=torch.bfloat16)
+    weight = (torch.randn(out, hidden, device="cuda") / hidden ** 0.5).bfloat16()
+    bias = torch.randn(out, device="cuda", dtype=torch.bfloat16)
+    expected = x.double() @ weight.double().T + bias.double()
+
+    def error(y):
+        return ((y.double() - expected).norm() / expected.norm()).item()
+
+    ours = kernels_jetvit_mlp.linear_gluon(x, weight, bias, gelu=False, tile=tile, stages=stages)
+    assert ours.shape == (rows, out) and ours.dtype == torch.bfloat16
+    assert error(ours) <= 1.05 * error(F.linear(x, weight, bias))
+
+
+@pytest.mark.gpu
+@hopper
 def test_a_model_with_the_fused_exact_gelu_matches_the_unfused_one():
     torch.manual_seed(0)
     model = JetViTModel(config("gelu")).cuda().to(torch.bfloat16).eval()
