@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import platform
+import subprocess
 
 import torch
 
@@ -48,7 +49,37 @@ def environment(device: torch.device) -> dict:
             gpu_memory_gib=round(props.total_memory / 2**30, 1),
             gpu_count=torch.cuda.device_count(),
         )
+        env.update(gpu_power_and_clocks(str(getattr(props, "uuid", "")) or None))
     return env
+
+
+def gpu_power_and_clocks(uuid: str | None) -> dict:
+    """The GPU's power limit (and the most it may be set to) and its maximum SM clock, from `nvidia-smi`: what can
+    differ between machines of one kind and move their timings by a few percent. The GPU is the one whose UUID ends
+    in `uuid`, or the only one; `{}` where nvidia-smi is missing, fails or lists no such GPU."""
+    fields = ("uuid", "power.limit", "power.max_limit", "clocks.max.sm")
+    try:
+        listing = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    rows = [[cell.strip() for cell in line.split(",")] for line in listing.splitlines() if line.count(",") == 3]
+    matches = [row for row in rows if uuid and row[0].endswith(uuid)] or (rows if len(rows) == 1 else [])
+    if not matches:
+        return {}
+    _, limit, max_limit, clock = matches[0]
+    return {"gpu_power_limit_w": _reading(limit), "gpu_power_max_limit_w": _reading(max_limit),
+            "gpu_max_sm_clock_mhz": _reading(clock)}
+
+
+def _reading(text: str) -> float | None:
+    """An nvidia-smi number, or None for its "[N/A]" / "[Not Supported]"."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def _is_oom(error: BaseException) -> bool:

@@ -3,6 +3,8 @@ records, the per-layer latency table and benchmarking a converted checkpoint. No
 
 import json
 import shutil
+import subprocess
+from unittest import mock
 
 import pytest
 import torch
@@ -547,3 +549,29 @@ def test_whole_forward_graph_replays_new_inputs_and_recaptures_new_shapes():
             got = runner(x, pair=(other_scale, shift)).clone()
             torch.testing.assert_close(got, forward(x, (other_scale, shift)), rtol=1e-12, atol=1e-12)
             assert runner.key[1][0] == ("tensor", shape, torch.float64, x.device)
+
+
+def test_gpu_power_and_clocks_reads_the_run_gpus_row_of_nvidia_smi():
+    """The power limit and maximum SM clock of the GPU whose UUID torch reports (or of the only one), numbers parsed,
+    nvidia-smi's "[N/A]" as None; nothing where nvidia-smi is missing or fails."""
+    from jetvit_hf.bench import device as bench_device
+
+    listing = ("GPU-11111111-aaaa, 700.00, 700.00, 1980\n"
+               "GPU-22222222-bbbb, 600.00, [N/A], 1785\n")
+
+    def answering(text):
+        return lambda *args, **kwargs: subprocess.CompletedProcess(args, 0, stdout=text, stderr="")
+
+    with mock.patch.object(bench_device.subprocess, "run", answering(listing)):
+        assert bench_device.gpu_power_and_clocks("22222222-bbbb") == {
+            "gpu_power_limit_w": 600.0, "gpu_power_max_limit_w": None, "gpu_max_sm_clock_mhz": 1785.0}
+        assert bench_device.gpu_power_and_clocks("33333333-cccc") == {}  # two GPUs, neither this one
+        assert bench_device.gpu_power_and_clocks(None) == {}
+    with mock.patch.object(bench_device.subprocess, "run", answering(listing.splitlines()[0])):
+        assert bench_device.gpu_power_and_clocks(None)["gpu_power_limit_w"] == 700.0  # the only GPU
+
+    def failing(*args, **kwargs):
+        raise FileNotFoundError("nvidia-smi")
+
+    with mock.patch.object(bench_device.subprocess, "run", failing):
+        assert bench_device.gpu_power_and_clocks("11111111-aaaa") == {}
