@@ -28,15 +28,17 @@ from jetvit_hf.models.jetvit.kernels_jetvit_mlp import linear_gluon  # noqa: E40
 # (N, K) of the ViT-L layer GEMMs, and whether the model applies the GELU after it
 SHAPES = {"qkv": (3072, 1024, False), "o_proj": (1024, 1024, False), "fc1": (4096, 1024, True),
           "fc2": (1024, 4096, False)}
-# consumer tile (rows, columns) and ring stages: each fills the 227 KiB of shared memory
-TILES = {"pp128x128": ((128, 128), 5), "pp64x256": ((64, 256), 4)}
+# consumer tile (rows, columns), ring stages and K per stage: each fits the 227 KiB of shared memory. K = 128 halves
+# the ring waits and releases per tile, each of which Gluon precedes with a warpgroup barrier (`gluon_loop_barriers.py`)
+TILES = {"pp128x128": ((128, 128), 5, 64), "pp64x256": ((64, 256), 4, 64), "pp128x128_k128": ((128, 128), 2, 128)}
 
 
 def variants(x, weight, bias, gelu: bool) -> dict:
     """The callables timed for one shape: cuBLAS (+ PyTorch's GELU) and the ping-pong kernel at each tile."""
     timed = {"cublas": (lambda: F.gelu(F.linear(x, weight, bias))) if gelu else (lambda: F.linear(x, weight, bias))}
-    for name, (tile, stages) in TILES.items():
-        timed[name] = lambda tile=tile, stages=stages: linear_gluon(x, weight, bias, gelu, tile, stages)
+    for name, (tile, stages, block_k) in TILES.items():
+        timed[name] = lambda tile=tile, stages=stages, block_k=block_k: linear_gluon(x, weight, bias, gelu, tile, stages,
+                                                                                      block_k)
     return timed
 
 
@@ -44,10 +46,10 @@ def compile_only() -> int:
     from sm90_compile import compile_only_for_sm90, resource_usage
 
     x, w, b = torch.randn(8197, 1024).bfloat16(), torch.randn(1024, 1024).bfloat16(), torch.randn(1024).bfloat16()
-    for name, (tile, stages) in TILES.items():
+    for name, (tile, stages, block_k) in TILES.items():
         for gelu in (False, True):
             with compile_only_for_sm90() as compiled:
-                linear_gluon(x, w, b, gelu, tile, stages)
+                linear_gluon(x, w, b, gelu, tile, stages, block_k)
             (_, kernel), = compiled
             print(name, "gelu" if gelu else "bias", resource_usage(kernel), flush=True)
     return 0

@@ -195,10 +195,11 @@ def linear_gelu_gluon(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor)
 
 
 def linear_gluon(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gelu: bool,
-                 tile: tuple[int, int] = (BLOCK_M, BLOCK_N), stages: int = STAGES) -> torch.Tensor:
+                 tile: tuple[int, int] = (BLOCK_M, BLOCK_N), stages: int = STAGES, block_k: int = BLOCK_K
+                 ) -> torch.Tensor:
     """`x @ weight.T + bias`, with the exact GELU when `gelu`, through `_gemm_bias_gelu_kernel` with a consumer's
-    output `tile` (rows, columns) and `stages` ring stages (shared memory: `stages` x (rows + columns) x 128 B plus
-    2 x rows x columns x 2 B)."""
+    output `tile` (rows, columns), `stages` ring stages of `block_k` columns of K (shared memory: `stages` x (rows +
+    columns) x `block_k` x 2 B plus 2 x rows x columns x 2 B)."""
     block_m, block_n = tile
     flat = x.reshape(-1, x.shape[-1]).contiguous()
     (m, k), n = flat.shape, weight.shape[0]
@@ -206,10 +207,10 @@ def linear_gluon(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gelu
     if m == 0:
         return out.view(*x.shape[:-1], n)
     element = gl.bfloat16 if x.dtype == torch.bfloat16 else gl.float16
-    x_desc = TensorDescriptor.from_tensor(flat, [block_m, BLOCK_K],
-                                          gl.NVMMASharedLayout.get_default_for([block_m, BLOCK_K], element))
-    w_desc = TensorDescriptor.from_tensor(weight, [block_n, BLOCK_K],
-                                          gl.NVMMASharedLayout.get_default_for([block_n, BLOCK_K], element))
+    x_desc = TensorDescriptor.from_tensor(flat, [block_m, block_k],
+                                          gl.NVMMASharedLayout.get_default_for([block_m, block_k], element))
+    w_desc = TensorDescriptor.from_tensor(weight, [block_n, block_k],
+                                          gl.NVMMASharedLayout.get_default_for([block_n, block_k], element))
     o_desc = TensorDescriptor.from_tensor(out, [block_m, block_n],
                                           gl.NVMMASharedLayout.get_default_for([block_m, block_n], element))
     tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)

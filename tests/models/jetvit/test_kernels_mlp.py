@@ -108,11 +108,11 @@ def test_the_kernel_matches_float64_like_cublas_and_pytorchs_gelu(dtype, rows, h
 
 @pytest.mark.gpu
 @hopper
-@pytest.mark.parametrize("tile, stages", [((128, 128), 5), ((64, 256), 4)])
+@pytest.mark.parametrize("tile, stages, block_k", [((128, 128), 5, 64), ((64, 256), 4, 64), ((128, 128), 2, 128)])
 @pytest.mark.parametrize("rows, hidden, out", [(127, 64, 1000), (8197, 1024, 1024)])
-def test_the_kernel_without_the_gelu_matches_float64_like_cublas(tile, stages, rows, hidden, out):
+def test_the_kernel_without_the_gelu_matches_float64_like_cublas(tile, stages, block_k, rows, hidden, out):
     """`linear_gluon(gelu=False)`, the bias-only epilogue `benchmarks/experiments/gemm_pingpong_shapes.py` times, at
-    both consumer tiles."""
+    each of its consumer tiles and K-steps."""
     torch.manual_seed(0)
     x = torch.randn(rows, hidden, device="cuda", dtype=torch.bfloat16)
     weight = (torch.randn(out, hidden, device="cuda") / hidden ** 0.5).bfloat16()
@@ -122,7 +122,7 @@ def test_the_kernel_without_the_gelu_matches_float64_like_cublas(tile, stages, r
     def error(y):
         return ((y.double() - expected).norm() / expected.norm()).item()
 
-    ours = kernels_jetvit_mlp.linear_gluon(x, weight, bias, gelu=False, tile=tile, stages=stages)
+    ours = kernels_jetvit_mlp.linear_gluon(x, weight, bias, gelu=False, tile=tile, stages=stages, block_k=block_k)
     assert ours.shape == (rows, out) and ours.dtype == torch.bfloat16
     assert error(ours) <= 1.05 * error(F.linear(x, weight, bias))
 
