@@ -22,7 +22,11 @@ def _cell(record: dict | None, key: str, spec: str = ".2f") -> str:
 
 def _where(result: dict) -> str:
     env = result["environment"]
-    return env["gpu"] or f"CPU ({env['cpu_threads']} threads)"
+    if not env["gpu"]:
+        return f"CPU ({env['cpu_threads']} threads)"
+    limits = [f"{value:.0f} {unit}" for value, unit in ((env.get("gpu_power_limit_w"), "W"),
+                                                         (env.get("gpu_max_sm_clock_mhz"), "MHz")) if value]
+    return env["gpu"] + (f" ({', '.join(limits)})" if limits else "")
 
 
 def format_benchmark(result: dict) -> str:

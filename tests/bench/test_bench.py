@@ -575,3 +575,13 @@ def test_gpu_power_and_clocks_reads_the_run_gpus_row_of_nvidia_smi():
 
     with mock.patch.object(bench_device.subprocess, "run", failing):
         assert bench_device.gpu_power_and_clocks("11111111-aaaa") == {}
+
+
+def test_the_report_names_the_gpus_power_limit_and_clock_when_recorded():
+    from jetvit_hf.bench.report import _where
+
+    env = {"gpu": "NVIDIA H200", "cpu_threads": 16, "gpu_power_limit_w": 700.0, "gpu_max_sm_clock_mhz": 1980.0}
+    assert _where({"environment": env}) == "NVIDIA H200 (700 W, 1980 MHz)"
+    assert _where({"environment": {**env, "gpu_power_limit_w": None}}) == "NVIDIA H200 (1980 MHz)"
+    assert _where({"environment": {"gpu": "NVIDIA H200", "cpu_threads": 16}}) == "NVIDIA H200"  # records before them
+    assert _where({"environment": {"gpu": None, "cpu_threads": 2}}) == "CPU (2 threads)"
