@@ -21,12 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository r
 
 from benchmarks.experiments.common import hybrid_bench_runs  # noqa: E402
 from jetvit_hf.io import atomic_write_json  # noqa: E402
-from jetvit_hf.models.jetvit import modeling_jetvit_embeddings  # noqa: E402
+from jetvit_hf.models.jetvit import modeling_jetvit_embeddings, ops_jetvit  # noqa: E402
 
-
-def inline_tables(angles: torch.Tensor, dtype: torch.dtype):
-    """What the RoPE module computed before the op: cos and sin that torch.compile may inline into their readers."""
-    return torch.cos(angles).to(dtype), torch.sin(angles).to(dtype)
+# the op's own implementation called as a plain function, which torch.compile traces and may inline into the tables'
+# readers: what the RoPE module computed before the op
+inline_tables = ops_jetvit._rope_tables_forward
 
 
 def main(argv=None) -> int:
