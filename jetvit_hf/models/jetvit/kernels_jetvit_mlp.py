@@ -1,5 +1,7 @@
 """A Gluon kernel for the MLP's up-projection with its bias and exact GELU in the epilogue (Hopper), and its launcher;
-`ops_jetvit.linear_gelu` calls `linear_gelu_gluon` where `gluon_linear_gelu_supported` allows.
+`ops_jetvit.linear_gelu` calls `linear_gelu_gluon` where `gluon_linear_gelu_supported` allows. `linear_gluon`, which
+it calls, also takes the tile, the ring's stages and K-step, and a bias-only epilogue: the settings the experiments in
+`benchmarks/experiments/` time (`gemm_pingpong_shapes.py`); the model runs the defaults with the GELU.
 
 Why a kernel of our own: cuBLASLt fuses only the tanh approximation of GELU into a GEMM, and DINOv2/DINOv3/Depth
 Anything were trained with the exact (erf) GELU. Unfused, the exact GELU is a pass of its own over the 4x-wide hidden
