@@ -1,11 +1,15 @@
 """The device and dtype a benchmark runs on (resolved as everywhere in the package, by `jetvit_hf.device`), the
-environment record (versions and hardware), and recognising and cleaning up after out-of-memory errors."""
+environment record (versions and hardware), the GPU's clock and power while a timing runs, and recognising and
+cleaning up after out-of-memory errors."""
 
 from __future__ import annotations
 
 import gc
 import platform
+import statistics
 import subprocess
+import threading
+import time
 
 import torch
 
@@ -49,8 +53,13 @@ def environment(device: torch.device) -> dict:
             gpu_memory_gib=round(props.total_memory / 2**30, 1),
             gpu_count=torch.cuda.device_count(),
         )
-        env.update(gpu_power_and_clocks(str(getattr(props, "uuid", "")) or None))
+        env.update(gpu_power_and_clocks(gpu_uuid(device)))
     return env
+
+
+def gpu_uuid(device: torch.device) -> str | None:
+    """The UUID torch reports for a CUDA device (nvidia-smi's, less its "GPU-" prefix), or None."""
+    return str(getattr(torch.cuda.get_device_properties(device), "uuid", "")) or None
 
 
 def gpu_power_and_clocks(uuid: str | None) -> dict:
@@ -65,13 +74,84 @@ def gpu_power_and_clocks(uuid: str | None) -> dict:
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return {}
-    rows = [[cell.strip() for cell in line.split(",")] for line in listing.splitlines() if line.count(",") == 3]
-    matches = [row for row in rows if uuid and row[0].endswith(uuid)] or (rows if len(rows) == 1 else [])
+    matches = _rows_of(uuid, [_cells(line, len(fields)) for line in listing.splitlines()])
     if not matches:
         return {}
     _, limit, max_limit, clock = matches[0]
     return {"gpu_power_limit_w": _reading(limit), "gpu_power_max_limit_w": _reading(max_limit),
             "gpu_max_sm_clock_mhz": _reading(clock)}
+
+
+class GpuStateSampler:
+    """The SM clock, power draw and temperature of the GPU whose UUID ends in `uuid` (or of the only one), sampled by
+    `nvidia-smi` every `interval_ms` in the background while in the `with` block. A GPU at its power limit lowers its
+    clock (an H200 ran a DINOv3-L forward at 1980 MHz from idle and at 1605-1740 MHz, at its 700 W limit, after a
+    second of them; `benchmarks/experiments/README.md`), so a timing is worth reading beside the clock it ran at.
+    `summary()` is `{}` where nvidia-smi is missing or took no sample of that GPU; `summary(since, until)` covers the
+    samples read between two `time.time()` stamps."""
+
+    FIELDS = ("uuid", "clocks.sm", "power.draw", "temperature.gpu")
+
+    def __init__(self, uuid: str | None, interval_ms: int = 20):
+        self.uuid, self.interval_ms = uuid, interval_ms
+        self.samples: list[tuple[float, list[str]]] = []  # (time.time() when read, the row's cells)
+        self._process = self._thread = None
+
+    def __enter__(self) -> GpuStateSampler:
+        try:
+            self._process = subprocess.Popen(
+                ["nvidia-smi", f"--query-gpu={','.join(self.FIELDS)}", "--format=csv,noheader,nounits",
+                 "-lms", str(self.interval_ms)],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            )
+        except OSError:
+            return self
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+        return self
+
+    def _read(self) -> None:
+        for line in self._process.stdout:
+            cells = _cells(line, len(self.FIELDS))
+            if cells:
+                self.samples.append((time.time(), cells))
+
+    def __exit__(self, *exc_info) -> None:
+        if self._process is None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+        self._thread.join(timeout=5)
+
+    def summary(self, since: float = float("-inf"), until: float = float("inf")) -> dict:
+        rows = _rows_of(self.uuid, [cells for stamp, cells in self.samples if since <= stamp <= until])
+        clocks, powers, temperatures = ([value for row in rows if (value := _reading(row[i])) is not None]
+                                        for i in (1, 2, 3))
+        if not clocks:
+            return {}
+        return {"samples": len(clocks), "sm_clock_mhz_median": statistics.median(clocks),
+                "sm_clock_mhz_min": min(clocks),
+                "power_w_median": statistics.median(powers) if powers else None,
+                "temperature_c_max": max(temperatures) if temperatures else None}
+
+
+def _cells(line: str, count: int) -> list[str] | None:
+    """One nvidia-smi CSV row of `count` cells, stripped, or None for anything else."""
+    cells = [cell.strip() for cell in line.split(",")]
+    return cells if len(cells) == count else None
+
+
+def _rows_of(uuid: str | None, rows: list) -> list[list[str]]:
+    """The rows (UUID first) of the GPU whose UUID ends in `uuid`; all of them when only one GPU is listed."""
+    rows = [row for row in rows if row]
+    if uuid:
+        matches = [row for row in rows if row[0].endswith(uuid)]
+        if matches:
+            return matches
+    return rows if len({row[0] for row in rows}) == 1 else []
 
 
 def _reading(text: str) -> float | None:

@@ -63,12 +63,23 @@ def format_benchmark(result: dict) -> str:
         lines.append(f"| {key} (time ratio) | {_fmt(ratio['latency'], '.2f', 'x')} | "
                      f"{_fmt(ratio['throughput'], '.2f', 'x')} | | | | |")
     for name, entry in result["results"].items():
-        lines.append(f"  {name}: {entry['description']}")
+        lines.append(f"  {name}: {entry['description']}{_gpu_state_text(entry)}")
     for name, entry in result["results"].items():
         lines += _memory_advice(name, entry, res)
     for note in result.get("notes", []):
         lines.append(f"  note: {note}")
     return "\n".join(lines)
+
+
+def _gpu_state_text(entry: dict) -> str:
+    """"; SM clock 1740 MHz at 689 W (bs1), ..." for the timings that recorded the GPU's state, else ""."""
+    parts = []
+    for record in (entry.get("latency"), entry.get("throughput")):
+        state = (record or {}).get("gpu_state")
+        if state:
+            power = f" at {state['power_w_median']:.0f} W" if state.get("power_w_median") is not None else ""
+            parts.append(f"{state['sm_clock_mhz_median']:.0f} MHz{power} (bs{record.get('batch_size', '?')})")
+    return "; SM clock " + ", ".join(parts) if parts else ""
 
 
 def _memory_advice(name: str, entry: dict, resolution) -> list[str]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
-from .device import _free_memory, _is_oom, check_device, resolve_dtype
+from .device import GpuStateSampler, _free_memory, _is_oom, check_device, gpu_uuid, resolve_dtype
 
 SDPA_BACKENDS = ("default", "cudnn", "flash", "efficient", "math")
 DEFAULT_ITERS = {"cuda": 50, "cpu": 5}
@@ -176,6 +176,8 @@ def measure(fn: Callable[[], object], settings: RunSettings, sync_each_iteration
     With `sync_each_iteration` (latency) the device is idle when each iteration starts, so a time includes launching
     the call. Without it (CUDA only; per-layer tables) the iterations are queued back to back and each is timed by
     its own pair of events: the cost of the call inside a stream of work, as a layer sees it inside a model.
+    On a CUDA device the record also holds `gpu_state`, the SM clock and power draw while the timed iterations ran
+    (`GpuStateSampler`; absent where nvidia-smi took no sample).
     """
     device = settings.device
     cuda = device.type == "cuda"
@@ -187,34 +189,35 @@ def measure(fn: Callable[[], object], settings: RunSettings, sync_each_iteration
         step()
         fn()
     times = []
-    if cuda and sync_each_iteration:
-        torch.cuda.synchronize(device)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        for _ in range(settings.iters):
-            step()
+    with GpuStateSampler(gpu_uuid(device)) if cuda else contextlib.nullcontext() as sampler:
+        if cuda and sync_each_iteration:
             torch.cuda.synchronize(device)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-    elif cuda:
-        torch.cuda.synchronize(device)
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                  for _ in range(settings.iters)]
-        for start, end in events:
-            step()
-            start.record()
-            fn()
-            end.record()
-        torch.cuda.synchronize(device)
-        times = [start.elapsed_time(end) for start, end in events]
-    else:
-        for _ in range(settings.iters):
-            step()
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            for _ in range(settings.iters):
+                step()
+                torch.cuda.synchronize(device)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+        elif cuda:
+            torch.cuda.synchronize(device)
+            events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                      for _ in range(settings.iters)]
+            for start, end in events:
+                step()
+                start.record()
+                fn()
+                end.record()
+            torch.cuda.synchronize(device)
+            times = [start.elapsed_time(end) for start, end in events]
+        else:
+            for _ in range(settings.iters):
+                step()
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
     record = {
         "status": "ok",
         "median_ms": statistics.median(times),
@@ -230,6 +233,8 @@ def measure(fn: Callable[[], object], settings: RunSettings, sync_each_iteration
     if cuda:
         record["peak_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
         record["peak_reserved_mib"] = torch.cuda.max_memory_reserved(device) / 2**20
+        if gpu_state := sampler.summary():
+            record["gpu_state"] = gpu_state  # the SM clock and power the timed iterations ran at
     return record
 
 

@@ -577,6 +577,57 @@ def test_gpu_power_and_clocks_reads_the_run_gpus_row_of_nvidia_smi():
         assert bench_device.gpu_power_and_clocks("11111111-aaaa") == {}
 
 
+def test_gpu_state_sampler_summarises_the_run_gpus_nvidia_smi_samples():
+    """The clock, power and temperature samples of the GPU whose UUID torch reports, as medians (clock also its
+    minimum, temperature its maximum), "[N/A]" skipped; nothing where nvidia-smi is missing or sampled no such GPU."""
+    from jetvit_hf.bench import device as bench_device
+
+    samples = ["GPU-11111111-aaaa, 1980, 120.50, 40", "GPU-22222222-bbbb, 1755, 690.00, 60",
+               "GPU-11111111-aaaa, 1980, 121.00, 40", "GPU-22222222-bbbb, 1605, [N/A], 62",
+               "GPU-22222222-bbbb, 1740, 694.00, 61", "not a sample"]
+
+    class NvidiaSmi:
+        def __init__(self, args, **kwargs):
+            self.args, self.stdout = args, iter(line + "\n" for line in samples)
+            self.terminated = False
+
+        def terminate(self):
+            self.terminated = True
+
+        def wait(self, timeout=None):
+            return 0
+
+    with mock.patch.object(bench_device.subprocess, "Popen", NvidiaSmi):
+        with bench_device.GpuStateSampler("22222222-bbbb", interval_ms=50) as sampler:
+            pass
+        assert sampler._process.terminated and "-lms" in sampler._process.args
+        assert sampler.summary() == {"samples": 3, "sm_clock_mhz_median": 1740.0, "sm_clock_mhz_min": 1605.0,
+                                     "power_w_median": 692.0, "temperature_c_max": 62.0}
+        with bench_device.GpuStateSampler("33333333-cccc") as sampler:  # two GPUs sampled, neither this one
+            pass
+        assert sampler.summary() == {}
+
+    def missing(*args, **kwargs):
+        raise FileNotFoundError("nvidia-smi")
+
+    with mock.patch.object(bench_device.subprocess, "Popen", missing):
+        with bench_device.GpuStateSampler("22222222-bbbb") as sampler:
+            pass
+        assert sampler.summary() == {}
+
+
+def test_the_report_gives_each_models_sm_clock_when_recorded():
+    from jetvit_hf.bench.report import _gpu_state_text
+
+    state = {"samples": 30, "sm_clock_mhz_median": 1740.0, "sm_clock_mhz_min": 1605.0, "power_w_median": 689.1,
+             "temperature_c_max": 61.0}
+    entry = {"latency": {"batch_size": 1, "gpu_state": state},
+             "throughput": {"batch_size": 8, "gpu_state": {**state, "sm_clock_mhz_median": 1605.0,
+                                                           "power_w_median": None}}}
+    assert _gpu_state_text(entry) == "; SM clock 1740 MHz at 689 W (bs1), 1605 MHz (bs8)"
+    assert _gpu_state_text({"latency": {"batch_size": 1}, "throughput": None}) == ""  # CPU runs, older records
+
+
 def test_the_report_names_the_gpus_power_limit_and_clock_when_recorded():
     from jetvit_hf.bench.report import _where
 
