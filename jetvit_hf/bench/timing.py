@@ -188,36 +188,9 @@ def measure(fn: Callable[[], object], settings: RunSettings, sync_each_iteration
     for _ in range(settings.warmup):
         step()
         fn()
-    times = []
-    with GpuStateSampler(gpu_uuid(device)) if cuda else contextlib.nullcontext() as sampler:
-        if cuda and sync_each_iteration:
-            torch.cuda.synchronize(device)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            for _ in range(settings.iters):
-                step()
-                torch.cuda.synchronize(device)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-        elif cuda:
-            torch.cuda.synchronize(device)
-            events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                      for _ in range(settings.iters)]
-            for start, end in events:
-                step()
-                start.record()
-                fn()
-                end.record()
-            torch.cuda.synchronize(device)
-            times = [start.elapsed_time(end) for start, end in events]
-        else:
-            for _ in range(settings.iters):
-                step()
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1e3)
+    sampler = GpuStateSampler(gpu_uuid(device)) if cuda else None
+    with sampler or contextlib.nullcontext():
+        times = _timed_iterations(fn, settings, step, sync_each_iteration)
     record = {
         "status": "ok",
         "median_ms": statistics.median(times),
@@ -236,6 +209,43 @@ def measure(fn: Callable[[], object], settings: RunSettings, sync_each_iteration
         if gpu_state := sampler.summary():
             record["gpu_state"] = gpu_state  # the SM clock and power the timed iterations ran at
     return record
+
+
+def _timed_iterations(fn: Callable[[], object], settings: RunSettings, step: Callable[[], object],
+                      sync_each_iteration: bool) -> list[float]:
+    """The milliseconds of `settings.iters` calls of `fn`, each after `step()`, as `measure` describes."""
+    device = settings.device
+    if device.type == "cuda" and sync_each_iteration:
+        torch.cuda.synchronize(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        times = []
+        for _ in range(settings.iters):
+            step()
+            torch.cuda.synchronize(device)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        return times
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(settings.iters)]
+        for start, end in events:
+            step()
+            start.record()
+            fn()
+            end.record()
+        torch.cuda.synchronize(device)
+        return [start.elapsed_time(end) for start, end in events]
+    times = []
+    for _ in range(settings.iters):
+        step()
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
 
 
 def _status(status: str, **extra) -> dict:
