@@ -58,8 +58,6 @@ def launch_costs(forward, pixels, rounds: int = 30) -> dict:
     - `copy_wait_replay_ms`: the input copy, the host waiting for it, then the replay on an idle stream;
     - `queued_ms`: per replay, 10 replays queued back to back;
     and the host's time to return from one call (`cpu_call_us`) and from one replay (`cpu_replay_us`)."""
-    import time
-
     flag = torch.zeros(1, device=pixels.device)
     static = forward.inputs[0]
     variants = {
@@ -95,21 +93,23 @@ def short(name: str) -> str:
 
 
 def summarize(timeline: list, launch_start: float | None) -> dict:
+    """Span, kernel time and the gaps between consecutive kernels (negative where two overlap), in total and by the
+    pair of kernels around them."""
     gaps = [(b[0] - a[1], short(a[2]), short(b[2])) for a, b in zip(timeline, timeline[1:])]
     by_pair = {}
     for gap, before, after in gaps:
         count, total = by_pair.get((before, after), (0, 0.0))
         by_pair[(before, after)] = (count + 1, total + gap)
     top = sorted(by_pair.items(), key=lambda kv: -kv[1][1])[:15]
-    positive = [g for g, _, _ in gaps]
+    widths = [g for g, _, _ in gaps]
     return {
         "kernels": len(timeline),
         "span_ms": round((timeline[-1][1] - timeline[0][0]) / 1e3, 4),
         "graph_launch_to_first_kernel_us": None if launch_start is None else round(timeline[0][0] - launch_start, 1),
         "kernel_ms": round(sum(end - start for start, end, _ in timeline) / 1e3, 4),
-        "gap_ms": round(sum(positive) / 1e3, 4),
-        "gap_us_median": round(statistics.median(positive), 2),
-        "gap_us_p90": round(sorted(positive)[int(0.9 * len(positive))], 2),
+        "gap_ms": round(sum(widths) / 1e3, 4),
+        "gap_us_median": round(statistics.median(widths), 2),
+        "gap_us_p90": round(sorted(widths)[int(0.9 * len(widths))], 2),
         "top_gaps": [{"before": b, "after": a, "count": c, "total_us": round(t, 1), "mean_us": round(t / c, 2)}
                      for (b, a), (c, t) in top],
     }
