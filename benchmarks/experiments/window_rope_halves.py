@@ -126,8 +126,8 @@ def _window_halves_kernel(
         if (window == 0) & (block == 0):
             prefix_scores = (tl.dot(prefix_q1, tl.trans(prefix_k1), input_precision=PRECISION)
                              + tl.dot(prefix_q2, tl.trans(prefix_k2), input_precision=PRECISION))
-            prefix_m, prefix_l, prefix_acc = _softmax_step(prefix_scores, prefix_v, p_valid, prefix_m, prefix_l, prefix_acc,
-                                                           qk_scale, PRECISION, True)
+            prefix_m, prefix_l, prefix_acc = _softmax_step(prefix_scores, prefix_v, p_valid, prefix_m, prefix_l,
+                                                           prefix_acc, qk_scale, PRECISION, True)
 
     for key_block in tl.range(0, key_blocks, num_stages=1):  # as the shipped launch setting (KEY_STAGES=1)
         k_tokens, k_valid = _window_tokens(top, left, key_block * BLOCK_N + tl.arange(0, BLOCK_N), num_prefix,
@@ -148,8 +148,8 @@ def _window_halves_kernel(
             if key_block % query_blocks == block:
                 prefix_scores = (tl.dot(prefix_q1, tl.trans(k1), input_precision=PRECISION)
                                  + tl.dot(prefix_q2, tl.trans(k2), input_precision=PRECISION))
-                prefix_m, prefix_l, prefix_acc = _softmax_step(prefix_scores, v, k_valid, prefix_m, prefix_l, prefix_acc,
-                                                               qk_scale, PRECISION, not EVEN)
+                prefix_m, prefix_l, prefix_acc = _softmax_step(prefix_scores, v, k_valid, prefix_m, prefix_l,
+                                                               prefix_acc, qk_scale, PRECISION, not EVEN)
 
     out = acc / l_i[:, None]
     tl.store(o_ptr + batch * stride_ob + q_tokens[:, None] * stride_on + head * HEAD_DIM + offs_d[None, :],
@@ -176,7 +176,8 @@ def window_attention_halves(query, key, value, cos, sin, num_prefix: int, grid_s
     tables = _rope_tables(cos, sin, query)
     _window_halves_kernel[(batch * splits, heads)](
         query, key, value, *tables, out, prefix_acc, prefix_stats,
-        heads, num_prefix, grid_size[0], grid_size[1], window_cols, window_rows * window_cols, scale * 1.4426950408889634,
+        heads, num_prefix, grid_size[0], grid_size[1], window_cols, window_rows * window_cols,
+        scale * 1.4426950408889634,
         query.stride(0), query.stride(1), query.stride(2), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), out.stride(0), out.stride(1),
         HEAD_DIM=head_dim, BLOCK_D=block_d, WINDOW=window_size, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_P=block_p,
@@ -213,12 +214,13 @@ def shipped_without_prefix_queries(query, key, value, cos, sin, num_prefix: int,
     tables = _rope_tables(cos, sin, query)
     _window_kernel[(batch * splits, heads)](
         query, key, value, *tables, out, out, out,
-        heads, num_prefix, grid_size[0], grid_size[1], window_cols, window_rows * window_cols, scale * 1.4426950408889634,
+        heads, num_prefix, grid_size[0], grid_size[1], window_cols, window_rows * window_cols, splits,
+        scale * 1.4426950408889634,
         query.stride(0), query.stride(1), query.stride(2), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), out.stride(0), out.stride(1),
         HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), WINDOW=window_size, BLOCK_M=128, BLOCK_N=128,
         BLOCK_P=block_p, HAS_ROPE=tables[0] is not query, PRECISION=_precision(query), KEY_STAGES=1,
-        HAS_PREFIX=False, EVEN=True, num_warps=4,
+        HAS_PREFIX=False, PREFIX_GROUP=0, PREFIX_STAGES=1, EVEN=True, num_warps=4,
     )
     return out
 
@@ -228,8 +230,11 @@ def variants(q, k, v, cos, sin, num_prefix, grid) -> dict:
     prefix tokens at all (the same patch tokens); and the halves kernel at the HALVES settings (also without RoPE at
     the shipped launch setting: the DINOv2 / Depth Anything path)."""
     patches = slice(num_prefix, None)
-    timed = {"shipped_m128_n128_w4": lambda: window_attention_triton(q, k, v, cos, sin, num_prefix, grid, 16, 0.125),
-             "shipped_no_rope": lambda: window_attention_triton(q, k, v, None, None, num_prefix, grid, 16, 0.125),
+    # "shipped": the kernel as it was when this ran (the prefix queries inside the window programs, `prefix_group=0`)
+    timed = {"shipped_m128_n128_w4": lambda: window_attention_triton(q, k, v, cos, sin, num_prefix, grid, 16, 0.125,
+                                                                     prefix_group=0),
+             "shipped_no_rope": lambda: window_attention_triton(q, k, v, None, None, num_prefix, grid, 16, 0.125,
+                                                                prefix_group=0),
              "shipped_no_prefix_queries": lambda: shipped_without_prefix_queries(
                  q, k, v, cos, sin, num_prefix, grid, 16, 0.125),
              "shipped_no_prefix_tokens": lambda: window_attention_triton(
@@ -255,7 +260,7 @@ def check() -> int:
     for name, (rope, shared) in {"rope": (True, True), "rope_separate_tables": (True, False),
                                  "no_rope": (False, True)}.items():
         tables = (cos, sin) if rope else (None, None)
-        reference = window_attention_triton(q, k, v, *tables, prefix, grid, 4, 0.125)
+        reference = window_attention_triton(q, k, v, *tables, prefix, grid, 4, 0.125, prefix_group=0)
         out = window_attention_halves(q, k, v, *tables, prefix, grid, 4, 0.125, block_m=16, block_n=16,
                                       shared_table=shared)
         print(name, "max abs diff vs shipped", (out - reference).abs().max().item(), flush=True)

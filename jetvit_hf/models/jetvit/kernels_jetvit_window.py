@@ -5,8 +5,9 @@ Each patch query attends to the patches of its `window_size` x `window_size` win
 registers), and each prefix query attends to every token. The window kernel reads q/k/v straight from the projection
 output (`[batch, tokens, heads, head_dim]`, strided views are fine), applies RoPE on load, runs an online softmax over
 the prefix keys and the window's keys, and writes `[batch, tokens, heads * head_dim]`: no partition, padding or
-prefix-concatenation copies. The prefix queries ride along: each program also accumulates them over the keys it has
-loaded, and a small kernel merges those partial softmaxes.
+prefix-concatenation copies. The prefix queries' softmax over all tokens is split into partials that a small kernel
+merges: with RoPE each window program also runs them over keys it has rotated anyway; without, one extra program per
+few windows does, reading tiles its neighbours just brought into L2 (faster there, see WINDOW_PREFIX_GROUP).
 
 Uses the RoPE-on-load tile loader and the launch helpers of `kernels_jetvit_linear.py`; its window geometry helpers
 are shared with the backward kernels (`kernels_jetvit_window_backward.py`). Shipped with every saved checkpoint for
@@ -74,82 +75,131 @@ if triton is not None:
         return m_i, tl.sum(p, axis=1), tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
 
     @triton.jit
+    def _window_keys(k_base, v_base, cos_ptr, sin_ptr, top, left, key_block, offs_d, d_mask, num_prefix, grid_h,
+                     grid_w, stride_kn, stride_vn, HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr,
+                     BLOCK_N: tl.constexpr, HAS_ROPE: tl.constexpr, MASKED: tl.constexpr):
+        """Key block `key_block` of the window at (`top`, `left`): its keys (RoPE applied), values and which of its
+        rows are real patches. MASKED loads only those rows (not needed when windows tile the grid and blocks the
+        windows)."""
+        tokens, valid = _window_tokens(top, left, key_block * BLOCK_N + tl.arange(0, BLOCK_N), num_prefix, grid_h,
+                                       grid_w, WINDOW)
+        if MASKED:
+            mask = valid[:, None] & d_mask[None, :]
+        else:
+            mask = d_mask[None, :]
+        k = _load_rotated(k_base, tokens, stride_kn, offs_d, mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM, HAS_ROPE,
+                          RELU=False)
+        v = tl.load(v_base + tokens[:, None] * stride_vn + offs_d[None, :], mask=mask, other=0.0)
+        return k, v, valid
+
+    @triton.jit
+    def _store_prefix_partial(acc_ptr, stats_ptr, partial, offs_p, offs_d, p_valid, m, l_sum, acc,
+                              BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
+        """A partial softmax of the prefix queries (the real rows of it) for `_prefix_merge_kernel`."""
+        tl.store(acc_ptr + (partial * BLOCK_P + offs_p[:, None]) * BLOCK_D + offs_d[None, :], acc,
+                 mask=p_valid[:, None])
+        tl.store(stats_ptr + (partial * 2) * BLOCK_P + offs_p, m, mask=p_valid)
+        tl.store(stats_ptr + (partial * 2 + 1) * BLOCK_P + offs_p, l_sum, mask=p_valid)
+
+    @triton.jit
     def _window_kernel(
         q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, o_ptr, prefix_acc_ptr, prefix_stats_ptr,
-        num_heads, num_prefix, grid_h, grid_w, window_cols, windows_per_image, qk_scale,
+        num_heads, num_prefix, grid_h, grid_w, window_cols, windows_per_image, splits, qk_scale,
         stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,
         stride_ob, stride_on,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, WINDOW: tl.constexpr, BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, HAS_ROPE: tl.constexpr, PRECISION: tl.constexpr,
-        KEY_STAGES: tl.constexpr, HAS_PREFIX: tl.constexpr, EVEN: tl.constexpr,
+        KEY_STAGES: tl.constexpr, HAS_PREFIX: tl.constexpr, PREFIX_GROUP: tl.constexpr,
+        PREFIX_STAGES: tl.constexpr, EVEN: tl.constexpr,
     ):
         """One block of BLOCK_M patch queries of one window and head: online softmax over the prefix keys and the
         window's keys (padding outside the grid masked), reading and writing the token-major tensors directly.
 
-        The prefix queries attend to every key. Each program also runs them over its share of the window's key blocks
-        (key block b goes to query block b % query_blocks; the prefix keys to window 0's first block), reusing the
-        rotated keys it has loaded, and stores that partial softmax for `_prefix_merge_kernel`: no second pass over K/V.
+        The prefix queries attend to every key; their partial softmaxes go to `_prefix_merge_kernel`, one of two ways:
+        - PREFIX_GROUP == 0: each program also runs them over its share of the window's key blocks (key block b goes
+          to query block b % query_blocks; the prefix keys to window 0's first block), reusing the rotated keys it has
+          loaded: no second pass over K/V, and so the cheaper way with RoPE. `splits` = programs per image and head.
+        - PREFIX_GROUP == G > 0: every G windows get one program more (after their query blocks in the grid), which
+          runs the prefix queries over those windows' keys (PREFIX_STAGES-pipelined; the neighbours it follows have just
+          loaded the same tiles, so they come from L2), and the query-block programs leave them out, which spares
+          them a 16-row softmax step per key block. `splits` = groups of windows per image.
         EVEN (windows tile the grid, blocks tile the windows) drops the key masks.
         """
         query_blocks: tl.constexpr = (WINDOW * WINDOW + BLOCK_M - 1) // BLOCK_M
         key_blocks: tl.constexpr = (WINDOW * WINDOW + BLOCK_N - 1) // BLOCK_N
         pid = tl.program_id(0)
         head = tl.program_id(1)
-        block, window, batch, top, left = _window_program(pid, query_blocks, windows_per_image, window_cols, WINDOW)
+        if PREFIX_GROUP > 0:
+            member = pid % (PREFIX_GROUP * query_blocks + 1)
+            batch = pid // (PREFIX_GROUP * query_blocks + 1) // splits
+            split = pid // (PREFIX_GROUP * query_blocks + 1) % splits
+            window = split * PREFIX_GROUP + member // query_blocks
+            block = member % query_blocks
+            top, left = (window // window_cols) * WINDOW, (window % window_cols) * WINDOW
+            prefix_program = member == PREFIX_GROUP * query_blocks
+            patch_program = (member < PREFIX_GROUP * query_blocks) & (window < windows_per_image)
+            owns_prefix_keys = (split == 0) & prefix_program  # the prefix queries over the prefix keys
+        else:
+            block, window, batch, top, left = _window_program(pid, query_blocks, windows_per_image, window_cols,
+                                                              WINDOW)
+            split = pid % splits
+            patch_program = True
+            owns_prefix_keys = split == 0  # window 0's first query block
         offs_d = tl.arange(0, BLOCK_D)
         d_mask = offs_d < HEAD_DIM
-
-        q_tokens, q_valid = _window_tokens(top, left, block * BLOCK_M + tl.arange(0, BLOCK_M), num_prefix, grid_h,
-                                           grid_w, WINDOW)
-        q_mask = q_valid[:, None] & d_mask[None, :]
         q_base = q_ptr + batch * stride_qb + head * stride_qh
-        q = _load_rotated(q_base, q_tokens, stride_qn, offs_d, q_mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM,
-                          HAS_ROPE, RELU=False)
-
         k_base = k_ptr + batch * stride_kb + head * stride_kh
         v_base = v_ptr + batch * stride_vb + head * stride_vh
-        # the prefix keys (never rotated) first, then the window's keys
+        # the prefix keys (never rotated), and the prefix queries' partial softmax (none yet)
         offs_p = tl.arange(0, BLOCK_P)
         p_valid = offs_p < num_prefix
         p_mask = p_valid[:, None] & d_mask[None, :]
         prefix_k = tl.load(k_base + offs_p[:, None] * stride_kn + offs_d[None, :], mask=p_mask, other=0.0)
         prefix_v = tl.load(v_base + offs_p[:, None] * stride_vn + offs_d[None, :], mask=p_mask, other=0.0)
-        m_i, l_i, acc = _online_softmax_start(q, prefix_k, prefix_v, p_valid, qk_scale, PRECISION)
-        # the prefix queries' partial softmax over this program's keys (none yet)
         prefix_q = tl.load(q_base + offs_p[:, None] * stride_qn + offs_d[None, :], mask=p_mask, other=0.0)
         prefix_m = tl.full((BLOCK_P,), -1.0e30, dtype=tl.float32)
         prefix_l = tl.zeros((BLOCK_P,), dtype=tl.float32)
         prefix_acc = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
+        partial = (batch * num_heads + head) * splits + split
         if HAS_PREFIX:
-            if (window == 0) & (block == 0):
+            if owns_prefix_keys:
                 prefix_m, prefix_l, prefix_acc = _online_softmax_step(
                     prefix_q, prefix_k, prefix_v, p_valid, prefix_m, prefix_l, prefix_acc, qk_scale, PRECISION)
 
-        for key_block in tl.range(0, key_blocks, num_stages=KEY_STAGES):  # software-pipelined key/value loads
-            k_tokens, k_valid = _window_tokens(top, left, key_block * BLOCK_N + tl.arange(0, BLOCK_N), num_prefix,
-                                               grid_h, grid_w, WINDOW)  # k_valid read only when not EVEN
-            if EVEN:
-                kv_mask = d_mask[None, :]
-            else:
-                kv_mask = k_valid[:, None] & d_mask[None, :]
-            k = _load_rotated(k_base, k_tokens, stride_kn, offs_d, kv_mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM,
+        if patch_program:
+            q_tokens, q_valid = _window_tokens(top, left, block * BLOCK_M + tl.arange(0, BLOCK_M), num_prefix,
+                                               grid_h, grid_w, WINDOW)
+            q_mask = q_valid[:, None] & d_mask[None, :]
+            q = _load_rotated(q_base, q_tokens, stride_qn, offs_d, q_mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM,
                               HAS_ROPE, RELU=False)
-            v = tl.load(v_base + k_tokens[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
-            m_i, l_i, acc = _online_softmax_step(q, k, v, k_valid, m_i, l_i, acc, qk_scale, PRECISION, not EVEN)
-            if HAS_PREFIX:
-                if key_block % query_blocks == block:
+            m_i, l_i, acc = _online_softmax_start(q, prefix_k, prefix_v, p_valid, qk_scale, PRECISION)
+            for key_block in tl.range(0, key_blocks, num_stages=KEY_STAGES):  # software-pipelined K/V loads
+                k, v, k_valid = _window_keys(k_base, v_base, cos_ptr, sin_ptr, top, left, key_block, offs_d, d_mask,
+                                             num_prefix, grid_h, grid_w, stride_kn, stride_vn, HEAD_DIM, WINDOW,
+                                             BLOCK_N, HAS_ROPE, not EVEN)
+                m_i, l_i, acc = _online_softmax_step(q, k, v, k_valid, m_i, l_i, acc, qk_scale, PRECISION, not EVEN)
+                if HAS_PREFIX and PREFIX_GROUP == 0:
+                    if key_block % query_blocks == block:
+                        prefix_m, prefix_l, prefix_acc = _online_softmax_step(
+                            prefix_q, k, v, k_valid, prefix_m, prefix_l, prefix_acc, qk_scale, PRECISION, not EVEN)
+            out = acc / l_i[:, None]
+            tl.store(o_ptr + batch * stride_ob + q_tokens[:, None] * stride_on + head * HEAD_DIM + offs_d[None, :],
+                     out.to(o_ptr.dtype.element_ty), mask=q_mask)
+        if HAS_PREFIX and PREFIX_GROUP > 0:
+            if prefix_program:  # over the group's windows' keys (a window past the last one has none)
+                for step in tl.range(0, PREFIX_GROUP * key_blocks, num_stages=PREFIX_STAGES):
+                    window = split * PREFIX_GROUP + step // key_blocks
+                    k, v, k_valid = _window_keys(
+                        k_base, v_base, cos_ptr, sin_ptr, (window // window_cols) * WINDOW,
+                        (window % window_cols) * WINDOW, step % key_blocks, offs_d, d_mask, num_prefix, grid_h,
+                        grid_w, stride_kn, stride_vn, HEAD_DIM, WINDOW, BLOCK_N, HAS_ROPE, True)
                     prefix_m, prefix_l, prefix_acc = _online_softmax_step(
-                        prefix_q, k, v, k_valid, prefix_m, prefix_l, prefix_acc, qk_scale, PRECISION, not EVEN)
-
-        out = acc / l_i[:, None]
-        tl.store(o_ptr + batch * stride_ob + q_tokens[:, None] * stride_on + head * HEAD_DIM + offs_d[None, :],
-                 out.to(o_ptr.dtype.element_ty), mask=q_mask)
-        if HAS_PREFIX:
-            splits = windows_per_image * query_blocks
-            partial = (batch * num_heads + head) * splits + pid % splits
-            tl.store(prefix_acc_ptr + (partial * BLOCK_P + offs_p[:, None]) * BLOCK_D + offs_d[None, :], prefix_acc)
-            tl.store(prefix_stats_ptr + (partial * 2) * BLOCK_P + offs_p, prefix_m)
-            tl.store(prefix_stats_ptr + (partial * 2 + 1) * BLOCK_P + offs_p, prefix_l)
+                        prefix_q, k, v, k_valid, prefix_m, prefix_l, prefix_acc, qk_scale, PRECISION)
+                _store_prefix_partial(prefix_acc_ptr, prefix_stats_ptr, partial, offs_p, offs_d, p_valid, prefix_m,
+                                      prefix_l, prefix_acc, BLOCK_P, BLOCK_D)
+        elif HAS_PREFIX:
+            _store_prefix_partial(prefix_acc_ptr, prefix_stats_ptr, partial, offs_p, offs_d, p_valid, prefix_m,
+                                  prefix_l, prefix_acc, BLOCK_P, BLOCK_D)
 
     @triton.jit
     def _prefix_merge_kernel(acc_ptr, stats_ptr, o_ptr, num_heads, splits, stride_ob, stride_on,
@@ -186,6 +236,12 @@ if triton is not None:
 # Launch settings, chosen by `benchmarks/bench_window_attention.py` (bf16, ViT-L, 8197 tokens, on an H100; results in
 # benchmarks/results/).
 WINDOW_BLOCK_M, WINDOW_BLOCK_N, WINDOW_WARPS, WINDOW_KEY_STAGES, WINDOW_MAX_REGISTERS = 128, 128, 4, 1, None
+# How the prefix queries run (`_window_kernel`'s PREFIX_GROUP): with RoPE inside the window programs (0), without it in
+# a program of their own per 4 windows, 2 pipeline stages. On an H200 the latter took a DINOv2 / Depth Anything V2-L
+# layer at 1022x1358 from 78.6 to 62.1 us at batch 1 and from 497 to 412 us at batch 8, but with RoPE it costs more
+# than it saves, its keys being rotated a second time (76.3 -> 88.2 us at 1024x2048; `window_prefix_queries.py` in
+# benchmarks/experiments/).
+WINDOW_PREFIX_GROUP, WINDOW_PREFIX_STAGES = 4, 2
 
 
 def _precision(tensor: torch.Tensor) -> str:
@@ -199,28 +255,40 @@ def _register_cap(max_registers):
 
 
 def window_attention_triton(query, key, value, cos, sin, num_prefix: int, grid_size, window_size: int, scale: float,
-                            block_m=None, block_n=None, num_warps=None, key_stages=None, max_registers=None):
+                            block_m=None, block_n=None, num_warps=None, key_stages=None, max_registers=None,
+                            prefix_group=None):
     """`window_attention_torch` on the GPU (forward only, no dropout), `[batch, tokens, heads * head_dim]` in the dtype
-    of `query`. The keyword arguments override the launch settings above (benchmarks and tests sweep them)."""
+    of `query`. The keyword arguments override the launch settings above (benchmarks and tests sweep them;
+    `prefix_group=0` runs the prefix queries inside the window programs also without RoPE)."""
     batch, num_tokens, heads, head_dim = query.shape
     window_tokens = max(16, triton.next_power_of_2(window_size * window_size))  # no query rows past a small window
     block_m, block_n = block_m or min(WINDOW_BLOCK_M, window_tokens), block_n or min(WINDOW_BLOCK_N, window_tokens)
     block_d, block_p = _block_d(head_dim), max(16, triton.next_power_of_2(max(num_prefix, 1)))
     out = torch.empty(batch, num_tokens, heads * head_dim, device=query.device, dtype=query.dtype)
     window_rows, window_cols = -(-grid_size[0] // window_size), -(-grid_size[1] // window_size)
-    splits = window_rows * window_cols * triton.cdiv(window_size * window_size, block_m)  # programs per image and head
-    # the prefix queries' partial softmaxes: unnormalised outputs and (running max, sum) per program
+    windows, query_blocks = window_rows * window_cols, triton.cdiv(window_size * window_size, block_m)
+    tables = _rope_tables(cos, sin, query)
+    has_rope = tables[0] is not query
+    if prefix_group is None:
+        prefix_group = 0 if has_rope or not num_prefix else WINDOW_PREFIX_GROUP
+    if prefix_group:  # partial softmaxes per group of windows; a program per query block and per group
+        splits = -(-windows // prefix_group)
+        programs = batch * splits * (prefix_group * query_blocks + 1)
+    else:  # per window program
+        splits = windows * query_blocks
+        programs = batch * splits
+    # the prefix queries' partial softmaxes: unnormalised outputs and (running max, sum) per split
     prefix_acc = torch.empty(batch * heads, splits, block_p, block_d, device=query.device, dtype=torch.float32)
     prefix_stats = torch.empty(batch * heads, splits, 2, block_p, device=query.device, dtype=torch.float32)
-    tables = _rope_tables(cos, sin, query)
-    _window_kernel[(batch * splits, heads)](
+    _window_kernel[(programs, heads)](
         query, key, value, *tables, out, prefix_acc, prefix_stats,
-        heads, num_prefix, grid_size[0], grid_size[1], window_cols, window_rows * window_cols, scale * 1.4426950408889634,
+        heads, num_prefix, grid_size[0], grid_size[1], window_cols, windows, splits, scale * 1.4426950408889634,
         query.stride(0), query.stride(1), query.stride(2), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), out.stride(0), out.stride(1),
         HEAD_DIM=head_dim, BLOCK_D=block_d, WINDOW=window_size, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_P=block_p,
-        HAS_ROPE=tables[0] is not query, PRECISION=_precision(query), KEY_STAGES=key_stages or WINDOW_KEY_STAGES,
-        HAS_PREFIX=num_prefix > 0, num_warps=num_warps or WINDOW_WARPS,
+        HAS_ROPE=has_rope, PRECISION=_precision(query), KEY_STAGES=key_stages or WINDOW_KEY_STAGES,
+        HAS_PREFIX=num_prefix > 0, PREFIX_GROUP=prefix_group, PREFIX_STAGES=WINDOW_PREFIX_STAGES,
+        num_warps=num_warps or WINDOW_WARPS,
         EVEN=grid_size[0] % window_size == 0 and grid_size[1] % window_size == 0
         and (window_size * window_size) % block_n == 0,
         **_register_cap(max_registers or WINDOW_MAX_REGISTERS),

@@ -420,6 +420,23 @@ def test_triton_window_kernel_matches_the_pytorch_path(dtype, grid, window, num_
     assert error < (1e-5 if dtype == torch.float32 else 1e-2), error
 
 
+@pytest.mark.parametrize("prefix_group", [0, 1, 4, 7])
+@pytest.mark.parametrize("rope", [False, True])
+def test_triton_window_kernel_prefix_query_programs(prefix_group, rope):
+    """The prefix queries run inside the window programs (0) or in a program of their own per group of windows: both
+    give the float64 result, also when the group size does not divide the window count (12 windows in groups of 7:
+    the last group's missing windows must add nothing) and with the launcher's own choice for each (`None`)."""
+    device = triton_device(torch.float32)
+    grid, num_prefix = (12, 16), 3
+    q, k, v, _ = random_inputs(2, num_prefix, grid, 2, 32, 3, device=device, scale=2.0, seed=7)
+    cos, sin = (t.to(device) for t in rope_tables(grid[0] * grid[1], 32)) if rope else (None, None)
+    expected = window_reference(q.cpu(), k.cpu(), v.cpu(), None if cos is None else cos.cpu(),
+                                None if sin is None else sin.cpu(), num_prefix, grid, 4, 0.2)
+    for group in (prefix_group, None):
+        out = window_attention_triton(q, k, v, cos, sin, num_prefix, grid, 4, 0.2, prefix_group=group)
+        torch.testing.assert_close(out.cpu().double(), expected, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("block_m, block_n", [(128, 64), (64, 128), (256, 64)])
 def test_triton_window_kernel_launch_settings_share_the_prefix_queries(block_m, block_n):
     """Each window program runs the prefix queries over its share of the key blocks: more key blocks than query
@@ -429,7 +446,7 @@ def test_triton_window_kernel_launch_settings_share_the_prefix_queries(block_m, 
     q, k, v, _ = random_inputs(1, num_prefix, grid, 2, 32, 3, device=device, scale=2.0, seed=6)
     cos, sin = (t.to(device) for t in rope_tables(grid[0] * grid[1], 32))
     out = window_attention_triton(q, k, v, cos, sin, num_prefix, grid, 16, 0.2,
-                                  block_m=block_m, block_n=block_n, num_warps=8)
+                                  block_m=block_m, block_n=block_n, num_warps=8, prefix_group=0)
     expected = window_reference(q.cpu(), k.cpu(), v.cpu(), cos.cpu(), sin.cpu(), num_prefix, grid, 16, 0.2)
     torch.testing.assert_close(out.cpu().double(), expected, rtol=1e-4, atol=1e-5)
 
