@@ -15,7 +15,6 @@ softmaxes go to the same buffers and merge kernel.
     PYTHONPATH=.:benchmarks python benchmarks/experiments/window_persistent.py --compile-only   # sm_90 on the CPU
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -25,7 +24,15 @@ import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for `benchmarks.*`
 
-from benchmarks.experiments.common import GRID, NUM_PREFIX, interleaved_medians, vit_l_inputs  # noqa: E402
+from benchmarks.experiments.common import (  # noqa: E402
+    GRID,
+    NUM_PREFIX,
+    experiment_record,
+    kernel_experiment_parser,
+    print_sm90_resources,
+    timed_in_graphs,
+    vit_l_inputs,
+)
 from jetvit_hf.io import atomic_write_json  # noqa: E402
 from jetvit_hf.models.jetvit.kernels_jetvit_linear import _block_d, _load_rotated, _rope_tables, multiprocessors  # noqa: E402
 from jetvit_hf.models.jetvit.kernels_jetvit_window import (  # noqa: E402
@@ -158,34 +165,19 @@ def variants(args: tuple) -> dict:
 
 
 def compile_only() -> int:
-    from sm90_compile import compile_only_for_sm90, resource_usage
-
     q, k, v = torch.randn(1, 5 + 64 * 128, 3, 16, 64).bfloat16().unbind(2)
     angles = torch.rand(64 * 128, 64)
     args = (q, k, v, torch.cos(angles).bfloat16(), torch.sin(angles).bfloat16(), 5, (64, 128), 16, 0.125)
-    for name, fn in variants(args).items():
-        with compile_only_for_sm90() as compiled:
-            fn()
-        print(name, resource_usage(compiled[0][1]), flush=True)
+    print_sm90_resources(variants(args))
     return 0
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--compile-only", action="store_true", help="compile the variants for sm_90 on the CPU")
-    parser.add_argument("--batch-sizes", default="1,8")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--output", default=None)
-    args = parser.parse_args(argv)
+    args = kernel_experiment_parser(__doc__.split("\n\n")[0]).parse_args(argv)
     if args.compile_only:
         return compile_only()
-    from benchmarks.bench_linear_attention import graph_ms
-
     torch.manual_seed(0)
-    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-              "command": " ".join(sys.argv), "grid": GRID, "num_prefix": NUM_PREFIX, "window_size": 16,
-              "timing": f"CUDA graph of 20 calls, median of 50 replays, per call; {args.rounds} interleaved rounds, "
-              "median", "runs": {}}
+    result = experiment_record(args.rounds, grid=GRID, num_prefix=NUM_PREFIX, window_size=16)
     with torch.inference_mode():
         for batch in (int(b) for b in args.batch_sizes.split(",")):
             q, k, v, cos, sin, _ = vit_l_inputs(batch)
@@ -198,13 +190,7 @@ def main(argv=None) -> int:
                 except Exception as error:  # e.g. out of shared memory at this setting
                     print(f"{name} failed: {str(error)[:120]}", flush=True)
                     del timed[name]
-            medians, spreads = interleaved_medians(
-                {name: (lambda fn=fn: 1e3 * graph_ms(fn)) for name, fn in timed.items()}, args.rounds)
-            result["runs"][f"batch_{batch}"] = {"median_us": medians, "spread_us": spreads,
-                                                "max_abs_diff_vs_shipped": errors}
-            for name in sorted(medians, key=medians.get):
-                print(f"bs{batch} {name:34s} {medians[name]:8.1f} us  (spread {spreads[name]}, "
-                      f"diff {errors[name]:.2g})", flush=True)
+            result["runs"][f"batch_{batch}"] = timed_in_graphs(timed, args.rounds, errors, f"bs{batch}")
     if args.output:
         atomic_write_json(args.output, result)
     return 0

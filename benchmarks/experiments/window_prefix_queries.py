@@ -25,7 +25,6 @@ Variants of the shipped kernel, all with its launch setting (128 x 128 blocks, 4
     PYTHONPATH=.:benchmarks python benchmarks/experiments/window_prefix_queries.py --compile-only   # sm_90, CPU
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -35,7 +34,15 @@ import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for `benchmarks.*`
 
-from benchmarks.experiments.common import GRID, NUM_PREFIX, interleaved_medians, vit_l_inputs  # noqa: E402
+from benchmarks.experiments.common import (  # noqa: E402
+    GRID,
+    NUM_PREFIX,
+    experiment_record,
+    kernel_experiment_parser,
+    print_sm90_resources,
+    timed_in_graphs,
+    vit_l_inputs,
+)
 from jetvit_hf.io import atomic_write_json  # noqa: E402
 from jetvit_hf.models.jetvit.kernels_jetvit_linear import _block_d, _load_rotated, _rope_tables  # noqa: E402
 from jetvit_hf.models.jetvit.kernels_jetvit_window_backward import _swap_halves  # noqa: E402
@@ -374,38 +381,23 @@ def check() -> int:
 
 
 def compile_only() -> int:
-    from sm90_compile import compile_only_for_sm90, resource_usage
-
     q, k, v = torch.randn(1, NUM_PREFIX + GRID[0] * GRID[1], 3, 16, 64).bfloat16().unbind(2)
     angles = torch.rand(GRID[0] * GRID[1], 32)
     cos, sin = torch.cos(angles).repeat(1, 2).bfloat16(), torch.sin(angles).repeat(1, 2).bfloat16()
     for tables in ((cos, sin), (None, None)):
-        for name, fn in variants(q, k, v, *tables, NUM_PREFIX, GRID).items():
-            with compile_only_for_sm90() as compiled:
-                fn()
-            print(name, "rope" if tables[0] is not None else "no rope", resource_usage(compiled[0][1]), flush=True)
+        print_sm90_resources(variants(q, k, v, *tables, NUM_PREFIX, GRID),
+                             "rope" if tables[0] is not None else "no rope")
     return 0
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true", help="check the variants against the shipped kernel (fp32)")
-    parser.add_argument("--compile-only", action="store_true", help="compile the variants for sm_90 on the CPU")
-    parser.add_argument("--batch-sizes", default="1,8")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--output", default=None)
-    args = parser.parse_args(argv)
+    args = kernel_experiment_parser(__doc__.split("\n\n")[0], check=True).parse_args(argv)
     if args.check:
         return check()
     if args.compile_only:
         return compile_only()
-    from benchmarks.bench_linear_attention import graph_ms
-
     torch.manual_seed(0)
-    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-              "command": " ".join(sys.argv), "window_size": 16,
-              "timing": f"CUDA graph of 20 calls, median of 50 replays, per call; {args.rounds} interleaved rounds, "
-              "median", "runs": {}}
+    result = experiment_record(args.rounds, window_size=16)
     shapes = {"dinov3_rope": (GRID, NUM_PREFIX, True), "dinov3_no_rope": (GRID, NUM_PREFIX, False),
               "dav2_1022x1358": ((73, 97), 1, False)}
     with torch.inference_mode():
@@ -415,14 +407,9 @@ def main(argv=None) -> int:
                 timed = variants(q, k, v, *((cos, sin) if rope else (None, None)), prefix, grid)
                 reference = timed["shipped"]().float()
                 errors = {name: (fn().float() - reference).abs().max().item() for name, fn in timed.items()}
-                medians, spreads = interleaved_medians(
-                    {name: (lambda fn=fn: 1e3 * graph_ms(fn)) for name, fn in timed.items()}, args.rounds)
                 result["runs"][f"{shape}_batch_{batch}"] = {
-                    "grid": grid, "num_prefix": prefix, "rope": rope, "median_us": medians, "spread_us": spreads,
-                    "max_abs_diff_vs_shipped": errors}
-                for name in sorted(medians, key=medians.get):
-                    print(f"{shape} bs{batch} {name:28s} {medians[name]:8.1f} us  (spread {spreads[name]}, "
-                          f"diff {errors[name]:.2g})", flush=True)
+                    "grid": grid, "num_prefix": prefix, "rope": rope,
+                    **timed_in_graphs(timed, args.rounds, errors, f"{shape} bs{batch}")}
     if args.output:
         atomic_write_json(args.output, result)
     return 0
