@@ -30,7 +30,8 @@ atomics (deterministic):
 4. `_prefix_grad_kernel` sums the partials into the prefix rows of `dq`, `dk` and `dv`.
 
 So the prefix rows are done in Triton too: the prefix queries (at most 5, but attending to all tokens) never need a
-pass of their own over K/V; they ride along with the key blocks the window kernels have loaded, as in the forward. The
+pass of their own over K/V; they ride along with the key blocks the window kernels have loaded, as the forward does
+with RoPE (without, the forward gives them programs of their own: `kernels_jetvit_window.WINDOW_PREFIX_GROUP`). The
 cost over a FlashAttention-2 backward with a saved logsumexp is one more `q k^T` per (query, key) block pair in step 1.
 As in FlashAttention, `p = exp2(s * scale * log2(e) - lse)` with an fp32 logsumexp: its rounding (3e-5 at |lse| = 800)
 shifts a whole row's p alike, so rows with logits of very large magnitude lose some accuracy in `dq`.
