@@ -39,8 +39,10 @@ from jetvit_hf.models.jetvit.kernels_jetvit_window import (  # noqa: E402
     _online_softmax_start,
     _online_softmax_step,
     _precision,
-    _prefix_merge_kernel,
+    _window_corner,
     _window_tokens,
+    merge_prefix_partials,
+    prefix_partials,
     window_attention_triton,
 )
 
@@ -70,7 +72,7 @@ def _window_persistent_kernel(
         head = (unit // query_blocks) % num_heads
         window = (unit // (query_blocks * num_heads)) % windows_per_image
         batch = unit // (query_blocks * num_heads * windows_per_image)
-        top, left = (window // window_cols) * WINDOW, (window % window_cols) * WINDOW
+        top, left = _window_corner(window, window_cols, WINDOW)
 
         q_tokens, q_valid = _window_tokens(top, left, block * BLOCK_M + tl.arange(0, BLOCK_M), num_prefix, grid_h,
                                            grid_w, WINDOW)
@@ -123,8 +125,7 @@ def window_attention_persistent(query, key, value, cos, sin, num_prefix: int, gr
     query_blocks = triton.cdiv(window_size * window_size, block_m)
     splits = window_rows * window_cols * query_blocks
     num_units = batch * heads * splits
-    prefix_acc = torch.empty(batch * heads, splits, block_p, block_d, device=query.device, dtype=torch.float32)
-    prefix_stats = torch.empty(batch * heads, splits, 2, block_p, device=query.device, dtype=torch.float32)
+    prefix_acc, prefix_stats = prefix_partials(batch * heads, splits, block_p, block_d, query.device)
     tables = _rope_tables(cos, sin, query)
     programs = min(num_units, programs_per_sm * multiprocessors(query.device))
     _window_persistent_kernel[(programs,)](
@@ -138,9 +139,7 @@ def window_attention_persistent(query, key, value, cos, sin, num_prefix: int, gr
         EVEN=grid_size[0] % window_size == 0 and grid_size[1] % window_size == 0
         and (window_size * window_size) % block_n == 0, num_warps=num_warps,
     )
-    _prefix_merge_kernel[(batch * heads, num_prefix)](
-        prefix_acc, prefix_stats, out, heads, splits, out.stride(0), out.stride(1),
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_P=block_p, BLOCK_S=32, num_warps=4)
+    merge_prefix_partials(prefix_acc, prefix_stats, out, num_prefix)
     return out
 
 

@@ -50,9 +50,11 @@ from jetvit_hf.models.jetvit.kernels_jetvit_window import (  # noqa: E402
     _online_softmax_start,
     _online_softmax_step,
     _precision,
-    _prefix_merge_kernel,
+    _window_corner,
     _window_program,
     _window_tokens,
+    merge_prefix_partials,
+    prefix_partials,
     window_attention_triton,
 )
 
@@ -171,8 +173,7 @@ def window_attention_variant(query, key, value, cos, sin, num_prefix: int, grid_
     out = torch.empty(batch, num_tokens, heads * head_dim, device=query.device, dtype=query.dtype)
     window_rows, window_cols = -(-grid_size[0] // window_size), -(-grid_size[1] // window_size)
     splits = window_rows * window_cols * triton.cdiv(window_size * window_size, block_m)
-    prefix_acc = torch.empty(batch * heads, splits, block_p, block_d, device=query.device, dtype=torch.float32)
-    prefix_stats = torch.empty(batch * heads, splits, 2, block_p, device=query.device, dtype=torch.float32)
+    prefix_acc, prefix_stats = prefix_partials(batch * heads, splits, block_p, block_d, query.device)
     tables = _rope_tables(cos, sin, query)
     _window_variant_kernel[(batch * splits, heads)](
         query, key, value, *tables, out, prefix_acc, prefix_stats,
@@ -187,9 +188,7 @@ def window_attention_variant(query, key, value, cos, sin, num_prefix: int, grid_
         PREFIX_FIRST=prefix_first, MASKED_STORES=masked_stores, num_warps=num_warps,
     )
     if num_prefix:
-        _prefix_merge_kernel[(batch * heads, num_prefix)](
-            prefix_acc, prefix_stats, out, heads, splits, out.stride(0), out.stride(1),
-            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_P=block_p, BLOCK_S=32, num_warps=4)
+        merge_prefix_partials(prefix_acc, prefix_stats, out, num_prefix)
     return out
 
 
@@ -258,7 +257,7 @@ def _window_prefix_programs_kernel(
                                                                qk_scale, PRECISION)
         for i in tl.range(0, GROUP * key_blocks, num_stages=PREFIX_STAGES):
             window = group * GROUP + i // key_blocks  # past the last window: its tokens fall outside the grid
-            top, left = (window // window_cols) * WINDOW, (window % window_cols) * WINDOW
+            top, left = _window_corner(window, window_cols, WINDOW)
             k_tokens, k_valid = _window_tokens(top, left, (i % key_blocks) * BLOCK_N + tl.arange(0, BLOCK_N),
                                                num_prefix, grid_h, grid_w, WINDOW)
             kv_mask = k_valid[:, None] & d_mask[None, :]
@@ -276,7 +275,7 @@ def _window_prefix_programs_kernel(
         window = group * GROUP + member // query_blocks
         block = member % query_blocks
         if window < windows_per_image:
-            top, left = (window // window_cols) * WINDOW, (window % window_cols) * WINDOW
+            top, left = _window_corner(window, window_cols, WINDOW)
             q_tokens, q_valid = _window_tokens(top, left, block * BLOCK_M + tl.arange(0, BLOCK_M), num_prefix,
                                                grid_h, grid_w, WINDOW)
             q_mask = q_valid[:, None] & d_mask[None, :]
@@ -310,8 +309,7 @@ def window_attention_prefix_programs(query, key, value, cos, sin, num_prefix: in
     windows = window_rows * window_cols
     groups = triton.cdiv(windows, group)
     query_blocks = triton.cdiv(window_size * window_size, block_m)
-    prefix_acc = torch.empty(batch * heads, groups, block_p, block_d, device=query.device, dtype=torch.float32)
-    prefix_stats = torch.empty(batch * heads, groups, 2, block_p, device=query.device, dtype=torch.float32)
+    prefix_acc, prefix_stats = prefix_partials(batch * heads, groups, block_p, block_d, query.device)
     tables = _rope_tables(cos, sin, query)
     _window_prefix_programs_kernel[(batch * groups * (group * query_blocks + 1), heads)](
         query, key, value, *tables, out, prefix_acc, prefix_stats,
@@ -324,9 +322,7 @@ def window_attention_prefix_programs(query, key, value, cos, sin, num_prefix: in
         and (window_size * window_size) % block_n == 0, GROUP=group, BLOCK_PQ=block_pq, PREFIX_STAGES=prefix_stages,
         SWAP=swap, num_warps=num_warps,
     )
-    _prefix_merge_kernel[(batch * heads, num_prefix)](
-        prefix_acc, prefix_stats, out, heads, groups, out.stride(0), out.stride(1),
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_P=block_p, BLOCK_S=32, num_warps=4)
+    merge_prefix_partials(prefix_acc, prefix_stats, out, num_prefix)
     return out
 
 VARIANTS = {"prefix_first": (True, False), "masked_stores": (False, True)}

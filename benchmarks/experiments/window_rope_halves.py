@@ -36,10 +36,11 @@ from jetvit_hf.io import atomic_write_json  # noqa: E402
 from jetvit_hf.models.jetvit.kernels_jetvit_linear import _rope_tables  # noqa: E402
 from jetvit_hf.models.jetvit.kernels_jetvit_window import (  # noqa: E402
     _precision,
-    _prefix_merge_kernel,
     _window_kernel,
     _window_program,
     _window_tokens,
+    merge_prefix_partials,
+    prefix_partials,
     window_attention_triton,
 )
 
@@ -178,8 +179,7 @@ def window_attention_halves(query, key, value, cos, sin, num_prefix: int, grid_s
     out = torch.empty(batch, num_tokens, heads * head_dim, device=query.device, dtype=query.dtype)
     window_rows, window_cols = -(-grid_size[0] // window_size), -(-grid_size[1] // window_size)
     splits = window_rows * window_cols * triton.cdiv(window_size * window_size, block_m)
-    prefix_acc = torch.empty(batch * heads, splits, block_p, block_d, device=query.device, dtype=torch.float32)
-    prefix_stats = torch.empty(batch * heads, splits, 2, block_p, device=query.device, dtype=torch.float32)
+    prefix_acc, prefix_stats = prefix_partials(batch * heads, splits, block_p, block_d, query.device)
     tables = _rope_tables(cos, sin, query)
     _window_halves_kernel[(batch * splits, heads)](
         query, key, value, *tables, out, prefix_acc, prefix_stats,
@@ -194,9 +194,7 @@ def window_attention_halves(query, key, value, cos, sin, num_prefix: int, grid_s
         and (window_size * window_size) % block_n == 0,
     )
     if num_prefix:
-        _prefix_merge_kernel[(batch * heads, num_prefix)](
-            prefix_acc, prefix_stats, out, heads, splits, out.stride(0), out.stride(1),
-            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_P=block_p, BLOCK_S=32, num_warps=4)
+        merge_prefix_partials(prefix_acc, prefix_stats, out, num_prefix)
     return out
 
 

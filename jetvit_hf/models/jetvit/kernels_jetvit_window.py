@@ -33,13 +33,19 @@ if triton is not None:
     from .kernels_jetvit_linear import _load_rotated
 
     @triton.jit
+    def _window_corner(window, window_cols, WINDOW: tl.constexpr):
+        """The top row and left column (in patches) of window `window`, windows numbered row-major."""
+        return (window // window_cols) * WINDOW, (window % window_cols) * WINDOW
+
+    @triton.jit
     def _window_program(pid, BLOCKS: tl.constexpr, windows_per_image, window_cols, WINDOW: tl.constexpr):
         """`(block, window, image, top row, left column)` of a program id laid out as (image, window, block), BLOCKS
         blocks per window (shared with the backward kernels of `kernels_jetvit_window_backward.py`)."""
         block = pid % BLOCKS
         window = (pid // BLOCKS) % windows_per_image
         batch = pid // (BLOCKS * windows_per_image)
-        return block, window, batch, (window // window_cols) * WINDOW, (window % window_cols) * WINDOW
+        top, left = _window_corner(window, window_cols, WINDOW)
+        return block, window, batch, top, left
 
     @triton.jit
     def _window_tokens(top, left, t, num_prefix, grid_h, grid_w, WINDOW: tl.constexpr):
@@ -135,7 +141,7 @@ if triton is not None:
             split = pid // (PREFIX_GROUP * query_blocks + 1) % splits
             window = split * PREFIX_GROUP + member // query_blocks
             block = member % query_blocks
-            top, left = (window // window_cols) * WINDOW, (window % window_cols) * WINDOW
+            top, left = _window_corner(window, window_cols, WINDOW)
             prefix_program = member == PREFIX_GROUP * query_blocks
             patch_program = (member < PREFIX_GROUP * query_blocks) & (window < windows_per_image)
             owns_prefix_keys = (split == 0) & prefix_program  # the prefix queries over the prefix keys
@@ -188,11 +194,10 @@ if triton is not None:
         if HAS_PREFIX and PREFIX_GROUP > 0:
             if prefix_program:  # over the group's windows' keys (a window past the last one has none)
                 for step in tl.range(0, PREFIX_GROUP * key_blocks, num_stages=PREFIX_STAGES):
-                    window = split * PREFIX_GROUP + step // key_blocks
-                    k, v, k_valid = _window_keys(
-                        k_base, v_base, cos_ptr, sin_ptr, (window // window_cols) * WINDOW,
-                        (window % window_cols) * WINDOW, step % key_blocks, offs_d, d_mask, num_prefix, grid_h,
-                        grid_w, stride_kn, stride_vn, HEAD_DIM, WINDOW, BLOCK_N, HAS_ROPE, True)
+                    top, left = _window_corner(split * PREFIX_GROUP + step // key_blocks, window_cols, WINDOW)
+                    k, v, k_valid = _window_keys(k_base, v_base, cos_ptr, sin_ptr, top, left, step % key_blocks,
+                                                 offs_d, d_mask, num_prefix, grid_h, grid_w, stride_kn, stride_vn,
+                                                 HEAD_DIM, WINDOW, BLOCK_N, HAS_ROPE, True)
                     prefix_m, prefix_l, prefix_acc = _online_softmax_step(
                         prefix_q, k, v, k_valid, prefix_m, prefix_l, prefix_acc, qk_scale, PRECISION)
                 _store_prefix_partial(prefix_acc_ptr, prefix_stats_ptr, partial, offs_p, offs_d, p_valid, prefix_m,
@@ -277,9 +282,7 @@ def window_attention_triton(query, key, value, cos, sin, num_prefix: int, grid_s
     else:  # per window program
         splits = windows * query_blocks
         programs = batch * splits
-    # the prefix queries' partial softmaxes: unnormalised outputs and (running max, sum) per split
-    prefix_acc = torch.empty(batch * heads, splits, block_p, block_d, device=query.device, dtype=torch.float32)
-    prefix_stats = torch.empty(batch * heads, splits, 2, block_p, device=query.device, dtype=torch.float32)
+    prefix_acc, prefix_stats = prefix_partials(batch * heads, splits, block_p, block_d, query.device)
     _window_kernel[(programs, heads)](
         query, key, value, *tables, out, prefix_acc, prefix_stats,
         heads, num_prefix, grid_size[0], grid_size[1], window_cols, windows, splits, scale * 1.4426950408889634,
@@ -294,8 +297,23 @@ def window_attention_triton(query, key, value, cos, sin, num_prefix: int, grid_s
         **_register_cap(max_registers or WINDOW_MAX_REGISTERS),
     )
     if num_prefix:
-        _prefix_merge_kernel[(batch * heads, num_prefix)](
-            prefix_acc, prefix_stats, out, heads, splits, out.stride(0), out.stride(1),
-            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_P=block_p, BLOCK_S=32, num_warps=4,
-        )
+        merge_prefix_partials(prefix_acc, prefix_stats, out, num_prefix)
     return out
+
+
+def prefix_partials(batch_heads: int, splits: int, block_p: int, block_d: int, device):
+    """Buffers for the prefix queries' partial softmaxes, `splits` per (image, head): the unnormalised outputs and the
+    (running max, sum) pairs `_window_kernel` stores and `merge_prefix_partials` combines."""
+    return (torch.empty(batch_heads, splits, block_p, block_d, device=device, dtype=torch.float32),
+            torch.empty(batch_heads, splits, 2, block_p, device=device, dtype=torch.float32))
+
+
+def merge_prefix_partials(prefix_acc, prefix_stats, out, num_prefix: int) -> None:
+    """Writes the first `num_prefix` rows of `out` (`[batch, tokens, heads * head_dim]`) from the partials in the
+    `prefix_partials` buffers (`_prefix_merge_kernel`)."""
+    batch_heads, splits, block_p, block_d = prefix_acc.shape
+    heads = batch_heads // out.shape[0]
+    _prefix_merge_kernel[(batch_heads, num_prefix)](
+        prefix_acc, prefix_stats, out, heads, splits, out.stride(0), out.stride(1),
+        HEAD_DIM=out.shape[2] // heads, BLOCK_D=block_d, BLOCK_P=block_p, BLOCK_S=32, num_warps=4,
+    )
