@@ -10,7 +10,9 @@ Memory layout: `JetViTBackbone` hands the neck channels-last views of its patch 
 keeps the neck's and head's convolution weights in `torch.channels_last`, so every op here (conv, conv-transpose,
 bilinear interpolation, ReLU, residual add) reads and writes NHWC memory (cuDNN's native layout for tensor cores)
 without a transpose. Nothing here depends on the layout: NCHW inputs give the same values. On a GPU, outside
-autograd, the `align_corners=True` upsamplings run a Triton kernel of ours (`ops_jetvit.upsample_bilinear`).
+autograd, the `align_corners=True` upsamplings run a Triton kernel of ours (`ops_jetvit.upsample_bilinear`), and the
+head after conv1 runs as one GEMM and one kernel that never writes the full-resolution hidden maps
+(`ops_jetvit.upsampled_depth_head`).
 
 Shipped with every saved checkpoint for `trust_remote_code`: imports only torch and its flat siblings.
 """
@@ -20,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_jetvit import JetViTConfig
-from .ops_jetvit import upsample_bilinear
+from .ops_jetvit import upsample_bilinear, upsampled_depth_head, upsampled_depth_head_applies
 
 
 class JetViTReassembleLayer(nn.Module):
@@ -144,6 +146,10 @@ class JetViTDepthHead(nn.Module):
         # conv1 stays before the upsampling: a 3x3 convolution mixes neighbours, so it does not commute with it
         predicted_depth = self.conv1(features[self.head_in_index])
         output_size = (grid_size[0] * self.patch_size, grid_size[1] * self.patch_size)
+        if upsampled_depth_head_applies(predicted_depth, self.conv2, self.conv3):
+            # the rest in one GEMM and one kernel, without the 128-channel map at full resolution (the same function)
+            sigmoid = isinstance(self.activation2, nn.Sigmoid)
+            return upsampled_depth_head(predicted_depth, output_size, self.conv2, self.conv3, sigmoid, self.max_depth)
         predicted_depth = upsample_bilinear(predicted_depth, output_size)
         predicted_depth = self.conv3(self.activation1(self.conv2(predicted_depth)))
         predicted_depth = self.activation2(predicted_depth) * self.max_depth

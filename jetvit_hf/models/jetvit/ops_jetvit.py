@@ -14,6 +14,8 @@ implementations for `torch.compile` and their autograd backwards, and the functi
 - `rope_tables(angles, dtype)`: RoPE's cos and sin tables, computed once per forward under `torch.compile` too.
 - `upsample_bilinear(x, size)`: the DPT neck's and head's `align_corners=True` bilinear upsampling of channels-last
   maps (`kernels_jetvit_upsample.py`), for inference.
+- `upsampled_depth_head(x, size, ...)`: the depth head after conv1 (upsample, conv2, ReLU, conv3, activation, scale)
+  without the full-resolution hidden maps (`kernels_jetvit_depth_head.py`), for inference.
 
 Linear attention runs as two ops (the dynamic convolution's kernels are computed from the first op's V sum between
 them) so that `torch.compile` keeps whole graphs. Inputs are `[batch, tokens, heads, head_dim]` with a contiguous last
@@ -31,6 +33,7 @@ Shipped with every saved checkpoint for `trust_remote_code`: imports only torch 
 
 import torch
 
+from .kernels_jetvit_depth_head import upsampled_depth_head_runs_on, upsampled_depth_head_triton
 from .kernels_jetvit_linear import linear_attention_output_triton, linear_attention_state_triton, triton_available
 from .kernels_jetvit_linear_backward import (
     linear_attention_output_backward_triton,
@@ -362,6 +365,32 @@ _define_op("upsample_bilinear", _upsample_bilinear_forward, _upsample_bilinear_f
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# jetvit::upsampled_depth_head
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _upsampled_depth_head_forward(
+    x: Tensor, conv2_weight: Tensor, conv2_bias: Tensor, conv3_weight: Tensor, conv3_bias: Tensor, height: int,
+    width: int, sigmoid: bool, max_depth: float
+) -> Tensor:
+    if upsampled_depth_head_runs_on(x):
+        return upsampled_depth_head_triton(x, (height, width), conv2_weight, conv2_bias, conv3_weight, conv3_bias,
+                                           sigmoid, max_depth)
+    hidden = torch.relu(torch.nn.functional.conv2d(_interpolate(x, (height, width)), conv2_weight, conv2_bias,
+                                                   padding=1))
+    depth = torch.nn.functional.conv2d(hidden, conv3_weight, conv3_bias)
+    return ((torch.sigmoid(depth) if sigmoid else torch.relu(depth)) * max_depth).squeeze(1)
+
+
+def _upsampled_depth_head_fake(x, conv2_weight, conv2_bias, conv3_weight, conv3_bias, height, width, sigmoid,
+                               max_depth):
+    return x.new_empty(x.shape[0], height, width)
+
+
+_define_op("upsampled_depth_head", _upsampled_depth_head_forward, _upsampled_depth_head_fake)  # inference only
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # The functions the modeling file calls
 # ----------------------------------------------------------------------------------------------------------------------
 # They call the ops above and add only a friendlier signature: the patch grid as one `(height, width)` pair, and the
@@ -412,3 +441,19 @@ def upsample_bilinear(x: Tensor, size) -> Tensor:
     if upsample_bilinear_runs_on(x) and not (torch.is_grad_enabled() and x.requires_grad):
         return torch.ops.jetvit.upsample_bilinear(x, size[0], size[1])
     return _interpolate(x, size)
+
+
+def upsampled_depth_head_applies(x: Tensor, conv2: torch.nn.Conv2d, conv3: torch.nn.Conv2d) -> bool:
+    """Whether `upsampled_depth_head` runs its kernel on conv1's output `x`: a channels-last CUDA map, outside
+    autograd (the kernel has no backward), with the convs' biases (Depth Anything's head has them)."""
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *conv2.parameters(), *conv3.parameters()))
+    return upsampled_depth_head_runs_on(x) and conv2.bias is not None and conv3.bias is not None and not needs_grad
+
+
+def upsampled_depth_head(x: Tensor, size, conv2: torch.nn.Conv2d, conv3: torch.nn.Conv2d, sigmoid: bool,
+                         max_depth: float) -> Tensor:
+    """Depth Anything's head after conv1, `act(conv3(relu(conv2(upsample(x, size))))) * max_depth` as `[batch,
+    height, width]` (`act`: sigmoid or ReLU), without the full-resolution hidden maps: one GEMM and one Triton kernel
+    (`kernels_jetvit_depth_head.py`) where `upsampled_depth_head_applies`, the same ops in PyTorch elsewhere."""
+    return torch.ops.jetvit.upsampled_depth_head(x, conv2.weight, conv2.bias, conv3.weight, conv3.bias, size[0],
+                                                 size[1], sigmoid, max_depth)

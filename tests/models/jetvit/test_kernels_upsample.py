@@ -96,24 +96,28 @@ def test_runs_on_only_channels_last_cuda_maps():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("compiled", [False, True])
-def test_depth_model_with_the_kernel_matches_interpolate(monkeypatch, compiled):
-    """A bf16 depth model on the GPU (head and fusion layers through the kernel, eager or compiled without graph
-    breaks) predicts what it predicts with F.interpolate everywhere, to bf16 rounding."""
+def test_depth_model_with_the_kernels_matches_interpolate(monkeypatch, compiled):
+    """A bf16 depth model on the GPU (the fusion layers' upsamplings through this kernel, the head's upsampling and
+    convolutions after conv1 through `kernels_jetvit_depth_head.py`; eager, or compiled without graph breaks) predicts
+    what its modules predict with F.interpolate everywhere, to bf16 rounding."""
     if kernels_jetvit_upsample.triton is None:
         pytest.skip("triton is not installed")
     from test_dpt_channels_last import tiny_depth_model
 
     model = tiny_depth_model().to("cuda", torch.bfloat16).eval()
     pixel_values = torch.randn(2, 3, 40, 56, generator=torch.Generator().manual_seed(1)).to("cuda", torch.bfloat16)
-    launches = []
-    real_kernel = ops_jetvit.upsample_bilinear_triton
+    launches, head_launches = [], []
+    real_kernel, real_head = ops_jetvit.upsample_bilinear_triton, ops_jetvit.upsampled_depth_head_triton
     monkeypatch.setattr(ops_jetvit, "upsample_bilinear_triton", lambda x, size: launches.append(size) or
                         real_kernel(x, size))
+    monkeypatch.setattr(ops_jetvit, "upsampled_depth_head_triton", lambda x, size, *args: head_launches.append(size)
+                        or real_head(x, size, *args))
     forward = torch.compile(model, fullgraph=True) if compiled else model
     with torch.no_grad():
         actual = forward(pixel_values).predicted_depth.float()
-        assert len(launches) == 5  # four fusion layers and the head
+        assert len(launches) == 4 and head_launches == [(40, 56)]  # four fusion layers; the head
         monkeypatch.setattr(ops_jetvit, "upsample_bilinear_runs_on", lambda x: False)
+        monkeypatch.setattr(ops_jetvit, "upsampled_depth_head_runs_on", lambda x: False)
         expected = model(pixel_values).predicted_depth.float()
     assert expected.std() > 0.1 * expected.abs().mean()
     assert ((actual - expected).abs().max() / expected.abs().max()).item() < 3e-2
