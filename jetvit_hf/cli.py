@@ -456,7 +456,7 @@ def _add_pipeline_parser(commands) -> None:
         "the device unless given. Every setting is checked before any work. Rerunning the same command continues an "
         "interrupted run: finished stages are skipped, and a training stage resumes from its last checkpoint (one "
         "every 10% of a stage, and one of the current step on Ctrl-C). An --output holding a run with other "
-        "settings is refused unless --overwrite.",
+        "settings is refused unless --overwrite, and one another run is working in is refused.",
     )
     help_texts = {
         "teacher": "source checkpoint (directory or Hub id); with probe.json and probe.safetensors beside it, a "

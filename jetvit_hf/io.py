@@ -1,6 +1,6 @@
 """Files: crash-safe writes (a saved model, checkpoint, JSON or figure is either the old one or the complete new one,
-never half of each, with ordinary permissions), and reads that name a broken file instead of failing deep inside a
-library."""
+never half of each, with ordinary permissions), reads that name a broken file instead of failing deep inside a
+library, and a lock that keeps two runs out of one output directory."""
 
 import contextlib
 import json
@@ -77,6 +77,38 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         staging.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def exclusive_use(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (a directory, which need not exist yet) for the block: a second process asking
+    for it meanwhile gets a `JetViTUserError` naming the holder's process id, instead of the two runs deleting each
+    other's temporary files. The lock is `flock` on the file `.<name>.lock` beside `path` (beside, so that clearing
+    `path` cannot take it away); the system releases it when the holder exits, however it exits, so a crash never
+    leaves `path` locked. Where `fcntl` does not exist (Windows) the block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise JetViTUserError(f"{path} is in use by another {what} (process {holder}); wait for it to finish, or "
+                                  "choose another directory") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def atomic_write_json(path: str | os.PathLike, data, **json_kwargs) -> None:

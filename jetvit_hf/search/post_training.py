@@ -70,7 +70,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..io import atomic_write_json, read_json
+from ..io import atomic_write_json, exclusive_use, read_json
 from .beam import NOISE_FACTOR
 
 if TYPE_CHECKING:
@@ -687,7 +687,15 @@ def score_test_split(config: PipelineConfig, teacher, info: _Teacher, models: di
 
 def run_pipeline(config: PipelineConfig, overwrite: bool = False) -> dict:
     """Check the settings, then run every stage (announcing and skipping finished ones) and return the summary also
-    written to `output_dir/report.json`. `overwrite` clears an earlier run in `output_dir` first."""
+    written to `output_dir/report.json`. `overwrite` clears an earlier run in `output_dir` first. A second run on the
+    same `output_dir` while this one works is refused (`io.exclusive_use`)."""
+    restart_clock()
+    config, info = validate_config(config)
+    with exclusive_use(config.output_dir, "jetvit pipeline run"):
+        return _run_stages(config, info, overwrite)
+
+
+def _run_stages(config: PipelineConfig, info, overwrite: bool) -> dict:
     from ..convert import load_jetvit
     from ..data.render_stream import render_dataset
     from ..device import resolve_placement
@@ -696,8 +704,6 @@ def run_pipeline(config: PipelineConfig, overwrite: bool = False) -> dict:
     from ..model_card import write_model_card
     from .summary import format_summary, summarize
 
-    restart_clock()
-    config, info = validate_config(config)
     check_output(config, overwrite)
     teacher = load_jetvit(config.teacher)
     output = start_output(config, overwrite)

@@ -28,6 +28,7 @@ from jetvit_hf import JetViTForDepthEstimation
 from jetvit_hf.cli import main
 from jetvit_hf.convert import load_jetvit
 from jetvit_hf.data.render_stream import SPLITS, render_dataset
+from jetvit_hf.errors import JetViTUserError
 from jetvit_hf.evaluation.images import load_eval_images
 from jetvit_hf.evaluation.probe import (load_linear_probe, make_linear_probe, probe_segmentation_metrics,
                                         save_linear_probe, train_linear_probe)
@@ -318,6 +319,33 @@ def test_pipeline_needs_its_teacher(tmp_path):
     with pytest.raises(ValueError, match="--teacher"):
         run_pipeline(PipelineConfig(teacher=str(tmp_path / "missing"), output_dir=str(tmp_path / "run")))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_second_run_on_one_output_is_refused_while_the_first_works(source_checkpoint, tmp_path):
+    """Two runs on one --output would delete each other's temporary checkpoints: while one holds the directory (here
+    a process that took the lock and sleeps) the other stops at once, before any work, naming the holder. A holder
+    that dies, even by SIGKILL, leaves the directory free."""
+    from jetvit_hf.io import exclusive_use
+
+    teacher, _ = source_checkpoint("depth_anything_v2")
+    output = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from jetvit_hf.io import exclusive_use\n"
+         f"with exclusive_use({str(output)!r}, 'jetvit pipeline run'):\n print('locked', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        status, out, err = run_main(pipeline_argv(teacher, output))
+        assert status == 2 and not out
+        assert f"{output} is in use by another jetvit pipeline run (process {holder.pid})" in err
+        assert not output.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    with exclusive_use(output, "jetvit pipeline run"):  # released by the holder's death
+        with pytest.raises(JetViTUserError, match=f"process {os.getpid()}"):  # and held again, now by this process
+            with exclusive_use(output, "jetvit pipeline run"):
+                pass
 
 
 # ----------------------------------------------------------------------------------------------------------------------
