@@ -14,7 +14,8 @@ bilinear samples of each tap's 32 channels of z at full resolution, then the ReL
 weights, the activation and the scale, and writes only the one-channel depth. Exact in real arithmetic; in half
 precision z is rounded once where the unfused path rounds the upsampled map and conv2's output. On an H200 at
 Depth Anything V2-L's 1022x1358, batch 1: 0.46 ms (GEMM 0.11, kernel 0.35) against 0.71 for the compiled modules
-(`benchmarks/experiments/README.md`).
+(`benchmarks/experiments/README.md`). The four-corner sampling is spelled out as in `kernels_jetvit_upsample.py`
+rather than shared: as a shared `triton.jit` helper it compiled to 108 registers here, not the 104 that were timed.
 
 Bilinear sampling follows PyTorch's `align_corners=True` (as `kernels_jetvit_upsample.py`): scale
 `(in - 1) / (out - 1)` in fp32, source `scale * y` truncated to `y0` with weight `y - y0`, the next row clamped.
@@ -27,8 +28,6 @@ import torch
 try:
     import triton
     import triton.language as tl
-
-    from .kernels_jetvit_upsample import bilinear_sample
 except ImportError:  # CPU-only installs: ops_jetvit.py runs the head's modules
     triton = None
 
@@ -79,7 +78,13 @@ if triton is not None:
                 mask = x_ok[:, None] & c_ok[None, :]
                 col0 = (x0 * stride_zw)[:, None] + channel[None, :]
                 col1 = (x1 * stride_zw)[:, None] + channel[None, :]
-                acc += bilinear_sample(row0, row1, col0, col1, wy, wx, mask)
+                z00 = tl.load(row0 + col0, mask=mask, other=0.0).to(tl.float32)
+                z01 = tl.load(row0 + col1, mask=mask, other=0.0).to(tl.float32)
+                z10 = tl.load(row1 + col0, mask=mask, other=0.0).to(tl.float32)
+                z11 = tl.load(row1 + col1, mask=mask, other=0.0).to(tl.float32)
+                top = (1.0 - wx) * z00 + wx * z01
+                bottom = (1.0 - wx) * z10 + wx * z11
+                acc += (1.0 - wy) * top + wy * bottom
         b2 = tl.load(b2_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
         w3 = tl.load(w3_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
         hidden = tl.maximum(acc + b2[None, :], 0.0)

@@ -36,16 +36,6 @@ def upsample_bilinear_runs_on(x: torch.Tensor) -> bool:
 if triton is not None:
 
     @triton.jit
-    def bilinear_sample(row0, row1, col0, col1, wy, wx, mask):
-        """`(1 - wy) ((1 - wx) x00 + wx x01) + wy ((1 - wx) x10 + wx x11)` in fp32, the four samples loaded at offsets
-        col0 / col1 of source rows row0 / row1 (zero where not `mask`); also the depth head kernel's sampling."""
-        x00 = tl.load(row0 + col0, mask=mask, other=0.0).to(tl.float32)
-        x01 = tl.load(row0 + col1, mask=mask, other=0.0).to(tl.float32)
-        x10 = tl.load(row1 + col0, mask=mask, other=0.0).to(tl.float32)
-        x11 = tl.load(row1 + col1, mask=mask, other=0.0).to(tl.float32)
-        return (1.0 - wy) * ((1.0 - wx) * x00 + wx * x01) + wy * ((1.0 - wx) * x10 + wx * x11)
-
-    @triton.jit
     def _upsample_bilinear_kernel(x_ptr, out_ptr, C, H_in, W_in, H_out, W_out, scale_h, scale_w,
                                   stride_xb, stride_xh, stride_xw, stride_ob, stride_oh, stride_ow,
                                   BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -72,7 +62,13 @@ if triton is not None:
         row1 = image + y1.to(tl.int64) * stride_xh
         col0 = (x0 * stride_xw)[:, None] + c[None, :]
         col1 = (x1 * stride_xw)[:, None] + c[None, :]
-        value = bilinear_sample(row0, row1, col0, col1, wy, wx, mask)
+        x00 = tl.load(row0 + col0, mask=mask, other=0.0).to(tl.float32)
+        x01 = tl.load(row0 + col1, mask=mask, other=0.0).to(tl.float32)
+        x10 = tl.load(row1 + col0, mask=mask, other=0.0).to(tl.float32)
+        x11 = tl.load(row1 + col1, mask=mask, other=0.0).to(tl.float32)
+        top = (1.0 - wx) * x00 + wx * x01
+        bottom = (1.0 - wx) * x10 + wx * x11
+        value = (1.0 - wy) * top + wy * bottom
 
         out_row = out_ptr + b.to(tl.int64) * stride_ob + oy.to(tl.int64) * stride_oh
         tl.store(out_row + (ox * stride_ow)[:, None] + c[None, :], value.to(out_ptr.dtype.element_ty), mask=mask)
