@@ -1,9 +1,10 @@
 """Experiment: Depth Anything V2-L's head after conv1 (upsample 584x776 -> 1022x1358, conv2 128 -> 32 3x3, ReLU,
 conv3 32 -> 1, ReLU) as the modules run it (our upsampling kernel, then cuDNN's convolutions; eager and compiled),
 against `kernels_jetvit_depth_head.py` (conv2's nine taps as one 128 x 288 GEMM at conv1's resolution, then one
-kernel that gathers each tap's bilinear samples at full resolution and finishes the head), the GEMM alone, and a
-separable variant of the kernel (each row of z resampled once, by small dots on tensor cores) at three launch
-settings (rows x columns of a program's tile x warps). Random weights at the model's scale, bf16, channels-last,
+kernel that gathers each tap's bilinear samples at full resolution and finishes the head), the GEMM alone, a
+row-walking variant (one program walks 2, 4 or 8 output rows of the same columns; added after the committed run, not
+yet timed), and a separable variant of the kernel (each row of z resampled once, by small dots on tensor cores) at
+three launch settings (rows x columns of a program's tile x warps). Random weights at the model's scale, bf16, channels-last,
 batch 1 and 4.
 
 Each timing is `graph_ms`'s (CUDA graph of 20 calls), medians of interleaved rounds. `max_rel_diff` compares each
@@ -203,6 +204,81 @@ def separable_head(x, size, conv2, conv3, rows, block_w, warps):
     return out
 
 
+# --- the row-walking variant (not yet timed): the shipped kernel, but one program walks ROWS consecutive output rows
+# of the same 32 columns, so the rows of z the next output row reads are mostly still in L1 ---
+
+
+@triton.jit
+def _source_columns(ox, KX: tl.constexpr, W_in, W_out, scale_w, stride_zw):
+    """z's columns x0, x1 (as offsets), the weight of x1, and the in-map flag of output columns ox + KX - 1."""
+    x = ox + (KX - 1)
+    ok = (x >= 0) & (x < W_out)
+    src_x = tl.minimum(tl.maximum(x, 0), W_out - 1).to(tl.float32) * scale_w
+    x0 = src_x.to(tl.int32)
+    x1 = tl.minimum(x0 + 1, W_in - 1)
+    return x0 * stride_zw, x1 * stride_zw, (src_x - x0.to(tl.float32))[:, None], ok
+
+
+@triton.jit
+def _tap_sample(row0, row1, wy, y_ok, col0, col1, wx, x_ok, channel, c_ok):
+    mask = (x_ok & y_ok)[:, None] & c_ok[None, :]
+    z00 = tl.load(row0 + col0[:, None] + channel[None, :], mask=mask, other=0.0).to(tl.float32)
+    z01 = tl.load(row0 + col1[:, None] + channel[None, :], mask=mask, other=0.0).to(tl.float32)
+    z10 = tl.load(row1 + col0[:, None] + channel[None, :], mask=mask, other=0.0).to(tl.float32)
+    z11 = tl.load(row1 + col1[:, None] + channel[None, :], mask=mask, other=0.0).to(tl.float32)
+    return (1.0 - wy) * ((1.0 - wx) * z00 + wx * z01) + wy * ((1.0 - wx) * z10 + wx * z11)
+
+
+@triton.jit
+def _row_walking_head_kernel(z_ptr, b2_ptr, w3_ptr, b3_ptr, out_ptr, max_depth, H_in, W_in, H_out, W_out, scale_h,
+                             scale_w, stride_zb, stride_zh, stride_zw, stride_ob, stride_oh, C: tl.constexpr,
+                             BLOCK_C: tl.constexpr, ROWS: tl.constexpr, BLOCK_W: tl.constexpr):
+    blocks = tl.cdiv(H_out, ROWS)
+    b = tl.program_id(0) // blocks
+    first = tl.program_id(0) % blocks * ROWS
+    ox = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+    c = tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    col0_0, col1_0, wx_0, ok_0 = _source_columns(ox, 0, W_in, W_out, scale_w, stride_zw)
+    col0_1, col1_1, wx_1, ok_1 = _source_columns(ox, 1, W_in, W_out, scale_w, stride_zw)
+    col0_2, col1_2, wx_2, ok_2 = _source_columns(ox, 2, W_in, W_out, scale_w, stride_zw)
+    b2 = tl.load(b2_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    w3 = tl.load(w3_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    b3 = tl.load(b3_ptr).to(tl.float32)
+    image = z_ptr + b.to(tl.int64) * stride_zb
+    for oy in range(first, tl.minimum(first + ROWS, H_out)):
+        acc = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32) + b2[None, :]
+        for ky in tl.static_range(3):
+            y = oy + (ky - 1)
+            y_ok = (y >= 0) & (y < H_out)
+            src_y = tl.minimum(tl.maximum(y, 0), H_out - 1).to(tl.float32) * scale_h
+            y0 = src_y.to(tl.int32)
+            y1 = tl.minimum(y0 + 1, H_in - 1)
+            wy = src_y - y0.to(tl.float32)
+            row0 = image + y0.to(tl.int64) * stride_zh
+            row1 = image + y1.to(tl.int64) * stride_zh
+            acc += _tap_sample(row0, row1, wy, y_ok, col0_0, col1_0, wx_0, ok_0, (ky * 3 + 0) * C + c, c_ok)
+            acc += _tap_sample(row0, row1, wy, y_ok, col0_1, col1_1, wx_1, ok_1, (ky * 3 + 1) * C + c, c_ok)
+            acc += _tap_sample(row0, row1, wy, y_ok, col0_2, col1_2, wx_2, ok_2, (ky * 3 + 2) * C + c, c_ok)
+        depth = tl.maximum(tl.sum(tl.maximum(acc, 0.0) * w3[None, :], axis=1) + b3, 0.0)
+        out_row = out_ptr + b.to(tl.int64) * stride_ob + oy * stride_oh
+        tl.store(out_row + ox, (depth * max_depth).to(out_ptr.dtype.element_ty), mask=ox < W_out)
+
+
+def row_walking_head(x, size, conv2, conv3, rows, block_w=32, warps=2):
+    """The row-walking variant: the same GEMM, then `_row_walking_head_kernel` (relative head: ReLU, max_depth 1)."""
+    batch, in_channels, height, width = x.shape
+    out = torch.empty((batch, *size), device=x.device, dtype=x.dtype)
+    taps = head_kernel.conv2_taps_side_by_side(conv2.weight)
+    z = torch.mm(x.permute(0, 2, 3, 1).reshape(-1, in_channels), taps).view(batch, height, width, 9 * HIDDEN)
+    grid = (batch * triton.cdiv(size[0], rows), triton.cdiv(size[1], block_w))
+    _row_walking_head_kernel[grid](
+        z, conv2.bias, conv3.weight.reshape(-1), conv3.bias, out, 1.0, height, width, *size,
+        (height - 1) / (size[0] - 1), (width - 1) / (size[1] - 1), z.stride(0), z.stride(1), z.stride(2),
+        out.stride(0), out.stride(1), C=HIDDEN, BLOCK_C=HIDDEN, ROWS=rows, BLOCK_W=block_w, num_warps=warps)
+    return out
+
+
 def modules(x, conv2, conv3):
     hidden = torch.relu(conv2(upsample_bilinear(x, SIZE_OUT)))
     return torch.relu(conv3(hidden)).squeeze(1)
@@ -238,6 +314,8 @@ def main(argv=None) -> int:
         timed = {"modules_eager": lambda: modules(x, conv2, conv3), "modules_compiled": compiled, "fused": fused,
                  "fused_gemm_only": lambda: torch.mm(x.permute(0, 2, 3, 1).reshape(-1, IN_CHANNELS), taps),
                  "upsample_only": lambda: upsample_bilinear_triton(x, SIZE_OUT)}
+        for rows in (2, 4, 8):
+            timed[f"row_walking_{rows}"] = lambda rows=rows: row_walking_head(x, SIZE_OUT, conv2, conv3, rows)
         for setting in ((32, 32, 4), (32, 64, 4), (32, 64, 8)):
             timed["separable_{}x{}x{}".format(*setting)] = lambda setting=setting: separable_head(
                 x, SIZE_OUT, conv2, conv3, *setting)
