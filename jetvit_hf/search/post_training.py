@@ -695,7 +695,7 @@ def run_pipeline(config: PipelineConfig, overwrite: bool = False) -> dict:
         return _run_stages(config, info, overwrite)
 
 
-def _run_stages(config: PipelineConfig, info, overwrite: bool) -> dict:
+def _run_stages(config: PipelineConfig, info: _Teacher, overwrite: bool) -> dict:
     from ..convert import load_jetvit
     from ..data.render_stream import render_dataset
     from ..device import resolve_placement
