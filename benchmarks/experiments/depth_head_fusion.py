@@ -4,8 +4,8 @@ against `kernels_jetvit_depth_head.py` (conv2's nine taps as one 128 x 288 GEMM 
 kernel that gathers each tap's bilinear samples at full resolution and finishes the head), the GEMM alone, a
 row-walking variant (one program walks 2, 4 or 8 output rows of the same columns; added after the committed run, not
 yet timed), and a separable variant of the kernel (each row of z resampled once, by small dots on tensor cores) at
-three launch settings (rows x columns of a program's tile x warps). Random weights at the model's scale, bf16, channels-last,
-batch 1 and 4.
+three launch settings (rows x columns of a program's tile x warps). Random weights at the model's scale, bf16,
+channels-last, batch 1 and 4.
 
 Each timing is `graph_ms`'s (CUDA graph of 20 calls), medians of interleaved rounds. `max_rel_diff` compares each
 output with a float32 computation of the modules (TF32 off), relative to its largest value.
@@ -21,13 +21,12 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for `benchmarks.*`
 
-from common import experiment_record, kernel_experiment_parser, timed_in_graphs  # noqa: E402
+from benchmarks.experiments.common import experiment_record, kernel_experiment_parser, timed_in_graphs  # noqa: E402
 from jetvit_hf.io import atomic_write_json  # noqa: E402
 from jetvit_hf.models.jetvit import kernels_jetvit_depth_head as head_kernel  # noqa: E402
-from jetvit_hf.models.jetvit.kernels_jetvit_upsample import upsample_bilinear_triton  # noqa: E402
+from jetvit_hf.models.jetvit.kernels_jetvit_upsample import _align_corners_scale, upsample_bilinear_triton  # noqa: E402
 from jetvit_hf.models.jetvit.ops_jetvit import upsample_bilinear  # noqa: E402
 
 IN_CHANNELS, HIDDEN, SIZE_IN, SIZE_OUT = 128, 32, (584, 776), (1022, 1358)  # DA-V2-L at 1022x1358: 73x97 patches
@@ -192,9 +191,8 @@ def separable_head(x, size, conv2, conv3, rows, block_w, warps):
     """The separable variant: the same GEMM, then `_separable_head_kernel` (relative head: ReLU, max_depth 1)."""
     batch, in_channels, height, width = x.shape
     out = torch.empty((batch, *size), device=x.device, dtype=x.dtype)
-    taps = head_kernel.conv2_taps_side_by_side(conv2.weight)
-    z = torch.mm(x.permute(0, 2, 3, 1).reshape(-1, in_channels), taps).view(batch, height, width, 9 * HIDDEN)
-    scale_h, scale_w = (height - 1) / (size[0] - 1), (width - 1) / (size[1] - 1)
+    z = head_kernel.conv2_taps(x, conv2.weight)
+    scale_h, scale_w = _align_corners_scale(height, size[0]), _align_corners_scale(width, size[1])
     span = int((block_w + 1) * scale_w) + 3
     grid = (batch * triton.cdiv(size[0], rows), triton.cdiv(size[1], block_w))
     _separable_head_kernel[grid](
@@ -269,13 +267,13 @@ def row_walking_head(x, size, conv2, conv3, rows, block_w=32, warps=2):
     """The row-walking variant: the same GEMM, then `_row_walking_head_kernel` (relative head: ReLU, max_depth 1)."""
     batch, in_channels, height, width = x.shape
     out = torch.empty((batch, *size), device=x.device, dtype=x.dtype)
-    taps = head_kernel.conv2_taps_side_by_side(conv2.weight)
-    z = torch.mm(x.permute(0, 2, 3, 1).reshape(-1, in_channels), taps).view(batch, height, width, 9 * HIDDEN)
+    z = head_kernel.conv2_taps(x, conv2.weight)
     grid = (batch * triton.cdiv(size[0], rows), triton.cdiv(size[1], block_w))
     _row_walking_head_kernel[grid](
         z, conv2.bias, conv3.weight.reshape(-1), conv3.bias, out, 1.0, height, width, *size,
-        (height - 1) / (size[0] - 1), (width - 1) / (size[1] - 1), z.stride(0), z.stride(1), z.stride(2),
-        out.stride(0), out.stride(1), C=HIDDEN, BLOCK_C=HIDDEN, ROWS=rows, BLOCK_W=block_w, num_warps=warps)
+        _align_corners_scale(height, size[0]), _align_corners_scale(width, size[1]), z.stride(0), z.stride(1),
+        z.stride(2), out.stride(0), out.stride(1), C=HIDDEN, BLOCK_C=HIDDEN, ROWS=rows, BLOCK_W=block_w,
+        num_warps=warps)
     return out
 
 
@@ -304,7 +302,6 @@ def main(argv=None) -> int:
         x = x32.bfloat16().contiguous(memory_format=torch.channels_last)
         conv2 = conv2_32.to(torch.bfloat16, memory_format=torch.channels_last)
         conv3 = conv3_32.to(torch.bfloat16, memory_format=torch.channels_last)
-        taps = head_kernel.conv2_taps_side_by_side(conv2.weight)
 
         def fused():
             return head_kernel.upsampled_depth_head_triton(x, SIZE_OUT, conv2.weight, conv2.bias, conv3.weight,
@@ -312,7 +309,7 @@ def main(argv=None) -> int:
 
         compiled = torch.compile(lambda: modules(x, conv2, conv3), dynamic=False)
         timed = {"modules_eager": lambda: modules(x, conv2, conv3), "modules_compiled": compiled, "fused": fused,
-                 "fused_gemm_only": lambda: torch.mm(x.permute(0, 2, 3, 1).reshape(-1, IN_CHANNELS), taps),
+                 "fused_gemm_only": lambda: head_kernel.conv2_taps(x, conv2.weight),
                  "upsample_only": lambda: upsample_bilinear_triton(x, SIZE_OUT)}
         for rows in (2, 4, 8):
             timed[f"row_walking_{rows}"] = lambda rows=rows: row_walking_head(x, SIZE_OUT, conv2, conv3, rows)

@@ -25,6 +25,8 @@ Shipped with every saved checkpoint for `trust_remote_code`; Triton is optional 
 
 import torch
 
+from .kernels_jetvit_upsample import _align_corners_scale
+
 try:
     import triton
     import triton.language as tl
@@ -98,15 +100,14 @@ if triton is not None:
         tl.store(out_row + ox, depth.to(out_ptr.dtype.element_ty), mask=ox < W_out)
 
 
-def _align_corners_scale(size_in: int, size_out: int) -> float:
-    return (size_in - 1) / (size_out - 1) if size_out > 1 else 0.0
-
-
-def conv2_taps_side_by_side(conv2_weight: torch.Tensor) -> torch.Tensor:
-    """conv2's `[out, in, 3, 3]` weight as the `[in, 9 * out]` matrix whose column `t * out + o` is tap
-    `t = 3 ky + kx` of output channel `o`: `x @` it gives every tap's channel mixing at once."""
-    out_channels, in_channels = conv2_weight.shape[:2]
-    return conv2_weight.permute(1, 2, 3, 0).reshape(in_channels, 9 * out_channels)
+def conv2_taps(x: torch.Tensor, conv2_weight: torch.Tensor) -> torch.Tensor:
+    """z: every tap of conv2 (`[out, in, 3, 3]`) applied to each pixel of `x` (`[batch, in, height, width]`) as one
+    GEMM, `[batch, height, width, 9 * out]` with channel `t * out + o` tap `t = 3 ky + kx` of output channel `o`."""
+    batch, in_channels, height, width = x.shape
+    out_channels = conv2_weight.shape[0]
+    taps = conv2_weight.permute(1, 2, 3, 0).reshape(in_channels, 9 * out_channels).to(x.dtype)
+    pixels = x.permute(0, 2, 3, 1).reshape(-1, in_channels)  # channels-last: a view
+    return torch.mm(pixels, taps).view(batch, height, width, 9 * out_channels)
 
 
 def upsampled_depth_head_triton(x: torch.Tensor, size: tuple[int, int], conv2_weight: torch.Tensor,
@@ -121,8 +122,7 @@ def upsampled_depth_head_triton(x: torch.Tensor, size: tuple[int, int], conv2_we
     out = torch.empty((batch, out_height, out_width), device=x.device, dtype=x.dtype)
     if out.numel() == 0:
         return out
-    pixels = x.permute(0, 2, 3, 1).reshape(-1, in_channels)  # channels-last: a view
-    z = torch.mm(pixels, conv2_taps_side_by_side(conv2_weight).to(x.dtype)).view(batch, height, width, 9 * channels)
+    z = conv2_taps(x, conv2_weight)
     grid = (batch * out_height, triton.cdiv(out_width, BLOCK_W))
     _upsampled_depth_head_kernel[grid](
         z, conv2_bias, conv3_weight.reshape(-1), conv3_bias, out, float(max_depth), height, width,

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from jetvit_hf.models.jetvit import kernels_jetvit_depth_head, modeling_jetvit_heads, ops_jetvit
-from jetvit_hf.models.jetvit.kernels_jetvit_depth_head import conv2_taps_side_by_side, upsampled_depth_head_triton
+from jetvit_hf.models.jetvit.kernels_jetvit_depth_head import conv2_taps, upsampled_depth_head_triton
 from test_dpt_channels_last import relative_difference, tiny_depth_model
 from test_kernels import triton_device
 
@@ -69,12 +69,13 @@ def test_kernel_matches_float64_modules(dtype, in_size, out_size, in_channels, h
     assert relative_difference(out.double().cpu(), expected) < tolerance
 
 
-def test_conv2_taps_side_by_side_is_the_convolution():
-    """Column block t of the GEMM's matrix is tap t = 3 ky + kx: a map times it, shifted and summed, is conv2."""
+def test_conv2_taps_shifted_and_summed_are_the_convolution():
+    """Channel block t of the GEMM's output is tap t = 3 ky + kx: shifted by the tap's offsets and summed, it is
+    conv2."""
     generator = torch.Generator().manual_seed(2)
     x = torch.randn(1, 5, 6, 7, generator=generator, dtype=torch.float64)
     weight = torch.randn(3, 5, 3, 3, generator=generator, dtype=torch.float64)
-    z = torch.einsum("bchw,ct->bhwt", x, conv2_taps_side_by_side(weight)).unflatten(-1, (9, 3))
+    z = conv2_taps(x, weight).unflatten(-1, (9, 3))
     padded = F.pad(z.permute(0, 3, 4, 1, 2), (1, 1, 1, 1))  # [b, tap, out, h + 2, w + 2]
     summed = sum(padded[:, 3 * ky + kx, :, ky:ky + 6, kx:kx + 7] for ky in range(3) for kx in range(3))
     torch.testing.assert_close(summed, F.conv2d(x, weight, padding=1))
