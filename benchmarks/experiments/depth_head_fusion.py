@@ -2,8 +2,8 @@
 conv3 32 -> 1, ReLU) as the modules run it (our upsampling kernel, then cuDNN's convolutions; eager and compiled),
 against `kernels_jetvit_depth_head.py` (conv2's nine taps as one 128 x 288 GEMM at conv1's resolution, then one
 kernel that gathers each tap's bilinear samples at full resolution and finishes the head), the GEMM alone, a
-row-walking variant (one program walks 2, 4 or 8 output rows of the same columns; added after the committed run, not
-yet timed), and a separable variant of the kernel (each row of z resampled once, by small dots on tensor cores) at
+row-walking variant (one program walks 2, 4 or 8 output rows of the same columns, for L1 reuse of z's rows; 1-2%
+faster, not shipped), and a separable variant of the kernel (each row of z resampled once, by small dots on tensor cores) at
 three launch settings (rows x columns of a program's tile x warps). Random weights at the model's scale, bf16,
 channels-last, batch 1 and 4.
 
@@ -311,8 +311,9 @@ def main(argv=None) -> int:
         timed = {"modules_eager": lambda: modules(x, conv2, conv3), "modules_compiled": compiled, "fused": fused,
                  "fused_gemm_only": lambda: head_kernel.conv2_taps(x, conv2.weight),
                  "upsample_only": lambda: upsample_bilinear_triton(x, SIZE_OUT)}
-        for rows in (2, 4, 8):
-            timed[f"row_walking_{rows}"] = lambda rows=rows: row_walking_head(x, SIZE_OUT, conv2, conv3, rows)
+        for rows, block_w, warps in ((2, 32, 2), (4, 32, 2), (8, 32, 2), (4, 64, 4), (8, 64, 4)):
+            timed[f"row_walking_{rows}x{block_w}x{warps}"] = lambda setting=(rows, block_w, warps): row_walking_head(
+                x, SIZE_OUT, conv2, conv3, *setting)
         for setting in ((32, 32, 4), (32, 64, 4), (32, 64, 8)):
             timed["separable_{}x{}x{}".format(*setting)] = lambda setting=setting: separable_head(
                 x, SIZE_OUT, conv2, conv3, *setting)
