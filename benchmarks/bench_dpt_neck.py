@@ -11,10 +11,10 @@ token), as `[batch, 1 + patches, hidden]` tensors. Each timed call builds the fe
 - `interpolate`: `channels_last` and `project_first` together, every upsampling through `F.interpolate` (which
   `torch.compile` lowers to a kernel of its own, fused with the neighbouring additions and ReLUs);
 - `kernel_head`: `interpolate`, with the head's upsampling in the Triton kernel (`kernels_jetvit_upsample.py`);
-- `after`: the fusion layers' upsamplings in the kernel too: what `JetViTForDepthEstimation` runs now;
-- `composed_resize`: `after`, with each reassemble layer's transposed convolution and the neck's 3x3 convolution after
-  it composed into one GEMM at the feature map's resolution and a shifted sum (`transposed_conv_then_conv3x3`): fewer
-  FLOPs, slower as `torch.compile` lowers the shifted sum (`experiments/README.md`), not what the model runs.
+- `resize_modules`: the fusion layers' upsamplings in the kernel too; the reassemble layers' transposed convolutions,
+  then the neck's 3x3 convolutions after them, as modules (transformers' form);
+- `after`: what `JetViTForDepthEstimation` runs now: compiled, each such pair as one transposed convolution
+  (`transposed_conv_then_conv3x3`); eager, the modules (so its eager timings are `resize_modules`').
 Each variant eager (`eager_graph_ms`: a CUDA graph of back-to-back calls, kernel time without launch gaps;
 `eager_ms`: CUDA events around single synchronized calls) and with `torch.compile(mode="reduce-overhead")`
 (`compiled_ms`: CUDA events around single synchronized calls of the cudagraph-tree function), CUDA-event medians.
@@ -51,6 +51,7 @@ from jetvit_hf.models.jetvit.modeling_jetvit_heads import (  # noqa: E402
     JetViTDepthHead,
     JetViTDepthNeck,
     JetViTFeatureFusionLayer,
+    JetViTReassembleLayer,
 )
 
 # name -> (channels-last maps and weights, projection before the upsampling, where the upsampling kernel runs,
@@ -61,87 +62,17 @@ VARIANTS = {
     "project_first": (False, True, (), False),
     "interpolate": (True, True, (), False),
     "kernel_head": (True, True, ("head",), False),
-    "after": (True, True, ("head", "fusion"), False),
-    "composed_resize": (True, True, ("head", "fusion"), True),
+    "resize_modules": (True, True, ("head", "fusion"), False),
+    "after": (True, True, ("head", "fusion"), True),
 }
 
 
-def _source_offsets(stride: int) -> list[dict[int, list[tuple[int, int]]]]:
-    """For each output phase `a` of a transposed convolution with kernel = stride (output row `stride * i + a` comes
-    from source row `i` alone), the 3x3 taps `ky` of the convolution after it, grouped by the source row they read:
-    `[{dy: [(ky, source phase), ...]}]`, `dy` in {-1, 0, 1}."""
-    offsets = []
-    for phase in range(stride):
-        by_row = {}
-        for ky in range(3):
-            row = phase + ky - 1  # the transposed conv's output row the tap reads, relative to stride * i
-            by_row.setdefault(row // stride, []).append((ky, row % stride))
-        offsets.append(by_row)
-    return offsets
+class ModulesReassembleLayer(JetViTReassembleLayer):
+    """The reassemble layer and the neck's 3x3 convolution after it as modules, one after the other (transformers'
+    order; this package before `transposed_conv_then_conv3x3`)."""
 
-
-def transposed_conv_then_conv3x3(x: torch.Tensor, resize: torch.nn.ConvTranspose2d,
-                                 conv: torch.nn.Conv2d) -> torch.Tensor:
-    """`conv(resize(x))` for a transposed convolution with kernel = stride (no overlap) and a 3x3, stride-1, padding-1
-    convolution, computed at `x`'s resolution: the same linear map in a quarter (stride 4) to a third (stride 2) of
-    the multiply-adds.
-
-    Output pixel `(s i + a, s j + b)` of `conv(resize(x))` reads `resize(x)` at rows `s i + a - 1 ... s i + a + 1`,
-    each of which comes from one source row `i + dy` and one of `resize`'s kernel rows; the same for columns. So for
-    each output phase `(a, b)` and source offset `(dy, dx)` it uses, the two weights compose into one `[C_in, C_out]`
-    matrix (and `resize`'s bias into a vector); one GEMM applies all of them to `x` (36 blocks at stride 4, 16 at
-    stride 2), and each phase sums its blocks shifted by their offsets, a block whose source pixel lies outside `x`
-    contributing nothing (the 3x3 convolution's zero padding). Exact up to rounding: `resize(x)` is never rounded.
-    """
-    stride = resize.stride[0]
-    if (resize.kernel_size != (stride, stride) or resize.stride != (stride, stride) or resize.padding != (0, 0)
-            or resize.output_padding != (0, 0) or resize.groups != 1 or conv.kernel_size != (3, 3)
-            or conv.stride != (1, 1) or conv.padding != (1, 1) or conv.groups != 1 or conv.dilation != (1, 1)):
-        raise ValueError("transposed_conv_then_conv3x3 needs a transposed convolution with kernel = stride and no "
-                         f"padding, then a 3x3 convolution with stride 1 and padding 1; got {resize} and {conv}")
-    batch, _, height, width = x.shape
-    offsets = _source_offsets(stride)
-    # resize.weight [C_in, C_mid, s, s] x conv.weight [C_out, C_mid, 3, 3] -> every (resize tap, conv tap) product
-    compose_dtype = torch.promote_types(x.dtype, torch.float32)  # compose in fp32 at least: one rounding, at the end
-    resize_weight, conv_weight = resize.weight.to(compose_dtype), conv.weight.to(compose_dtype)
-    products = torch.einsum("imab,omyx->abyxio", resize_weight, conv_weight)
-    bias_products = torch.einsum("m,omyx->yxo", resize.bias.to(compose_dtype), conv_weight)
-    blocks, weights, biases = [], [], []
-    for a in range(stride):
-        for b in range(stride):
-            for dy, row_taps in offsets[a].items():
-                for dx, col_taps in offsets[b].items():
-                    blocks.append((a, b, dy, dx))
-                    weights.append(sum(products[sa, sb, ky, kx] for ky, sa in row_taps for kx, sb in col_taps))
-                    bias = sum(bias_products[ky, kx] for ky, _ in row_taps for kx, _ in col_taps)
-                    if (dy, dx) == (0, 0) and conv.bias is not None:  # the one block every output pixel has
-                        bias = bias + conv.bias.to(compose_dtype)
-                    biases.append(bias)
-    out_channels = conv.out_channels
-    weight = torch.cat(weights, dim=1).to(x.dtype)  # [C_in, blocks * C_out]
-    bias = torch.cat(biases).to(x.dtype)
-    z = torch.addmm(bias, x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]), weight)
-    z = F.pad(z.view(batch, height, width, len(blocks), out_channels), (0, 0, 0, 0, 1, 1, 1, 1))
-    phases = [[0] * stride for _ in range(stride)]
-    for block, (a, b, dy, dx) in enumerate(blocks):
-        phases[a][b] = phases[a][b] + z[:, 1 + dy:1 + dy + height, 1 + dx:1 + dx + width, block]
-    out = torch.stack([torch.stack(row, dim=3) for row in phases], dim=2)  # [batch, height, a, width, b, C_out]
-    out = out.reshape(batch, height * stride, width * stride, out_channels)
-    return out.permute(0, 3, 1, 2)  # a channels-last view
-
-
-class ComposedResizeNeck(JetViTDepthNeck):
-    """The neck with each transposed convolution and the 3x3 convolution after it as `transposed_conv_then_conv3x3`."""
-
-    def forward(self, feature_maps):
-        features = []
-        for layer, conv, feature_map in zip(self.reassemble_stage.layers, self.convs, feature_maps):
-            hidden_state = layer.projection(feature_map)
-            if isinstance(layer.resize, torch.nn.ConvTranspose2d):
-                features.append(transposed_conv_then_conv3x3(hidden_state, layer.resize, conv))
-            else:
-                features.append(conv(layer.resize(hidden_state)))
-        return self.fusion_stage(features)
+    def forward(self, hidden_state, conv):
+        return conv(self.resize(self.projection(hidden_state)))
 
 
 class UpsampleThenProjectFusionLayer(JetViTFeatureFusionLayer):
@@ -183,7 +114,7 @@ class InterpolatingHead(JetViTDepthHead):
 
 
 def build_variant(neck, head, layernorm, grid, num_prefix, channels_last: bool, project_first: bool,
-                  kernel_sites=("head", "fusion"), compose_resize: bool = False):
+                  kernel_sites=("head", "fusion"), compose_resize: bool = True):
     """`fn(hidden_states) -> predicted depth` for one variant, on copies of the shared random modules (`fn.neck`,
     `fn.head`). `kernel_sites`: where the upsampling kernel runs (`"head"`, `"fusion"`), F.interpolate elsewhere."""
     neck, head = copy.deepcopy(neck), copy.deepcopy(head)
@@ -197,8 +128,9 @@ def build_variant(neck, head, layernorm, grid, num_prefix, channels_last: bool, 
             layer.__class__ = InterpolatingFusionLayer
     if "head" not in kernel_sites:
         head.__class__ = InterpolatingHead
-    if compose_resize:
-        neck.__class__ = ComposedResizeNeck
+    if not compose_resize:
+        for layer in neck.reassemble_stage.layers:
+            layer.__class__ = ModulesReassembleLayer
 
     def maps(hidden_states):
         out = []

@@ -9,9 +9,11 @@ and head, so a converted Depth Anything checkpoint keeps their parameter names.
 Memory layout: `JetViTBackbone` hands the neck channels-last views of its patch tokens, and `JetViTForDepthEstimation`
 keeps the neck's and head's convolution weights in `torch.channels_last`, so every op here (conv, conv-transpose,
 bilinear interpolation, ReLU, residual add) reads and writes NHWC memory (cuDNN's native layout for tensor cores)
-without a transpose. Nothing here depends on the layout: NCHW inputs give the same values. On a GPU, outside
-autograd, the `align_corners=True` upsamplings run a Triton kernel of ours (`ops_jetvit.upsample_bilinear`), and the
-head after conv1 runs as one GEMM and one kernel that never writes the full-resolution hidden maps
+without a transpose. Nothing here depends on the layout: NCHW inputs give the same values. Under `torch.compile`
+the upsampling reassemble layers' transposed convolutions and the neck's 3x3 convolutions after them run as one
+transposed convolution each (`transposed_conv_then_conv3x3`), a quarter to a third of their multiply-adds. On a GPU,
+outside autograd, the `align_corners=True` upsamplings run a Triton kernel of ours (`ops_jetvit.upsample_bilinear`),
+and the head after conv1 runs as one GEMM and one kernel that never writes the full-resolution hidden maps
 (`ops_jetvit.upsampled_depth_head`).
 
 Shipped with every saved checkpoint for `trust_remote_code`: imports only torch and its flat siblings.
@@ -25,6 +27,41 @@ from .configuration_jetvit import JetViTConfig
 from .ops_jetvit import upsample_bilinear, upsampled_depth_head, upsampled_depth_head_applies
 
 
+def transposed_conv_then_conv3x3(x: torch.Tensor, resize: nn.ConvTranspose2d, conv: nn.Conv2d) -> torch.Tensor:
+    """`conv(resize(x))` for a transposed convolution with kernel = stride `s` and a 3x3 convolution (stride 1, padding
+    1) after it, as one transposed convolution of `x`: the same linear map in 33 instead of 149 GFLOP (stride 4) and 30
+    instead of 82 (stride 2) at Depth Anything V2-L's 1022x1358.
+
+    Output row `Y` of `conv(resize(x))` reads rows `Y - 1 ... Y + 1` of `resize(x)`, and row `s i + a` of `resize(x)` is
+    source row `i` times kernel row `a`. So `Y = s i + a - ky + 1` for `conv`'s kernel row `ky`: the composition is a
+    transposed convolution with stride `s`, padding 1 and an `(s + 2) x (s + 2)` kernel whose tap `u = a - ky + 2` sums
+    `resize.weight[..., a] conv.weight[..., ky]` over the pairs that meet there, which is `conv2d(resize.weight,
+    conv.weight, padding=2)` with `resize`'s input channels as the batch (the columns likewise). `resize`'s bias,
+    added to every pixel of `resize(x)`, is `resize` applied to one more input channel, all ones, with the bias as its
+    kernel: through `conv` it then differs at the border as it should (the zero padding). Exact up to rounding
+    (`resize(x)` is never rounded); tests/models/jetvit/test_dpt_channels_last.py checks values and gradients against
+    the two modules in float64.
+    """
+    stride = resize.stride[0]
+    if (resize.kernel_size != (stride, stride) or resize.stride != (stride, stride) or resize.padding != (0, 0)
+            or resize.output_padding != (0, 0) or resize.dilation != (1, 1) or resize.groups != 1
+            or conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.padding != (1, 1)
+            or conv.dilation != (1, 1) or conv.groups != 1):
+        raise ValueError("transposed_conv_then_conv3x3 needs a transposed convolution with kernel = stride and no "
+                         f"padding, then a 3x3 convolution with stride 1 and padding 1; got {resize} and {conv}")
+    # resize's bias rides on an extra input channel of ones (with zeros after it: channels stay a multiple of 8)
+    batch, _, height, width = x.shape
+    extra = 8
+    taps = resize.weight.shape[1:]
+    resize_weight = torch.cat([resize.weight, resize.bias.view(1, -1, 1, 1).expand(1, *taps),
+                               resize.weight.new_zeros(extra - 1, *taps)])
+    kernel = F.conv2d(resize_weight, conv.weight, padding=2)  # [C_in + 8, C_out, s + 2, s + 2]: ConvTranspose2d's
+    channels_last = x.is_contiguous(memory_format=torch.channels_last)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.cat([x, x.new_ones(batch, 1, height, width), x.new_zeros(batch, extra - 1, height, width)], dim=1)
+    return F.conv_transpose2d(x.contiguous(memory_format=memory_format), kernel, conv.bias, stride=stride, padding=1)
+
+
 class JetViTReassembleLayer(nn.Module):
     def __init__(self, config: JetViTConfig, channels: int, factor: float):
         super().__init__()
@@ -36,8 +73,14 @@ class JetViTReassembleLayer(nn.Module):
         else:
             self.resize = nn.Conv2d(channels, channels, kernel_size=3, stride=int(1 / factor), padding=1)
 
-    def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
-        return self.resize(self.projection(hidden_state))
+    def forward(self, hidden_state: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+        """`conv(resize(projection(hidden_state)))`, with the neck's 3x3 `conv` that follows this layer."""
+        hidden_state = self.projection(hidden_state)
+        if isinstance(self.resize, nn.ConvTranspose2d) and torch.compiler.is_compiling():
+            # compiled, the upsampling scales run as one transposed convolution (the same function, fewer FLOPs);
+            # eager single calls measured slower with it (benchmarks/experiments/README.md), so they keep the modules
+            return transposed_conv_then_conv3x3(hidden_state, self.resize, conv)
+        return conv(self.resize(hidden_state))
 
 
 class JetViTReassembleStage(nn.Module):
@@ -48,8 +91,8 @@ class JetViTReassembleStage(nn.Module):
             for channels, factor in zip(config.neck_hidden_sizes, config.reassemble_factors)
         )
 
-    def forward(self, feature_maps: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
-        return [layer(feature_map) for layer, feature_map in zip(self.layers, feature_maps)]
+    def forward(self, feature_maps: tuple[torch.Tensor, ...], convs: nn.ModuleList) -> list[torch.Tensor]:
+        return [layer(feature_map, conv) for layer, feature_map, conv in zip(self.layers, feature_maps, convs)]
 
 
 class JetViTPreActResidualLayer(nn.Module):
@@ -121,9 +164,7 @@ class JetViTDepthNeck(nn.Module):
         self.fusion_stage = JetViTFeatureFusionStage(config)
 
     def forward(self, feature_maps: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
-        features = self.reassemble_stage(feature_maps)
-        features = [conv(feature) for conv, feature in zip(self.convs, features)]
-        return self.fusion_stage(features)
+        return self.fusion_stage(self.reassemble_stage(feature_maps, self.convs))
 
 
 class JetViTDepthHead(nn.Module):

@@ -11,14 +11,16 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from transformers import AutoModelForDepthEstimation
 
-from benchmarks.bench_dpt_neck import UpsampleThenProjectFusionLayer
+from benchmarks.bench_dpt_neck import ModulesReassembleLayer, UpsampleThenProjectFusionLayer
 from jetvit_hf import JetViTBackbone, JetViTConfig, JetViTForDepthEstimation
-from jetvit_hf.models.jetvit.modeling_jetvit_heads import JetViTFeatureFusionLayer
+from jetvit_hf.models.jetvit.modeling_jetvit_heads import JetViTFeatureFusionLayer, transposed_conv_then_conv3x3
 from sources import perturb_
 
 CL = torch.channels_last
 # The fusion layer as transformers' Depth Anything (and this package before) computes it: upsample, then project
 original_fusion_forward = UpsampleThenProjectFusionLayer.forward
+# The reassemble layer and the neck's 3x3 convolution as transformers runs them: transposed convolution, then the conv
+original_reassemble_forward = ModulesReassembleLayer.forward
 
 
 def tiny_config(**overrides) -> JetViTConfig:
@@ -42,7 +44,8 @@ def tiny_depth_model(**overrides) -> JetViTForDepthEstimation:
 
 def original_depth(model: JetViTForDepthEstimation, pixel_values: torch.Tensor) -> torch.Tensor:
     """`predicted_depth` the way it was computed before: NCHW feature maps (LayerNorm over the whole sequence, then a
-    copy to NCHW), NCHW weights, and the fusion layers' upsample-then-project order."""
+    copy to NCHW), NCHW weights, the fusion layers' upsample-then-project order, and the reassemble layers'
+    transposed convolutions run before the neck's 3x3 convolutions rather than composed with them."""
     backbone, config = model.jetvit, model.config
     grid = (pixel_values.shape[2] // config.patch_size, pixel_values.shape[3] // config.patch_size)
     hidden_states = backbone(pixel_values, output_hidden_states=True).hidden_states
@@ -55,6 +58,8 @@ def original_depth(model: JetViTForDepthEstimation, pixel_values: torch.Tensor) 
     head = copy.deepcopy(model.head).to(memory_format=torch.contiguous_format)
     for layer in neck.fusion_stage.layers:
         layer.forward = types.MethodType(original_fusion_forward, layer)
+    for layer in neck.reassemble_stage.layers:
+        layer.forward = types.MethodType(original_reassemble_forward, layer)
     for tensor in (*maps, *neck.parameters(), *head.parameters()):
         assert tensor.ndim != 4 or tensor.is_contiguous()
     return head(neck(maps), grid).float()
@@ -202,3 +207,60 @@ def test_to_channels_last_restores_weights_replaced_by_contiguous_ones():
         assert model.head.conv1.weight.is_contiguous(memory_format=CL)
         assert model.neck.fusion_stage.layers[0].projection.weight.is_contiguous(memory_format=CL)
         assert relative_difference(model(pixel_values).predicted_depth, before) <= 1e-5
+
+
+@pytest.mark.parametrize("stride, conv_bias, grid", [(4, False, (5, 7)), (2, False, (6, 3)), (2, True, (1, 4)),
+                                                    (3, True, (3, 5)), (4, True, (1, 1))])
+def test_transposed_conv_then_conv3x3_is_the_two_modules_in_float64(stride, conv_bias, grid):
+    """The composed transposed convolution equals conv(resize(x)) to float64 rounding, values and gradients (every
+    weight, the input), at the borders too (a 1x1 grid is all border), with and without a bias on the 3x3 conv."""
+    torch.manual_seed(stride)
+    resize = torch.nn.ConvTranspose2d(6, 5, stride, stride=stride).double()
+    conv = torch.nn.Conv2d(5, 4, 3, padding=1, bias=conv_bias).double()
+    x = torch.randn(2, 6, *grid, dtype=torch.float64, requires_grad=True)
+    expected = conv(resize(x))
+    actual = transposed_conv_then_conv3x3(x, resize, conv)
+    assert actual.shape == expected.shape == (2, 4, grid[0] * stride, grid[1] * stride)
+    assert torch.allclose(actual, expected, rtol=0, atol=1e-13 * expected.abs().max().item())
+    grad = torch.randn_like(expected)
+    params = [x, *resize.parameters(), *conv.parameters()]
+    for name, a, e in zip(["x", "resize.weight", "resize.bias", "conv.weight", "conv.bias"],
+                          torch.autograd.grad(actual, params, grad), torch.autograd.grad(expected, params, grad)):
+        assert torch.allclose(a, e, rtol=0, atol=1e-12 * e.abs().max().item()), name
+
+
+def test_compiled_neck_composes_the_upsampling_scales_and_predicts_the_same_depth(monkeypatch):
+    """Under torch.compile (`is_compiling` true) the two upsampling reassemble layers run `transposed_conv_then_conv3x3`
+    on their channels-last maps, and the model predicts what the modules (transformers' order) predict; eager calls
+    keep the modules."""
+    from jetvit_hf.models.jetvit import modeling_jetvit_heads
+
+    model = tiny_depth_model()
+    pixel_values = torch.randn(2, 3, 40, 56, generator=torch.Generator().manual_seed(3))
+    calls = []
+
+    def spy(x, resize, conv):
+        calls.append((x.is_contiguous(memory_format=CL), resize.stride))
+        out = transposed_conv_then_conv3x3(x, resize, conv)
+        assert out.is_contiguous(memory_format=CL)
+        return out
+
+    monkeypatch.setattr(modeling_jetvit_heads, "transposed_conv_then_conv3x3", spy)
+    with torch.no_grad():
+        eager = model(pixel_values).predicted_depth
+        assert calls == []
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+        composed = model(pixel_values).predicted_depth
+    assert calls == [(True, (4, 4)), (True, (2, 2))]
+    expected = original_depth(model, pixel_values)
+    assert expected.std() > 0.1 * expected.abs().mean()
+    assert relative_difference(composed, expected) <= 1e-5 and relative_difference(eager, expected) <= 1e-5
+
+
+def test_transposed_conv_then_conv3x3_refuses_other_shapes():
+    x = torch.randn(1, 4, 3, 3)
+    conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+    with pytest.raises(ValueError, match="kernel = stride"):
+        transposed_conv_then_conv3x3(x, torch.nn.ConvTranspose2d(4, 4, 3, stride=2), conv)
+    with pytest.raises(ValueError, match="3x3 convolution with stride 1 and padding 1"):
+        transposed_conv_then_conv3x3(x, torch.nn.ConvTranspose2d(4, 4, 2, stride=2), torch.nn.Conv2d(4, 4, 3))

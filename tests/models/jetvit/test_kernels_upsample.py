@@ -2,6 +2,8 @@
 `F.interpolate(align_corners=True)` (on a GPU, or on the CPU through Triton's interpreter with TRITON_INTERPRET=1), and
 the dispatch rules of `ops_jetvit.upsample_bilinear`."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -99,7 +101,8 @@ def test_runs_on_only_channels_last_cuda_maps():
 def test_depth_model_with_the_kernels_matches_interpolate(monkeypatch, compiled):
     """A bf16 depth model on the GPU (the fusion layers' upsamplings through this kernel, the head's upsampling and
     convolutions after conv1 through `kernels_jetvit_depth_head.py`; eager, or compiled without graph breaks) predicts
-    what its modules predict with F.interpolate everywhere, to bf16 rounding."""
+    what its modules predict with F.interpolate everywhere, to bf16 rounding: measured against the same model in float32,
+    its error is at most twice that of the bf16 modules (or 1% of the largest depth)."""
     if kernels_jetvit_upsample.triton is None:
         pytest.skip("triton is not installed")
     from test_dpt_channels_last import tiny_depth_model
@@ -119,5 +122,10 @@ def test_depth_model_with_the_kernels_matches_interpolate(monkeypatch, compiled)
         monkeypatch.setattr(ops_jetvit, "upsample_bilinear_runs_on", lambda x: False)
         monkeypatch.setattr(ops_jetvit, "upsampled_depth_head_runs_on", lambda x: False)
         expected = model(pixel_values).predicted_depth.float()
-    assert expected.std() > 0.1 * expected.abs().mean()
-    assert ((actual - expected).abs().max() / expected.abs().max()).item() < 3e-2
+        reference = copy.deepcopy(model).float()(pixel_values.float()).predicted_depth
+    assert reference.std() > 0.1 * reference.abs().mean()
+
+    def error(depth):
+        return ((depth - reference).abs().max() / reference.abs().max()).item()
+
+    assert error(actual) <= max(2 * error(expected), 1e-2), (error(actual), error(expected))
