@@ -21,6 +21,11 @@ DEFAULT_ITERS = {"cuda": 50, "cpu": 5}
 DEFAULT_WARMUP = {"cuda": 10, "cpu": 2}
 # transformers' model as it is usually run, left uncompiled when the run compiles, for same-run ratios
 NEVER_COMPILED = ("hf-eager",)
+# Inductor's pad_mm pass pads a GEMM whose rows are not a multiple of 8 (7082 or 8197 tokens) when, timed once at
+# compile time, the padded GEMM is 10% faster: a noisy decision, cached for the process, that in one DA-V2-L run
+# padded a projection of every layer in both JetViT columns (0.6 ms more of a 14 ms forward, benchmarks/README.md).
+# cuBLAS runs these shapes unpadded, so every compiled column is compiled without it, for runs that repeat.
+INDUCTOR_OPTIONS = {"shape_padding": False}
 # ours, not a torch.compile mode: Inductor's default compile, each input shape's forward captured as one CUDA graph
 WHOLE_GRAPH_MODE = "cuda-graph"
 
@@ -52,7 +57,9 @@ class RunSettings:
         }
 
     def compile_record(self) -> dict | None:
-        return {"mode": self.compile_mode or "default", "dynamic": False} if self.compile else None
+        if not self.compile:
+            return None
+        return {"mode": self.compile_mode or "default", "dynamic": False, "inductor_options": dict(INDUCTOR_OPTIONS)}
 
 
 def _settings(device, dtype, warmup, iters, compile, compile_mode, sdpa_backend, profile, fuse_qkv=True,
@@ -114,9 +121,13 @@ def _maybe_compile(module: torch.nn.Module, settings: RunSettings, name: str = "
         if hasattr(torch._dynamo.config, option):
             setattr(torch._dynamo.config, option, max(getattr(torch._dynamo.config, option), 64))
     if settings.compile_mode == WHOLE_GRAPH_MODE:
-        return WholeForwardGraph(torch.compile(module, dynamic=False))
+        return WholeForwardGraph(torch.compile(module, dynamic=False, options=INDUCTOR_OPTIONS))
+    import torch._inductor
+
     mode = None if settings.compile_mode in (None, "default") else settings.compile_mode
-    return torch.compile(module, mode=mode, dynamic=False)
+    # torch.compile takes a mode or options, not both: the mode's own options, then ours
+    mode_options = torch._inductor.list_mode_options(mode, dynamic=False) if mode is not None else {}
+    return torch.compile(module, dynamic=False, options={**mode_options, **INDUCTOR_OPTIONS})
 
 
 class WholeForwardGraph:

@@ -162,12 +162,18 @@ def test_cli_cpu_benchmark_writes_consistent_json(preset, tmp_path, capsys):
 
 def test_hf_eager_baseline_stays_uncompiled(monkeypatch):
     """`hf-eager` is transformers' model exactly as built, also when the run compiles everything else."""
-    compiled = []
-    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: compiled.append(module) or ("compiled", module))
+    compiled, options = [], []
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: compiled.append(module) or
+                        options.append(kwargs) or ("compiled", module))
     settings = _settings("cpu", None, 1, 1, True, None, None, False)
     module = torch.nn.Linear(2, 2)
     assert _maybe_compile(module, settings, "hf-eager") is module
     assert _maybe_compile(module, settings, "hf") == ("compiled", module) and compiled == [module]
+    # every compiled column without Inductor's timed shape padding, the mode's own options kept
+    assert options == [{"dynamic": False, "options": {"shape_padding": False}}]
+    _maybe_compile(module, _settings("cpu", None, 1, 1, True, "reduce-overhead", None, False), "hf")
+    assert options[-1]["options"] == {"triton.cudagraphs": True, "shape_padding": False}
+    assert "mode" not in options[-1]
     result = bench.benchmark("tiny", device="cpu", resolution=32, batch_size=1, warmup=1, iters=1, progress=False,
                              baselines=["hf-eager", "hf"], profile=False)
     assert list(result["results"]) == ["hf", "hf-eager", "jetvit"]
