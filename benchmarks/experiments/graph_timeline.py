@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository r
 from jetvit_hf.bench.device import GpuStateSampler, gpu_uuid  # noqa: E402
 from jetvit_hf.bench.models import _model_factories  # noqa: E402
 from jetvit_hf.bench.specs import _hybrid_types, resolve_model_spec  # noqa: E402
-from jetvit_hf.bench.timing import WholeForwardGraph, _settings  # noqa: E402
+from jetvit_hf.bench.timing import _maybe_compile, _settings  # noqa: E402
 from jetvit_hf.io import atomic_write_json  # noqa: E402
 
 
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     with torch.inference_mode(), GpuStateSampler(gpu_uuid(settings.device)) as clocks:
         for name, (description, build) in factories.items():
             model = build(settings.device, settings.dtype)
-            forward = WholeForwardGraph(torch.compile(model, dynamic=False))
+            forward = _maybe_compile(model, settings)  # `jetvit bench`'s compile and CUDA graph
             for batch in (int(b) for b in args.batch_sizes.split(",")):
                 pixels = torch.randn(batch, 3, height, width, device="cuda", dtype=settings.dtype)
                 for _ in range(3):

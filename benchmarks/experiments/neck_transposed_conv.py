@@ -23,7 +23,7 @@ from jetvit_hf.bench import measure  # noqa: E402
 from jetvit_hf.bench.models import _model_factories  # noqa: E402
 from jetvit_hf.bench.profiling import profile_forward  # noqa: E402
 from jetvit_hf.bench.specs import _hybrid_types, resolve_model_spec  # noqa: E402
-from jetvit_hf.bench.timing import WholeForwardGraph, _random_pixels, _run_context, _settings  # noqa: E402
+from jetvit_hf.bench.timing import _maybe_compile, _random_pixels, _run_context, _settings  # noqa: E402
 from jetvit_hf.io import atomic_write_json  # noqa: E402
 
 
@@ -46,13 +46,13 @@ def main(argv=None) -> int:
               "preset": args.preset, "resolution": args.resolution, "rounds": args.rounds,
               "timing": "bs1 latency, `measure` medians (30 iterations) per round, median over interleaved rounds"}
     forwards = {}
-    with torch.inference_mode(), _run_context(settings):
+    with _run_context(settings):  # inference mode, cuDNN autotuning, as `jetvit bench` runs
         model = build(settings.device, settings.dtype)
         modules = copy.deepcopy(model)  # the same weights
         for layer in modules.neck.reassemble_stage.layers:
             layer.__class__ = ModulesReassembleLayer
         for name, variant in (("composed", model), ("modules", modules)):
-            forwards[name] = WholeForwardGraph(torch.compile(variant, dynamic=False))
+            forwards[name] = _maybe_compile(variant, settings)  # `jetvit bench`'s compile and CUDA graph
         pixels = _random_pixels(spec.jetvit_config, 1, resolution, settings)
         outputs = {name: forward(pixel_values=pixels).predicted_depth.float() for name, forward in forwards.items()}
         record["max_relative_difference"] = ((outputs["composed"] - outputs["modules"]).abs().max()
