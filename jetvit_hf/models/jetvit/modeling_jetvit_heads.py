@@ -78,7 +78,8 @@ class JetViTReassembleLayer(nn.Module):
         hidden_state = self.projection(hidden_state)
         if isinstance(self.resize, nn.ConvTranspose2d) and torch.compiler.is_compiling():
             # compiled, the upsampling scales run as one transposed convolution (the same function, fewer FLOPs);
-            # eager single calls measured slower with it (benchmarks/experiments/README.md), so they keep the modules
+            # eager, a whole neck's call measured 2.4 ms slower with it, its ops alone 0.09 ms faster: unexplained
+            # (benchmarks/experiments/README.md), so eager calls keep the modules
             return transposed_conv_then_conv3x3(hidden_state, self.resize, conv)
         return conv(self.resize(hidden_state))
 
