@@ -46,12 +46,13 @@ def upsampled_depth_head_runs_on(x: torch.Tensor) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _upsampled_depth_head_kernel(z_ptr, b2_ptr, w3_ptr, b3_ptr, out_ptr, max_depth, H_in, W_in, H_out, W_out,
-                                     scale_h, scale_w, stride_zb, stride_zh, stride_zw, stride_ob, stride_oh,
-                                     C: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr,
-                                     SIGMOID: tl.constexpr):
+    def _upsampled_depth_head_kernel(z_ptr, tap_bias_ptr, b2_ptr, w3_ptr, b3_ptr, out_ptr, max_depth, H_in, W_in,
+                                     H_out, W_out, scale_h, scale_w, stride_zb, stride_zh, stride_zw, stride_ob,
+                                     stride_oh, C: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr,
+                                     SIGMOID: tl.constexpr, HAS_TAP_BIAS: tl.constexpr):
         """One program: BLOCK_W depth pixels of output row `oy` of image `b`. z holds the nine taps' C channels side
-        by side (`[b, y, x, t * C + c]`); each tap reads its bilinear sample at the pixel's shifted position."""
+        by side (`[b, y, x, t * C + c]`); each tap reads its bilinear sample at the pixel's shifted position and,
+        with HAS_TAP_BIAS, adds its bias (`tap_bias_ptr[t * C + c]`, fp32) where it lies inside the map."""
         row = tl.program_id(0)  # rows on the grid's first axis: the others are limited to 65535
         b = row // H_out
         oy = row % H_out
@@ -87,6 +88,9 @@ if triton is not None:
                 top = (1.0 - wx) * z00 + wx * z01
                 bottom = (1.0 - wx) * z10 + wx * z11
                 acc += (1.0 - wy) * top + wy * bottom
+                if HAS_TAP_BIAS:
+                    tap_bias = tl.load(tap_bias_ptr + channel, mask=c_ok, other=0.0)
+                    acc += tl.where(x_ok[:, None], tap_bias[None, :], 0.0)
         b2 = tl.load(b2_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
         w3 = tl.load(w3_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
         hidden = tl.maximum(acc + b2[None, :], 0.0)
@@ -110,12 +114,23 @@ def conv2_taps(x: torch.Tensor, conv2_weight: torch.Tensor) -> torch.Tensor:
     return torch.mm(pixels, taps).view(batch, height, width, 9 * out_channels)
 
 
+def conv1_bias_taps(conv1_bias: torch.Tensor, conv2_weight: torch.Tensor) -> torch.Tensor:
+    """conv2's taps applied to conv1's bias, fp32 `[9 * out]` laid out as `conv2_taps`'s channels: a constant added
+    to every pixel of x adds this to z (and, interpolation keeping constants, to every tap's sample inside the map)."""
+    in_channels, out_channels = conv2_weight.shape[1], conv2_weight.shape[0]
+    taps = conv2_weight.permute(1, 2, 3, 0).reshape(in_channels, 9 * out_channels)
+    return conv1_bias.float() @ taps.float()
+
+
 def upsampled_depth_head_triton(x: torch.Tensor, size: tuple[int, int], conv2_weight: torch.Tensor,
                                 conv2_bias: torch.Tensor, conv3_weight: torch.Tensor, conv3_bias: torch.Tensor,
-                                sigmoid: bool, max_depth: float) -> torch.Tensor:
-    """`act(conv3(relu(conv2(F.interpolate(x, size, bilinear, align_corners=True))))) * max_depth` as `[batch,
-    height, width]`, for a conv1 output `upsampled_depth_head_runs_on` takes; conv2 is 3x3 with padding 1, conv3 is
-    1x1 to one channel, `act` is sigmoid or ReLU."""
+                                sigmoid: bool, max_depth: float, conv1_bias: torch.Tensor | None = None
+                                ) -> torch.Tensor:
+    """`act(conv3(relu(conv2(F.interpolate(x + conv1_bias, size, bilinear, align_corners=True))))) * max_depth` as
+    `[batch, height, width]`, for a conv1 output (before its bias, when `conv1_bias` is given)
+    `upsampled_depth_head_runs_on` takes; conv2 is 3x3 with padding 1, conv3 is 1x1 to one channel, `act` is sigmoid
+    or ReLU. Interpolation keeps a constant, so conv1's bias reaches each tap's sample unchanged: the kernel adds
+    `conv1_bias_taps` to the taps inside the map, and `x + conv1_bias` is never written."""
     batch, in_channels, height, width = x.shape
     out_height, out_width = size
     channels = conv2_weight.shape[0]
@@ -123,12 +138,14 @@ def upsampled_depth_head_triton(x: torch.Tensor, size: tuple[int, int], conv2_we
     if out.numel() == 0:
         return out
     z = conv2_taps(x, conv2_weight)
+    tap_bias = conv1_bias_taps(conv1_bias, conv2_weight) if conv1_bias is not None else z  # z: a placeholder
     grid = (batch * out_height, triton.cdiv(out_width, BLOCK_W))
     _upsampled_depth_head_kernel[grid](
-        z, conv2_bias, conv3_weight.reshape(-1), conv3_bias, out, float(max_depth), height, width,
+        z, tap_bias, conv2_bias, conv3_weight.reshape(-1), conv3_bias, out, float(max_depth), height, width,
         out_height, out_width, _align_corners_scale(height, out_height), _align_corners_scale(width, out_width),
         z.stride(0), z.stride(1), z.stride(2), out.stride(0), out.stride(1),
         C=channels, BLOCK_C=triton.next_power_of_2(channels), BLOCK_W=BLOCK_W, SIGMOID=sigmoid,
+        HAS_TAP_BIAS=conv1_bias is not None,
         num_warps=NUM_WARPS * (2 if x.dtype == torch.float32 else 1),  # fp32 samples take twice the registers
     )
     return out

@@ -13,8 +13,8 @@ without a transpose. Nothing here depends on the layout: NCHW inputs give the sa
 the upsampling reassemble layers' transposed convolutions and the neck's 3x3 convolutions after them run as one
 transposed convolution each (`transposed_conv_then_conv3x3`), a quarter to a third of their multiply-adds. On a GPU,
 outside autograd, the `align_corners=True` upsamplings run a Triton kernel of ours (`ops_jetvit.upsample_bilinear`),
-and the head after conv1 runs as one GEMM and one kernel that never writes the full-resolution hidden maps
-(`ops_jetvit.upsampled_depth_head`).
+and the head after conv1 (from conv1's bias on) runs as one GEMM and one kernel that never writes the full-resolution
+hidden maps (`ops_jetvit.upsampled_depth_head`).
 
 Shipped with every saved checkpoint for `trust_remote_code`: imports only torch and its flat siblings.
 """
@@ -186,13 +186,16 @@ class JetViTDepthHead(nn.Module):
 
     def forward(self, features: list[torch.Tensor], grid_size: tuple[int, int]) -> torch.Tensor:
         # conv1 stays before the upsampling: a 3x3 convolution mixes neighbours, so it does not commute with it
-        predicted_depth = self.conv1(features[self.head_in_index])
+        hidden_state = features[self.head_in_index]
         output_size = (grid_size[0] * self.patch_size, grid_size[1] * self.patch_size)
-        if upsampled_depth_head_applies(predicted_depth, self.conv2, self.conv3):
-            # the rest in one GEMM and one kernel, without the 128-channel map at full resolution (the same function)
+        if upsampled_depth_head_applies(hidden_state, self.conv1, self.conv2, self.conv3):
+            # the rest in one GEMM and one kernel, without the 128-channel map at full resolution; the kernel adds
+            # conv1's bias through conv2's taps (the same function, without a pass over conv1's output to add it)
+            hidden_state = self.conv1._conv_forward(hidden_state, self.conv1.weight, None)
             sigmoid = isinstance(self.activation2, nn.Sigmoid)
-            return upsampled_depth_head(predicted_depth, output_size, self.conv2, self.conv3, sigmoid, self.max_depth)
-        predicted_depth = upsample_bilinear(predicted_depth, output_size)
+            return upsampled_depth_head(hidden_state, self.conv1.bias, output_size, self.conv2, self.conv3, sigmoid,
+                                        self.max_depth)
+        predicted_depth = upsample_bilinear(self.conv1(hidden_state), output_size)
         predicted_depth = self.conv3(self.activation1(self.conv2(predicted_depth)))
         predicted_depth = self.activation2(predicted_depth) * self.max_depth
         return predicted_depth.squeeze(dim=1)

@@ -14,8 +14,8 @@ implementations for `torch.compile` and their autograd backwards, and the functi
 - `rope_tables(angles, dtype)`: RoPE's cos and sin tables, computed once per forward under `torch.compile` too.
 - `upsample_bilinear(x, size)`: the DPT neck's and head's `align_corners=True` bilinear upsampling of channels-last
   maps (`kernels_jetvit_upsample.py`), for inference.
-- `upsampled_depth_head(x, size, ...)`: the depth head after conv1 (upsample, conv2, ReLU, conv3, activation, scale)
-  without the full-resolution hidden maps (`kernels_jetvit_depth_head.py`), for inference.
+- `upsampled_depth_head(x, conv1_bias, size, ...)`: the depth head after conv1 (conv1's bias, upsample, conv2, ReLU,
+  conv3, activation, scale) without the full-resolution hidden maps (`kernels_jetvit_depth_head.py`), for inference.
 
 Linear attention runs as two ops (the dynamic convolution's kernels are computed from the first op's V sum between
 them) so that `torch.compile` keeps whole graphs. Inputs are `[batch, tokens, heads, head_dim]` with a contiguous last
@@ -365,29 +365,34 @@ _define_op("upsample_bilinear", _upsample_bilinear_forward, _upsample_bilinear_f
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# jetvit::upsampled_depth_head
+# jetvit::upsampled_depth_head_with_conv1_bias
 # ----------------------------------------------------------------------------------------------------------------------
+# (Versions before it ran `jetvit::upsampled_depth_head`, the same without `conv1_bias`; their checkpoints' remote code
+# registers that op itself.)
 
 
 def _upsampled_depth_head_forward(
-    x: Tensor, conv2_weight: Tensor, conv2_bias: Tensor, conv3_weight: Tensor, conv3_bias: Tensor, height: int,
-    width: int, sigmoid: bool, max_depth: float
+    x: Tensor, conv1_bias: Tensor | None, conv2_weight: Tensor, conv2_bias: Tensor, conv3_weight: Tensor,
+    conv3_bias: Tensor, height: int, width: int, sigmoid: bool, max_depth: float
 ) -> Tensor:
     if upsampled_depth_head_runs_on(x):
         return upsampled_depth_head_triton(x, (height, width), conv2_weight, conv2_bias, conv3_weight, conv3_bias,
-                                           sigmoid, max_depth)
+                                           sigmoid, max_depth, conv1_bias)
+    if conv1_bias is not None:
+        x = x + conv1_bias.view(1, -1, 1, 1)
     hidden = torch.relu(torch.nn.functional.conv2d(_interpolate(x, (height, width)), conv2_weight, conv2_bias,
                                                    padding=1))
     depth = torch.nn.functional.conv2d(hidden, conv3_weight, conv3_bias)
     return ((torch.sigmoid(depth) if sigmoid else torch.relu(depth)) * max_depth).squeeze(1)
 
 
-def _upsampled_depth_head_fake(x, conv2_weight, conv2_bias, conv3_weight, conv3_bias, height, width, sigmoid,
-                               max_depth):
+def _upsampled_depth_head_fake(x, conv1_bias, conv2_weight, conv2_bias, conv3_weight, conv3_bias, height, width,
+                               sigmoid, max_depth):
     return x.new_empty(x.shape[0], height, width)
 
 
-_define_op("upsampled_depth_head", _upsampled_depth_head_forward, _upsampled_depth_head_fake)  # inference only
+_define_op("upsampled_depth_head_with_conv1_bias", _upsampled_depth_head_forward,  # inference only
+           _upsampled_depth_head_fake)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -443,17 +448,23 @@ def upsample_bilinear(x: Tensor, size) -> Tensor:
     return _interpolate(x, size)
 
 
-def upsampled_depth_head_applies(x: Tensor, conv2: torch.nn.Conv2d, conv3: torch.nn.Conv2d) -> bool:
-    """Whether `upsampled_depth_head` runs its kernel on conv1's output `x`: a channels-last CUDA map, outside
-    autograd (the kernel has no backward), with the convs' biases (Depth Anything's head has them)."""
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *conv2.parameters(), *conv3.parameters()))
+def upsampled_depth_head_applies(x: Tensor, conv1: torch.nn.Conv2d, conv2: torch.nn.Conv2d,
+                                 conv3: torch.nn.Conv2d) -> bool:
+    """Whether the head runs `upsampled_depth_head`'s kernel on conv1's input `x` (conv1 keeps its layout, dtype and
+    device): a channels-last CUDA map, outside autograd (the kernel has no backward), with conv2's and conv3's
+    biases (Depth Anything's head has them)."""
+    parameters = (*conv1.parameters(), *conv2.parameters(), *conv3.parameters())
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *parameters))
     return upsampled_depth_head_runs_on(x) and conv2.bias is not None and conv3.bias is not None and not needs_grad
 
 
-def upsampled_depth_head(x: Tensor, size, conv2: torch.nn.Conv2d, conv3: torch.nn.Conv2d, sigmoid: bool,
-                         max_depth: float) -> Tensor:
-    """Depth Anything's head after conv1, `act(conv3(relu(conv2(upsample(x, size))))) * max_depth` as `[batch,
-    height, width]` (`act`: sigmoid or ReLU), without the full-resolution hidden maps: one GEMM and one Triton kernel
-    (`kernels_jetvit_depth_head.py`) where `upsampled_depth_head_applies`, the same ops in PyTorch elsewhere."""
-    return torch.ops.jetvit.upsampled_depth_head(x, conv2.weight, conv2.bias, conv3.weight, conv3.bias, size[0],
-                                                 size[1], sigmoid, max_depth)
+def upsampled_depth_head(x: Tensor, conv1_bias: Tensor | None, size, conv2: torch.nn.Conv2d, conv3: torch.nn.Conv2d,
+                         sigmoid: bool, max_depth: float) -> Tensor:
+    """Depth Anything's head after conv1, `act(conv3(relu(conv2(upsample(x + conv1_bias, size))))) * max_depth` as
+    `[batch, height, width]` (`x`: conv1's output before its bias; `act`: sigmoid or ReLU), without the
+    full-resolution hidden maps: one GEMM (conv1's bias in its epilogue, so `x + conv1_bias` is never written) and one
+    Triton kernel (`kernels_jetvit_depth_head.py`) where `upsampled_depth_head_applies`, the same ops in PyTorch
+    elsewhere."""
+    return torch.ops.jetvit.upsampled_depth_head_with_conv1_bias(x, conv1_bias, conv2.weight, conv2.bias,
+                                                                 conv3.weight, conv3.bias, size[0], size[1], sigmoid,
+                                                                 max_depth)

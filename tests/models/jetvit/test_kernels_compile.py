@@ -125,14 +125,16 @@ def test_upsample_kernel_compiles_for_sm90_without_spills(compiled_kernels, dtyp
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-@pytest.mark.parametrize("sigmoid", [False, True])
-def test_depth_head_kernel_compiles_for_sm90_without_spills(compiled_kernels, dtype, sigmoid):
+@pytest.mark.parametrize("sigmoid, with_conv1_bias", [(False, True), (True, False)])
+def test_depth_head_kernel_compiles_for_sm90_without_spills(compiled_kernels, dtype, sigmoid, with_conv1_bias):
     from jetvit_hf.models.jetvit.kernels_jetvit_depth_head import upsampled_depth_head_triton
 
     x = torch.randn(1, 128, 16, 20).to(dtype).contiguous(memory_format=torch.channels_last)
     conv2_weight, conv2_bias = torch.randn(32, 128, 3, 3).to(dtype), torch.randn(32).to(dtype)
     conv3_weight, conv3_bias = torch.randn(1, 32, 1, 1).to(dtype), torch.randn(1).to(dtype)
-    upsampled_depth_head_triton(x, (28, 35), conv2_weight, conv2_bias, conv3_weight, conv3_bias, sigmoid, 1.0)
+    conv1_bias = torch.randn(128).to(dtype) if with_conv1_bias else None
+    upsampled_depth_head_triton(x, (28, 35), conv2_weight, conv2_bias, conv3_weight, conv3_bias, sigmoid, 1.0,
+                                conv1_bias)
     check(compiled_kernels, {"_upsampled_depth_head_kernel"})
     (_, kernel), = compiled_kernels
     print(resource_usage(kernel))
