@@ -108,18 +108,21 @@ def conv2_taps(x: torch.Tensor, conv2_weight: torch.Tensor) -> torch.Tensor:
     """z: every tap of conv2 (`[out, in, 3, 3]`) applied to each pixel of `x` (`[batch, in, height, width]`) as one
     GEMM, `[batch, height, width, 9 * out]` with channel `t * out + o` tap `t = 3 ky + kx` of output channel `o`."""
     batch, in_channels, height, width = x.shape
-    out_channels = conv2_weight.shape[0]
-    taps = conv2_weight.permute(1, 2, 3, 0).reshape(in_channels, 9 * out_channels).to(x.dtype)
     pixels = x.permute(0, 2, 3, 1).reshape(-1, in_channels)  # channels-last: a view
-    return torch.mm(pixels, taps).view(batch, height, width, 9 * out_channels)
+    return torch.mm(pixels, _tap_matrix(conv2_weight).to(x.dtype)).view(batch, height, width, -1)
 
 
 def conv1_bias_taps(conv1_bias: torch.Tensor, conv2_weight: torch.Tensor) -> torch.Tensor:
     """conv2's taps applied to conv1's bias, fp32 `[9 * out]` laid out as `conv2_taps`'s channels: a constant added
     to every pixel of x adds this to z (and, interpolation keeping constants, to every tap's sample inside the map)."""
-    in_channels, out_channels = conv2_weight.shape[1], conv2_weight.shape[0]
-    taps = conv2_weight.permute(1, 2, 3, 0).reshape(in_channels, 9 * out_channels)
-    return conv1_bias.float() @ taps.float()
+    return conv1_bias.float() @ _tap_matrix(conv2_weight).float()
+
+
+def _tap_matrix(conv2_weight: torch.Tensor) -> torch.Tensor:
+    """conv2's `[out, in, 3, 3]` weight as the `[in, 9 * out]` matrix whose column `t * out + o` is tap `t = 3 ky + kx`
+    of output channel `o`."""
+    out_channels, in_channels = conv2_weight.shape[:2]
+    return conv2_weight.permute(1, 2, 3, 0).reshape(in_channels, 9 * out_channels)
 
 
 def upsampled_depth_head_triton(x: torch.Tensor, size: tuple[int, int], conv2_weight: torch.Tensor,

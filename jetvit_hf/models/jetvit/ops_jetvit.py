@@ -462,9 +462,9 @@ def upsampled_depth_head(x: Tensor, conv1_bias: Tensor | None, size, conv2: torc
                          sigmoid: bool, max_depth: float) -> Tensor:
     """Depth Anything's head after conv1, `act(conv3(relu(conv2(upsample(x + conv1_bias, size))))) * max_depth` as
     `[batch, height, width]` (`x`: conv1's output before its bias; `act`: sigmoid or ReLU), without the
-    full-resolution hidden maps: one GEMM (conv1's bias in its epilogue, so `x + conv1_bias` is never written) and one
-    Triton kernel (`kernels_jetvit_depth_head.py`) where `upsampled_depth_head_applies`, the same ops in PyTorch
-    elsewhere."""
+    full-resolution hidden maps: one GEMM and one Triton kernel, which adds conv1's bias through conv2's taps (so
+    `x + conv1_bias` is never written; `kernels_jetvit_depth_head.py`), where `upsampled_depth_head_applies`, the same
+    ops in PyTorch elsewhere."""
     return torch.ops.jetvit.upsampled_depth_head_with_conv1_bias(x, conv1_bias, conv2.weight, conv2.bias,
                                                                  conv3.weight, conv3.bias, size[0], size[1], sigmoid,
                                                                  max_depth)

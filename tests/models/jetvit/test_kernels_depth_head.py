@@ -118,8 +118,9 @@ def test_op_pytorch_path_and_fake_implementation():
 
 
 def test_head_takes_the_kernel_only_outside_autograd_on_channels_last_cuda_maps(monkeypatch):
-    """`JetViTDepthHead` hands conv1's output to the op where `upsampled_depth_head_applies` (relative and metric
-    heads alike, the same depth as its modules); a map or weights that need gradients keep the modules."""
+    """`JetViTDepthHead` hands conv1's output before its bias, and the bias, to the op where
+    `upsampled_depth_head_applies` (relative and metric heads alike, the same depth as its modules); a map or weights
+    that need gradients keep the modules."""
     conv1 = torch.nn.Conv2d(6, 6, 3, padding=1)
     conv2, conv3 = head_weights(6, 8, torch.float32, "cpu")
     x = torch.randn(1, 6, 4, 5).contiguous(memory_format=torch.channels_last)
