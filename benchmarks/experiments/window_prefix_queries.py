@@ -44,12 +44,8 @@ from benchmarks.experiments.common import (  # noqa: E402
     vit_l_inputs,
 )
 from jetvit_hf.io import atomic_write_json  # noqa: E402
-from jetvit_hf.models.jetvit.kernels_jetvit_linear import (  # noqa: E402
-    _block_d,
-    _load_rotated,
-    _rope_tables,
-    _swap_halves,
-)
+from jetvit_hf.models.jetvit.kernels_jetvit_linear import _block_d, _load_rotated, _rope_tables  # noqa: E402
+from jetvit_hf.models.jetvit.kernels_jetvit_window_backward import _swap_halves  # noqa: E402
 from jetvit_hf.models.jetvit.kernels_jetvit_window import (  # noqa: E402
     _online_softmax_start,
     _online_softmax_step,

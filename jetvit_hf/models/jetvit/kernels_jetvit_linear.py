@@ -55,27 +55,14 @@ if triton is not None:
         return offs_d, d_mask
 
     @triton.jit
-    def _swap_halves(x, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
-        """`x` with its column halves exchanged, in registers: column c gets column (c + BLOCK_D / 2) % BLOCK_D."""
-        pairs = tl.permute(tl.reshape(x, (ROWS, 2, BLOCK_D // 2)), (0, 2, 1))
-        first, second = tl.split(pairs)
-        return tl.reshape(tl.permute(tl.join(second, first), (0, 2, 1)), (ROWS, BLOCK_D))
-
-    @triton.jit
     def _load_rotated(base, offs_n, stride_n, offs_d, mask, cos_ptr, sin_ptr, num_prefix,
-                      HEAD_DIM: tl.constexpr, HAS_ROPE: tl.constexpr, RELU: tl.constexpr = True,
-                      SWAP_PARTNER: tl.constexpr = False):
+                      HEAD_DIM: tl.constexpr, HAS_ROPE: tl.constexpr, RELU: tl.constexpr = True):
         """A [BLOCK_N, BLOCK_D] tile of q or k (rows `offs_n`), RoPE applied to its patch tokens (in fp32), back in its
-        own dtype, then ReLU'd when `RELU`. RoPE's rotate-half partner of a column (d/2 further on, sign -1, or d/2
-        back, sign +1) is loaded a second time, or with SWAP_PARTNER taken from the loaded tile by exchanging its
-        column halves in registers (only where partners are BLOCK_D / 2 columns apart: d == BLOCK_D)."""
+        own dtype, then ReLU'd when `RELU`."""
         x = tl.load(base + offs_n[:, None] * stride_n + offs_d[None, :], mask=mask, other=0.0)
         if HAS_ROPE:
-            if SWAP_PARTNER:
-                x_partner = _swap_halves(x, x.shape[0], x.shape[1])
-            else:
-                partner = (offs_d + HEAD_DIM // 2) % HEAD_DIM
-                x_partner = tl.load(base + offs_n[:, None] * stride_n + partner[None, :], mask=mask, other=0.0)
+            partner = (offs_d + HEAD_DIM // 2) % HEAD_DIM  # rotate_half: x[j + d/2] with sign -1, x[j - d/2] with +1
+            x_partner = tl.load(base + offs_n[:, None] * stride_n + partner[None, :], mask=mask, other=0.0)
             sign = tl.where(offs_d < HEAD_DIM // 2, -1.0, 1.0)
             patch = offs_n - num_prefix
             table_mask = mask & (patch >= 0)[:, None]
@@ -110,7 +97,7 @@ if triton is not None:
         num_tokens, num_heads, num_prefix, tokens_per_split,
         stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, HAS_ROPE: tl.constexpr,
-        IEEE_FP32: tl.constexpr, SWAP_PARTNER: tl.constexpr,
+        IEEE_FP32: tl.constexpr,
     ):
         """One (image, head, sequence split): partial sums of relu(k)^T v, relu(k) and patch v, packed in one row."""
         batch_head = tl.program_id(0)
@@ -129,8 +116,7 @@ if triton is not None:
         for offset in range(0, tokens_per_split, BLOCK_N):
             offs_n = start + offset + tl.arange(0, BLOCK_N)
             mask = (offs_n < num_tokens)[:, None] & d_mask[None, :]
-            k = _load_rotated(k_base, offs_n, stride_kn, offs_d, mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM, HAS_ROPE,
-                              SWAP_PARTNER=SWAP_PARTNER)
+            k = _load_rotated(k_base, offs_n, stride_kn, offs_d, mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM, HAS_ROPE)
             v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=mask, other=0.0)
             if IEEE_FP32:
                 state += tl.dot(tl.trans(k), v, input_precision="ieee")
@@ -197,41 +183,24 @@ if triton is not None:
         stride_qb, stride_qn, stride_qh, stride_vb, stride_vn, stride_vh, stride_ob, stride_on,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr,
         KERNEL_SIZE: tl.constexpr, HAS_CONV: tl.constexpr, HAS_ROPE: tl.constexpr, IEEE_FP32: tl.constexpr,
-        SWAP_PARTNER: tl.constexpr, BLOCK_ROWS: tl.constexpr,
     ):
         """BLOCK_N tokens x BLOCK_E output channels of one (image, head) (a column block keeps registers low).
 
-        The tokens are BLOCK_N consecutive ones when BLOCK_ROWS is 0; otherwise a block of BLOCK_ROWS patch-grid rows
-        by BLOCK_N / BLOCK_ROWS columns (so that the convolution's taps overlap more), after programs of the prefix
-        tokens alone (`_output_programs`).
         For half-precision inputs `state_ptr` holds the state's high half-precision part and `state_lo_ptr`,
         `state_scale_ptr` its low part and column scales (`_state_split_kernel`); for fp32 inputs, the state itself."""
         batch_head = tl.program_id(0)
         batch = batch_head // num_heads
         head = batch_head % num_heads
-        if BLOCK_ROWS == 0:
-            offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-            n_mask = offs_n < num_tokens
-        else:
-            block_cols: tl.constexpr = BLOCK_N // BLOCK_ROWS
-            prefix_programs = tl.cdiv(num_prefix, BLOCK_N)
-            program = tl.program_id(1)
-            grid_block = tl.maximum(program - prefix_programs, 0)
-            blocks_per_row = tl.cdiv(grid_w, block_cols)
-            row = (grid_block // blocks_per_row) * BLOCK_ROWS + tl.arange(0, BLOCK_N) // block_cols
-            col = (grid_block % blocks_per_row) * block_cols + tl.arange(0, BLOCK_N) % block_cols
-            prefix_rows = program * BLOCK_N + tl.arange(0, BLOCK_N)
-            in_prefix = program < prefix_programs
-            offs_n = tl.where(in_prefix, prefix_rows, num_prefix + row * grid_w + col)
-            n_mask = tl.where(in_prefix, prefix_rows < num_prefix, (row < grid_h) & (col < grid_w))
+        offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, BLOCK_D)
         offs_e = tl.program_id(2) * BLOCK_E + tl.arange(0, BLOCK_E)
+        n_mask = offs_n < num_tokens
         d_mask = offs_d < HEAD_DIM
         e_mask = offs_e < HEAD_DIM
 
         q_base = q_ptr + batch * stride_qb + head * stride_qh
         q = _load_rotated(q_base, offs_n, stride_qn, offs_d, n_mask[:, None] & d_mask[None, :], cos_ptr, sin_ptr,
-                          num_prefix, HEAD_DIM, HAS_ROPE, SWAP_PARTNER=SWAP_PARTNER)
+                          num_prefix, HEAD_DIM, HAS_ROPE)
         state_cells = batch_head * HEAD_DIM * HEAD_DIM + offs_d[:, None] * HEAD_DIM + offs_e[None, :]
         state_mask = d_mask[:, None] & e_mask[None, :]
         if IEEE_FP32:
@@ -272,10 +241,6 @@ if triton is not None:
 # results in benchmarks/results/).
 STATE_BLOCK_N, STATE_WARPS, STATE_PROGRAMS_PER_SM, STATE_STAGES = 64, 4, 4, 2
 OUTPUT_BLOCK_N, OUTPUT_BLOCK_E, OUTPUT_WARPS = 32, 64, 2  # BLOCK_E splits head dims above 64 into column blocks
-OUTPUT_BLOCK_ROWS = 0  # token blocks of consecutive tokens (`_output_kernel`'s BLOCK_ROWS)
-# Whether the state and output kernels take RoPE's partner columns from the loaded q/k tile (in registers) rather than
-# loading them again, where the tile is the head (`_load_rotated`'s SWAP_PARTNER).
-STATE_SWAP_PARTNER, OUTPUT_SWAP_PARTNER = True, True
 FINALIZE_BLOCK, FINALIZE_SPLITS = 256, 16  # a [splits, BLOCK] tile per load
 SPLIT_COLUMNS = 16
 ROTATE_BLOCK_N = 32  # rows per program of the RoPE pass
@@ -298,22 +263,6 @@ def _sequence_splits(batch_heads: int, num_tokens: int, block_n: int, device: to
     splits = max(1, min(splits_to_fill, triton.cdiv(num_tokens, block_n)))
     tokens_per_split = triton.cdiv(triton.cdiv(num_tokens, splits), block_n) * block_n
     return triton.cdiv(num_tokens, tokens_per_split), tokens_per_split
-
-
-def _swaps_partner(head_dim: int, wanted: bool) -> bool:
-    """`_load_rotated`'s SWAP_PARTNER: as `wanted` where a q/k tile is exactly the head (d a power of two >= 16)."""
-    return wanted and head_dim == _block_d(head_dim)
-
-
-def _output_token_blocks(num_tokens: int, num_prefix: int, grid_size, block_n: int, block_rows: int) -> int:
-    """The output kernel's programs per (image, head, column block): BLOCK_N consecutive tokens each, or with
-    `block_rows` the prefix tokens' programs and then a block of `block_rows` grid rows each."""
-    if not block_rows:
-        return triton.cdiv(num_tokens, block_n)
-    if block_n % block_rows:
-        raise ValueError(f"block_rows={block_rows} must divide block_n={block_n}")
-    grid_blocks = triton.cdiv(grid_size[0], block_rows) * triton.cdiv(grid_size[1], block_n // block_rows)
-    return triton.cdiv(num_prefix, block_n) + grid_blocks
 
 
 def _rope_tables(cos, sin, reference: torch.Tensor):
@@ -346,7 +295,7 @@ def rope_unrotated(grad, cos, sin, num_prefix: int) -> torch.Tensor:
 
 
 def linear_attention_state_triton(key, value, cos, sin, num_prefix: int, block_n=None, num_warps=None,
-                                  programs_per_sm=None, num_stages=None, swap_partner=None):
+                                  programs_per_sm=None, num_stages=None):
     """`linear_attention_state_torch` on the GPU: fp32 partial sums per sequence split, then their fixed-order sum.
     The keyword arguments override the launch settings above (benchmarks and tests sweep them)."""
     batch, num_tokens, heads, head_dim = key.shape
@@ -361,9 +310,8 @@ def linear_attention_state_triton(key, value, cos, sin, num_prefix: int, block_n
         num_tokens, heads, num_prefix, tokens_per_split,
         key.stride(0), key.stride(1), key.stride(2), value.stride(0), value.stride(1), value.stride(2),
         HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), BLOCK_N=block_n, HAS_ROPE=cos is not key,
-        IEEE_FP32=key.dtype == torch.float32,
-        SWAP_PARTNER=_swaps_partner(head_dim, STATE_SWAP_PARTNER if swap_partner is None else swap_partner),
-        num_warps=num_warps or STATE_WARPS, num_stages=num_stages or STATE_STAGES,
+        IEEE_FP32=key.dtype == torch.float32, num_warps=num_warps or STATE_WARPS,
+        num_stages=num_stages or STATE_STAGES,
     )
     state = torch.empty(batch, heads, head_dim, head_dim, device=key.device, dtype=torch.float32)
     key_sum = torch.empty(batch, heads, head_dim, device=key.device, dtype=torch.float32)
@@ -388,8 +336,7 @@ def split_state(state: torch.Tensor, dtype: torch.dtype):
 
 
 def linear_attention_output_triton(query, value, state, key_sum, conv_weight, cos, sin, num_prefix: int, grid_size,
-                                   eps: float, block_n=None, block_e=None, num_warps=None, block_rows=None,
-                                   swap_partner=None):
+                                   eps: float, block_n=None, block_e=None, num_warps=None):
     """`linear_attention_output_torch` on the GPU, `[batch, tokens, heads * head_dim]` in the dtype of `query`. The
     keyword arguments override the launch settings above (benchmarks and tests sweep them)."""
     batch, num_tokens, heads, head_dim = query.shape
@@ -401,17 +348,13 @@ def linear_attention_output_triton(query, value, state, key_sum, conv_weight, co
     cos, sin = _rope_tables(cos, sin, query)
     ieee = query.dtype == torch.float32
     state_parts = (state.contiguous(),) * 3 if ieee else split_state(state, query.dtype)  # fp32 reads the state
-    block_rows = OUTPUT_BLOCK_ROWS if block_rows is None else block_rows
-    token_blocks = _output_token_blocks(num_tokens, num_prefix, grid_size, block_n, block_rows)
-    _output_kernel[(batch * heads, token_blocks, triton.cdiv(head_dim, block_e))](
+    _output_kernel[(batch * heads, triton.cdiv(num_tokens, block_n), triton.cdiv(head_dim, block_e))](
         query, value, *state_parts, key_sum.contiguous(), weight, cos, sin, out,
         num_tokens, heads, num_prefix, grid_size[0], grid_size[1], 1.0 / num_tokens, eps,
         query.stride(0), query.stride(1), query.stride(2), value.stride(0), value.stride(1), value.stride(2),
         out.stride(0), out.stride(1),
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_E=block_e,
         KERNEL_SIZE=conv_weight.shape[-1] if has_conv else 1, HAS_CONV=has_conv, HAS_ROPE=cos is not query,
-        IEEE_FP32=ieee, SWAP_PARTNER=_swaps_partner(head_dim, OUTPUT_SWAP_PARTNER if swap_partner is None else
-                                                    swap_partner),
-        BLOCK_ROWS=block_rows, num_warps=num_warps or OUTPUT_WARPS,
+        IEEE_FP32=ieee, num_warps=num_warps or OUTPUT_WARPS,
     )
     return out

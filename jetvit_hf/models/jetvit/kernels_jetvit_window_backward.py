@@ -60,7 +60,7 @@ except ImportError:  # CPU-only installs: ops_jetvit.py recomputes the PyTorch p
 # ----------------------------------------------------------------------------------------------------------------------
 
 if triton is not None:
-    from .kernels_jetvit_linear import _head_columns, _load_rotated, _swap_halves
+    from .kernels_jetvit_linear import _head_columns, _load_rotated
     from .kernels_jetvit_window import _window_program, _window_tokens
 
     @triton.jit
@@ -71,6 +71,13 @@ if triton is not None:
         else:
             mask = valid[:, None] & d_mask[None, :]
         return mask
+
+    @triton.jit
+    def _swap_halves(x, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+        """`x` with its column halves exchanged, in registers: column c gets column (c + BLOCK_D / 2) % BLOCK_D."""
+        pairs = tl.permute(tl.reshape(x, (ROWS, 2, BLOCK_D // 2)), (0, 2, 1))
+        first, second = tl.split(pairs)
+        return tl.reshape(tl.permute(tl.join(second, first), (0, 2, 1)), (ROWS, BLOCK_D))
 
     @triton.jit
     def _unrotate(grad, tokens, offs_d, mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM: tl.constexpr,

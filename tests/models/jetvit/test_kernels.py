@@ -616,36 +616,6 @@ def test_compiled_training_step_runs_the_fused_backwards(monkeypatch):
         torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize("num_prefix, block_rows", [(5, 0), (5, 1), (17, 4), (0, 8)])
-@pytest.mark.parametrize("swap_partner", [False, True])
-def test_triton_kernels_token_blocks_and_rope_partner(num_prefix, block_rows, swap_partner):
-    """The state and output kernels with RoPE's partner columns swapped in registers or loaded, and the output kernel
-    over blocks of grid rows (ragged at the grid's edges, the prefix tokens in programs of their own, two of them
-    where there are 17) or of consecutive tokens, equal float64."""
-    device = triton_device(torch.float32)
-    grid, dim = (7, 10), 32
-    q, k, v, conv_weight = random_inputs(2, num_prefix, grid, 2, dim, 3, device=device, scale=3.0, seed=11)
-    cos, sin = (t.to(device) for t in rope_tables(grid[0] * grid[1], dim, seed=12))
-    state, key_sum, value_sum = linear_attention_state_triton(k, v, cos, sin, num_prefix, swap_partner=swap_partner)
-    q64, k64, v64, w64, cos64, sin64 = (t.double() for t in (q, k, v, conv_weight, cos, sin))
-    for actual, expected in zip((state, key_sum, value_sum),
-                                linear_attention_state_torch(k64, v64, cos64, sin64, num_prefix)):
-        assert relative_error(actual, expected) < 1e-5
-    out = linear_attention_output_triton(q, v, state, key_sum, conv_weight, cos, sin, num_prefix, grid, 1e-6,
-                                         block_n=16, block_rows=block_rows, swap_partner=swap_partner)
-    expected = reference_block(q64, k64, v64, w64, num_prefix, grid, 1e-6, cos64, sin64)
-    assert relative_error(out, expected) < 1e-5
-
-
-def test_triton_output_kernel_rejects_ragged_row_blocks():
-    device = triton_device(torch.float32)
-    q, k, v, conv_weight = random_inputs(1, 1, (4, 4), 1, 16, 3, device=device)
-    state, key_sum, _ = linear_attention_state_triton(k, v, None, None, 1)
-    with pytest.raises(ValueError, match="block_rows=3 must divide block_n=16"):
-        linear_attention_output_triton(q, v, state, key_sum, conv_weight, None, None, 1, (4, 4), 1e-6, block_n=16,
-                                       block_rows=3)
-
-
 @pytest.mark.parametrize("block_n, block_e", [(32, 16), (16, 32)])
 def test_triton_output_kernel_column_blocks(block_n, block_e):
     """The output kernel split over output-channel blocks (each reading its columns of the hi/lo state and their
