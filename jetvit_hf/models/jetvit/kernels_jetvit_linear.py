@@ -241,6 +241,9 @@ if triton is not None:
 # results in benchmarks/results/).
 STATE_BLOCK_N, STATE_WARPS, STATE_PROGRAMS_PER_SM, STATE_STAGES = 64, 4, 4, 2
 OUTPUT_BLOCK_N, OUTPUT_BLOCK_E, OUTPUT_WARPS = 32, 64, 2  # BLOCK_E splits head dims above 64 into column blocks
+# Without RoPE, 64 tokens a program on 4 warps: at Depth Anything V2-L's shape 46.1 -> 43.4 us at bs1, 310 -> 298 at bs8
+# on an H200; with RoPE 8-16% slower than the above (`h200_linear_token_blocks.json` in benchmarks/experiments/).
+OUTPUT_BLOCK_N_NO_ROPE, OUTPUT_WARPS_NO_ROPE = 64, 4
 FINALIZE_BLOCK, FINALIZE_SPLITS = 256, 16  # a [splits, BLOCK] tile per load
 SPLIT_COLUMNS = 16
 ROTATE_BLOCK_N = 32  # rows per program of the RoPE pass
@@ -340,7 +343,9 @@ def linear_attention_output_triton(query, value, state, key_sum, conv_weight, co
     """`linear_attention_output_torch` on the GPU, `[batch, tokens, heads * head_dim]` in the dtype of `query`. The
     keyword arguments override the launch settings above (benchmarks and tests sweep them)."""
     batch, num_tokens, heads, head_dim = query.shape
-    block_n, block_d = block_n or OUTPUT_BLOCK_N, _block_d(head_dim)
+    rope = cos is not None
+    block_n, block_d = block_n or (OUTPUT_BLOCK_N if rope else OUTPUT_BLOCK_N_NO_ROPE), _block_d(head_dim)
+    num_warps = num_warps or (OUTPUT_WARPS if rope else OUTPUT_WARPS_NO_ROPE)
     block_e = min(block_e or OUTPUT_BLOCK_E, block_d)
     out = torch.empty(batch, num_tokens, heads * head_dim, device=query.device, dtype=query.dtype)
     has_conv = conv_weight is not None
@@ -355,6 +360,6 @@ def linear_attention_output_triton(query, value, state, key_sum, conv_weight, co
         out.stride(0), out.stride(1),
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_E=block_e,
         KERNEL_SIZE=conv_weight.shape[-1] if has_conv else 1, HAS_CONV=has_conv, HAS_ROPE=cos is not query,
-        IEEE_FP32=ieee, num_warps=num_warps or OUTPUT_WARPS,
+        IEEE_FP32=ieee, num_warps=num_warps,
     )
     return out
