@@ -99,3 +99,66 @@ def experiment_record(rounds: int, **fields) -> dict:
             "command": " ".join(sys.argv), **fields,
             "timing": f"CUDA graph of 20 calls, median of 50 replays, per call; {rounds} interleaved rounds, median",
             "runs": {}}
+
+
+def whole_model_parser(description: str) -> argparse.ArgumentParser:
+    """The command line of the experiments on variants of a whole model (`compiled_variants_record`): its preset and
+    resolution, the interleaved rounds and the output JSON."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--preset", default="depth-anything-v2-l")
+    parser.add_argument("--resolution", default="1022x1358")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--output", default=None)
+    return parser
+
+
+def compiled_variants_record(args, make_variants) -> dict:
+    """Builds the random hybrid of `args.preset` as `jetvit bench` does, makes `make_variants(model)` of it (`{name:
+    module}`, the first the reference), compiles each and captures it as one CUDA graph (`--compile-mode
+    cuda-graph`), compares their depth maps with the reference's, times them at batch 1 in `args.rounds` interleaved
+    rounds in one process (so the machine's clock hits all alike), then profiles one call of each (kernel time by
+    category and the top kernels). A variant that does not compile is recorded under "errors"."""
+    from jetvit_hf.bench import measure
+    from jetvit_hf.bench.models import _model_factories
+    from jetvit_hf.bench.profiling import profile_forward
+    from jetvit_hf.bench.specs import _hybrid_types, resolve_model_spec
+    from jetvit_hf.bench.timing import _maybe_compile, _random_pixels, _run_context, _settings
+
+    if not torch.cuda.is_available():
+        raise SystemExit(f"{Path(sys.argv[0]).name}: needs a CUDA GPU")
+    resolution = tuple(int(v) for v in args.resolution.split("x"))
+    spec = resolve_model_spec(args.preset, None, None, None)
+    types, _ = _hybrid_types(spec, None)
+    settings = _settings("cuda", "bfloat16", 10, 30, True, "cuda-graph", None, False)
+    (_, build), = _model_factories(spec, types, (), settings).values()
+    record = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "command": " ".join(sys.argv),
+              "preset": args.preset, "resolution": args.resolution, "rounds": args.rounds,
+              "timing": "bs1 latency in ms, `measure` medians (30 iterations) per round, median over interleaved rounds",
+              "errors": {}}
+    with _run_context(settings):  # inference mode, cuDNN autotuning, as `jetvit bench` runs
+        pixels = _random_pixels(spec.jetvit_config, 1, resolution, settings)
+        forwards, outputs = {}, {}
+        for name, variant in make_variants(build(settings.device, settings.dtype)).items():
+            try:
+                forward = _maybe_compile(variant, settings)  # `jetvit bench`'s compile and CUDA graph
+                outputs[name] = forward(pixel_values=pixels).predicted_depth.float().clone()
+                forwards[name] = forward
+            except Exception as error:  # noqa: BLE001 - a variant that does not compile is a result too
+                record["errors"][name] = f"{type(error).__name__}: {str(error)[:500]}"
+                print(name, "failed:", record["errors"][name], flush=True)
+        reference = next(iter(outputs.values()))
+        record["depth_std_over_max"] = (reference.std() / reference.abs().max()).item()  # 0: a saturated head
+        record["max_relative_difference"] = {
+            name: ((out - reference).abs().max() / reference.abs().max()).item() for name, out in outputs.items()}
+        print("max relative difference", record["max_relative_difference"], flush=True)
+        timers = {name: (lambda forward=forward: measure(lambda: forward(pixel_values=pixels), settings)["median_ms"])
+                  for name, forward in forwards.items()}
+        record["bs1_ms"], record["spread_ms"] = interleaved_medians(timers, args.rounds)
+        print("bs1 ms", record["bs1_ms"], "spread", record["spread_ms"], flush=True)
+        record["profiles"] = {}
+        for name, forward in forwards.items():
+            profile = profile_forward(lambda forward=forward: forward(pixel_values=pixels), settings, top=40)
+            record["profiles"][name] = {key: profile[key] for key in ("gpu_kernel_ms", "kernel_ms_by_category",
+                                                                      "top_kernels") if key in profile}
+            print(name, profile.get("gpu_kernel_ms"), profile.get("kernel_ms_by_category"), flush=True)
+    return record
