@@ -9,8 +9,8 @@ random hybrid (paper-2full), each built as `jetvit bench` builds it, compiled an
 - `head kernel adds conv1's bias`: `upsampled_depth_head` with conv1's bias, which its kernel adds per tap;
   what the model runs;
 - `both`: also each residual unit's first convolution, bias and ReLU as cuDNN's fused `torch.cudnn_convolution_relu`
-  (inference only: it has no backward). Not shipped: compiled, it changed the depth by 31% of its largest value
-  (`experiments/README.md`).
+  (inference only: it has no backward). Not shipped: in the model's form it broke `fullgraph` compiles and raised
+  peak memory, and in one of two runs it changed the depth by 31% of its largest value (`experiments/README.md`).
 
     python benchmarks/experiments/neck_head_epilogues.py --output neck_head_epilogues.json   # on a CUDA GPU
 """
