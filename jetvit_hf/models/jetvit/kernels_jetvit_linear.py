@@ -343,9 +343,9 @@ def linear_attention_output_triton(query, value, state, key_sum, conv_weight, co
     """`linear_attention_output_torch` on the GPU, `[batch, tokens, heads * head_dim]` in the dtype of `query`. The
     keyword arguments override the launch settings above (benchmarks and tests sweep them)."""
     batch, num_tokens, heads, head_dim = query.shape
-    rope = cos is not None
-    block_n, block_d = block_n or (OUTPUT_BLOCK_N if rope else OUTPUT_BLOCK_N_NO_ROPE), _block_d(head_dim)
-    num_warps = num_warps or (OUTPUT_WARPS if rope else OUTPUT_WARPS_NO_ROPE)
+    has_rope = cos is not None
+    block_n, block_d = block_n or (OUTPUT_BLOCK_N if has_rope else OUTPUT_BLOCK_N_NO_ROPE), _block_d(head_dim)
+    num_warps = num_warps or (OUTPUT_WARPS if has_rope else OUTPUT_WARPS_NO_ROPE)
     block_e = min(block_e or OUTPUT_BLOCK_E, block_d)
     out = torch.empty(batch, num_tokens, heads * head_dim, device=query.device, dtype=query.dtype)
     has_conv = conv_weight is not None
@@ -359,7 +359,7 @@ def linear_attention_output_triton(query, value, state, key_sum, conv_weight, co
         query.stride(0), query.stride(1), query.stride(2), value.stride(0), value.stride(1), value.stride(2),
         out.stride(0), out.stride(1),
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_E=block_e,
-        KERNEL_SIZE=conv_weight.shape[-1] if has_conv else 1, HAS_CONV=has_conv, HAS_ROPE=cos is not query,
+        KERNEL_SIZE=conv_weight.shape[-1] if has_conv else 1, HAS_CONV=has_conv, HAS_ROPE=has_rope,
         IEEE_FP32=ieee, num_warps=num_warps,
     )
     return out
