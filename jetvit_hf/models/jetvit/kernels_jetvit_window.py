@@ -5,9 +5,11 @@ Each patch query attends to the patches of its `window_size` x `window_size` win
 registers), and each prefix query attends to every token. The window kernel reads q/k/v straight from the projection
 output (`[batch, tokens, heads, head_dim]`, strided views are fine), applies RoPE on load, runs an online softmax over
 the prefix keys and the window's keys, and writes `[batch, tokens, heads * head_dim]`: no partition, padding or
-prefix-concatenation copies. The prefix queries' softmax over all tokens is split into partials that a small kernel
-merges: with RoPE each window program also runs them over keys it has rotated anyway; without, one extra program per
-few windows does, reading tiles its neighbours just brought into L2 (faster there, see WINDOW_PREFIX_GROUP).
+prefix-concatenation copies. Windows at the grid's bottom and right edges are clipped to it (`_clipped_window`), so no
+block of queries or keys is spent on padding. The prefix queries' softmax over all tokens is split into partials that a
+small kernel merges: with RoPE each window program also runs them over keys it has rotated anyway; without, one extra
+program per few windows does, reading tiles its neighbours just brought into L2 (faster there, see
+WINDOW_PREFIX_GROUP).
 
 Uses the RoPE-on-load tile loader and the launch helpers of `kernels_jetvit_linear.py`; its window geometry helpers
 are shared with the backward kernels (`kernels_jetvit_window_backward.py`). Shipped with every saved checkpoint for
@@ -49,11 +51,31 @@ if triton is not None:
 
     @triton.jit
     def _window_tokens(top, left, t, num_prefix, grid_h, grid_w, WINDOW: tl.constexpr):
-        """Token indices of the window positions `t` (row-major in the window whose top-left patch is `top`, `left`)
-        and whether each is a real patch: padding past the window or the grid is not."""
+        """Token indices of the window positions `t` (row-major in the whole `WINDOW` x `WINDOW` box whose top-left
+        patch is `top`, `left`) and whether each is a real patch: padding past the window or the grid is not. Where
+        windows tile the grid this is `_clipped_window_tokens`; the experiments' kernel variants use it for any grid."""
         row, col = top + t // WINDOW, left + t % WINDOW
         valid = (t < WINDOW * WINDOW) & (row < grid_h) & (col < grid_w)
         return num_prefix + row * grid_w + col, valid
+
+    @triton.jit
+    def _clipped_window(top, left, grid_h, grid_w, WINDOW: tl.constexpr):
+        """Width and number of patches of the window at (`top`, `left`) clipped to the grid. The kernels number a
+        window's patches row-major within this clipped box, so windows at the bottom and right edges spend no query or
+        key blocks on padding: a 37x37 grid in windows of 16 (518 px) takes 21 pairs of 128-row blocks per head instead
+        of 36, Depth Anything's 73x97 (1022x1358) 125 instead of 140 (`benchmarks/experiments/window_clipped.py`). A
+        window past the grid has no patches."""
+        width = tl.minimum(grid_w - left, WINDOW)
+        return width, tl.maximum(tl.minimum(grid_h - top, WINDOW), 0) * width
+
+    @triton.jit
+    def _clipped_window_tokens(top, left, t, width, count, num_prefix, grid_h, grid_w, WINDOW: tl.constexpr,
+                               EVEN: tl.constexpr):
+        """`_window_tokens` over the clipped window of `_clipped_window` (`width`, `count` patches); EVEN (windows tile
+        the grid, so none is clipped) is `_window_tokens` itself, dividing by the compile-time WINDOW."""
+        if EVEN:
+            return _window_tokens(top, left, t, num_prefix, grid_h, grid_w, WINDOW)
+        return num_prefix + (top + t // width) * grid_w + left + t % width, t < count
 
     @triton.jit
     def _online_softmax_step(q, k, v, valid, m_i, l_i, acc, qk_scale, PRECISION: tl.constexpr,
@@ -81,18 +103,18 @@ if triton is not None:
         return m_i, tl.sum(p, axis=1), tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
 
     @triton.jit
-    def _window_keys(k_base, v_base, cos_ptr, sin_ptr, top, left, key_block, offs_d, d_mask, num_prefix, grid_h,
-                     grid_w, stride_kn, stride_vn, HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr,
-                     BLOCK_N: tl.constexpr, HAS_ROPE: tl.constexpr, MASKED: tl.constexpr):
-        """Key block `key_block` of the window at (`top`, `left`): its keys (RoPE applied), values and which of its
-        rows are real patches. MASKED loads only those rows (not needed when windows tile the grid and blocks the
-        windows)."""
-        tokens, valid = _window_tokens(top, left, key_block * BLOCK_N + tl.arange(0, BLOCK_N), num_prefix, grid_h,
-                                       grid_w, WINDOW)
-        if MASKED:
-            mask = valid[:, None] & d_mask[None, :]
-        else:
+    def _window_keys(k_base, v_base, cos_ptr, sin_ptr, top, left, width, count, key_block, offs_d, d_mask, num_prefix,
+                     grid_h, grid_w, stride_kn, stride_vn, HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr,
+                     BLOCK_N: tl.constexpr, HAS_ROPE: tl.constexpr, EVEN: tl.constexpr):
+        """Key block `key_block` of the clipped window at (`top`, `left`) (`_clipped_window`): its keys (RoPE
+        applied), values and which of its rows are real patches, the only ones loaded unless EVEN (windows tile the
+        grid and blocks the windows)."""
+        tokens, valid = _clipped_window_tokens(top, left, key_block * BLOCK_N + tl.arange(0, BLOCK_N), width, count,
+                                               num_prefix, grid_h, grid_w, WINDOW, EVEN)
+        if EVEN:
             mask = d_mask[None, :]
+        else:
+            mask = valid[:, None] & d_mask[None, :]
         k = _load_rotated(k_base, tokens, stride_kn, offs_d, mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM, HAS_ROPE,
                           RELU=False)
         v = tl.load(v_base + tokens[:, None] * stride_vn + offs_d[None, :], mask=mask, other=0.0)
@@ -119,11 +141,13 @@ if triton is not None:
         PREFIX_STAGES: tl.constexpr, EVEN: tl.constexpr,
     ):
         """One block of BLOCK_M patch queries of one window and head: online softmax over the prefix keys and the
-        window's keys (padding outside the grid masked), reading and writing the token-major tensors directly.
+        window's keys, reading and writing the token-major tensors directly. Windows are clipped to the grid
+        (`_clipped_window`): a block past a clipped window's patches has nothing to do, and its key loop stops at the
+        window's last patch.
 
         The prefix queries attend to every key; their partial softmaxes go to `_prefix_merge_kernel`, one of two ways:
         - PREFIX_GROUP == 0: each program also runs them over its share of the window's key blocks (key block b goes
-          to query block b % query_blocks; the prefix keys to window 0's first block), reusing the rotated keys it has
+          to query block b % (the window's query blocks); the prefix keys to window 0's first), reusing the keys it has
           loaded: no second pass over K/V, and so the cheaper way with RoPE. `splits` = programs per image and head.
         - PREFIX_GROUP == G > 0: every G windows get one program more (after their query blocks in the grid), which
           runs the prefix queries over those windows' keys (PREFIX_STAGES-pipelined; the neighbours it follows have just
@@ -151,6 +175,12 @@ if triton is not None:
             split = pid % splits
             patch_program = True
             owns_prefix_keys = split == 0  # window 0's first query block
+        if EVEN:  # no window is clipped
+            width, count, window_key_blocks, window_query_blocks = WINDOW, WINDOW * WINDOW, key_blocks, query_blocks
+        else:
+            width, count = _clipped_window(top, left, grid_h, grid_w, WINDOW)
+            window_key_blocks, window_query_blocks = tl.cdiv(count, BLOCK_N), tl.cdiv(count, BLOCK_M)
+            patch_program = patch_program & (block * BLOCK_M < count)
         offs_d = tl.arange(0, BLOCK_D)
         d_mask = offs_d < HEAD_DIM
         q_base = q_ptr + batch * stride_qb + head * stride_qh
@@ -173,21 +203,26 @@ if triton is not None:
                     prefix_q, prefix_k, prefix_v, p_valid, prefix_m, prefix_l, prefix_acc, qk_scale, PRECISION)
 
         if patch_program:
-            q_tokens, q_valid = _window_tokens(top, left, block * BLOCK_M + tl.arange(0, BLOCK_M), num_prefix,
-                                               grid_h, grid_w, WINDOW)
+            q_tokens, q_valid = _clipped_window_tokens(top, left, block * BLOCK_M + tl.arange(0, BLOCK_M), width, count,
+                                                       num_prefix, grid_h, grid_w, WINDOW, EVEN)
             q_mask = q_valid[:, None] & d_mask[None, :]
             q = _load_rotated(q_base, q_tokens, stride_qn, offs_d, q_mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM,
                               HAS_ROPE, RELU=False)
             m_i, l_i, acc = _online_softmax_start(q, prefix_k, prefix_v, p_valid, qk_scale, PRECISION)
+            # a compile-time trip count, the blocks past the window's patches skipped: a run-time trip count made the
+            # compiler spill more (88 bytes against 56 without RoPE) and cost 2% at Depth Anything's shape
             for key_block in tl.range(0, key_blocks, num_stages=KEY_STAGES):  # software-pipelined K/V loads
-                k, v, k_valid = _window_keys(k_base, v_base, cos_ptr, sin_ptr, top, left, key_block, offs_d, d_mask,
-                                             num_prefix, grid_h, grid_w, stride_kn, stride_vn, HEAD_DIM, WINDOW,
-                                             BLOCK_N, HAS_ROPE, not EVEN)
-                m_i, l_i, acc = _online_softmax_step(q, k, v, k_valid, m_i, l_i, acc, qk_scale, PRECISION, not EVEN)
-                if HAS_PREFIX and PREFIX_GROUP == 0:
-                    if key_block % query_blocks == block:
-                        prefix_m, prefix_l, prefix_acc = _online_softmax_step(
-                            prefix_q, k, v, k_valid, prefix_m, prefix_l, prefix_acc, qk_scale, PRECISION, not EVEN)
+                if key_block < window_key_blocks:
+                    k, v, k_valid = _window_keys(k_base, v_base, cos_ptr, sin_ptr, top, left, width, count, key_block,
+                                                 offs_d, d_mask, num_prefix, grid_h, grid_w, stride_kn, stride_vn,
+                                                 HEAD_DIM, WINDOW, BLOCK_N, HAS_ROPE, EVEN)
+                    m_i, l_i, acc = _online_softmax_step(q, k, v, k_valid, m_i, l_i, acc, qk_scale, PRECISION,
+                                                         not EVEN)
+                    if HAS_PREFIX and PREFIX_GROUP == 0:
+                        if key_block % window_query_blocks == block:
+                            prefix_m, prefix_l, prefix_acc = _online_softmax_step(
+                                prefix_q, k, v, k_valid, prefix_m, prefix_l, prefix_acc, qk_scale, PRECISION,
+                                not EVEN)
             out = acc / l_i[:, None]
             tl.store(o_ptr + batch * stride_ob + q_tokens[:, None] * stride_on + head * HEAD_DIM + offs_d[None, :],
                      out.to(o_ptr.dtype.element_ty), mask=q_mask)
@@ -195,9 +230,10 @@ if triton is not None:
             if prefix_program:  # over the group's windows' keys (a window past the last one has none)
                 for step in tl.range(0, PREFIX_GROUP * key_blocks, num_stages=PREFIX_STAGES):
                     top, left = _window_corner(split * PREFIX_GROUP + step // key_blocks, window_cols, WINDOW)
-                    k, v, k_valid = _window_keys(k_base, v_base, cos_ptr, sin_ptr, top, left, step % key_blocks,
-                                                 offs_d, d_mask, num_prefix, grid_h, grid_w, stride_kn, stride_vn,
-                                                 HEAD_DIM, WINDOW, BLOCK_N, HAS_ROPE, True)
+                    width, count = _clipped_window(top, left, grid_h, grid_w, WINDOW)
+                    k, v, k_valid = _window_keys(k_base, v_base, cos_ptr, sin_ptr, top, left, width, count,
+                                                 step % key_blocks, offs_d, d_mask, num_prefix, grid_h, grid_w,
+                                                 stride_kn, stride_vn, HEAD_DIM, WINDOW, BLOCK_N, HAS_ROPE, False)
                     prefix_m, prefix_l, prefix_acc = _online_softmax_step(
                         prefix_q, k, v, k_valid, prefix_m, prefix_l, prefix_acc, qk_scale, PRECISION)
                 _store_prefix_partial(prefix_acc_ptr, prefix_stats_ptr, partial, offs_p, offs_d, p_valid, prefix_m,

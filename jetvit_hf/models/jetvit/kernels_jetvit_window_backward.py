@@ -2,10 +2,10 @@
 `ops_jetvit.py` calls `window_attention_backward_triton` on CUDA tensors when Triton is installed.
 
 Semantics are those of the forward (`kernels_jetvit_window.py`, `window_attention_torch`): each patch query attends to
-its `window_size` x `window_size` window (padding past the grid masked) plus every prefix token, each prefix query to
-every token; RoPE is applied to the patch tokens of q and k in one pass before the kernels (`pre_rotate`, the
-default; or as the kernels load them), and the gradients of the rotated q and k are rotated back (the transpose
-rotation, `unrotate_grad`) before they are stored. With `s = q k^T` (rotated), the
+its `window_size` x `window_size` window (clipped to the grid, `_clipped_window`, as the forward's blocks are) plus
+every prefix token, each prefix query to every token; RoPE is applied to the patch tokens of q and k in one pass
+before the kernels (`pre_rotate`, the default; or as the kernels load them), and the gradients of the rotated q and k
+are rotated back (the transpose rotation, `unrotate_grad`) before they are stored. With `s = q k^T` (rotated), the
 softmax `p`, `dp = dO v^T` and `ds = p (dp - delta)`, `delta = rowsum(dO * O)`:
 `dq = scale ds k`, `dk = scale ds^T q`, `dv = p^T dO`. Products accumulate in fp32; gradients are stored in the
 input dtype.
@@ -61,7 +61,7 @@ except ImportError:  # CPU-only installs: ops_jetvit.py recomputes the PyTorch p
 
 if triton is not None:
     from .kernels_jetvit_linear import _head_columns, _load_rotated
-    from .kernels_jetvit_window import _window_program, _window_tokens
+    from .kernels_jetvit_window import _clipped_window, _clipped_window_tokens, _window_program
 
     @triton.jit
     def _row_mask(valid, d_mask, EVEN: tl.constexpr):
@@ -146,9 +146,15 @@ if triton is not None:
         pid = tl.program_id(0)
         head = tl.program_id(1)
         block, window, batch, top, left = _window_program(pid, query_blocks, windows_per_image, window_cols, WINDOW)
+        if EVEN:
+            width, count, window_key_blocks, window_query_blocks = WINDOW, WINDOW * WINDOW, key_blocks, query_blocks
+        else:  # the window clipped to the grid, as the forward; a block past its patches loops over no keys
+            width, count = _clipped_window(top, left, grid_h, grid_w, WINDOW)
+            window_query_blocks = tl.cdiv(count, BLOCK_M)
+            window_key_blocks = tl.where(block < window_query_blocks, tl.cdiv(count, BLOCK_N), 0)
         offs_d, d_mask = _head_columns(HEAD_DIM, BLOCK_D, SPLIT_HALVES)
-        q_tokens, q_valid = _window_tokens(top, left, block * BLOCK_M + tl.arange(0, BLOCK_M), num_prefix, grid_h,
-                                           grid_w, WINDOW)
+        q_tokens, q_valid = _clipped_window_tokens(top, left, block * BLOCK_M + tl.arange(0, BLOCK_M), width, count,
+                                                   num_prefix, grid_h, grid_w, WINDOW, EVEN)
         q_mask = _row_mask(q_valid, d_mask, EVEN)
         q_base = q_ptr + batch * stride_qb + head * stride_qh
         q = _load_rotated(q_base, q_tokens, stride_qn, offs_d, q_mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM,
@@ -178,14 +184,14 @@ if triton is not None:
             if (window == 0) & (block == 0):
                 prefix_m, prefix_l = _logsumexp_step(prefix_q, prefix_k, p_valid, prefix_m, prefix_l, qk_scale,
                                                      PRECISION, True)
-        for key_block in range(key_blocks):
-            k_tokens, k_valid = _window_tokens(top, left, key_block * BLOCK_N + tl.arange(0, BLOCK_N), num_prefix,
-                                               grid_h, grid_w, WINDOW)
+        for key_block in range(window_key_blocks):
+            k_tokens, k_valid = _clipped_window_tokens(top, left, key_block * BLOCK_N + tl.arange(0, BLOCK_N), width,
+                                                       count, num_prefix, grid_h, grid_w, WINDOW, EVEN)
             k = _load_rotated(k_base, k_tokens, stride_kn, offs_d, _row_mask(k_valid, d_mask, EVEN), cos_ptr,
                               sin_ptr, num_prefix, HEAD_DIM, LOAD_ROPE, RELU=False)
             m_i, l_i = _logsumexp_step(q, k, k_valid, m_i, l_i, qk_scale, PRECISION, not EVEN)
             if HAS_PREFIX:
-                if key_block % query_blocks == block:  # key block b to query block b % query_blocks, as the forward
+                if key_block % window_query_blocks == block:  # key block b to query block b % blocks, as the forward
                     prefix_m, prefix_l = _logsumexp_step(prefix_q, k, k_valid, prefix_m, prefix_l, qk_scale,
                                                          PRECISION, not EVEN)
         lse = m_i + tl.math.log2(l_i)
@@ -211,9 +217,9 @@ if triton is not None:
                      tl.dot(tl.trans(prefix_ds).to(q.dtype), q, input_precision=PRECISION), mask=p_valid[:, None])
             tl.store(partial_ptr + 2 * partial_stride + cells,
                      tl.dot(tl.trans(prefix_p).to(do.dtype), do, input_precision=PRECISION), mask=p_valid[:, None])
-        for key_block in range(key_blocks):
-            k_tokens, k_valid = _window_tokens(top, left, key_block * BLOCK_N + tl.arange(0, BLOCK_N), num_prefix,
-                                               grid_h, grid_w, WINDOW)
+        for key_block in range(window_key_blocks):
+            k_tokens, k_valid = _clipped_window_tokens(top, left, key_block * BLOCK_N + tl.arange(0, BLOCK_N), width,
+                                                       count, num_prefix, grid_h, grid_w, WINDOW, EVEN)
             kv_mask = _row_mask(k_valid, d_mask, EVEN)
             k = _load_rotated(k_base, k_tokens, stride_kn, offs_d, kv_mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM,
                               LOAD_ROPE, RELU=False)
@@ -276,9 +282,14 @@ if triton is not None:
         pid = tl.program_id(0)
         head = tl.program_id(1)
         block, window, batch, top, left = _window_program(pid, key_blocks, windows_per_image, window_cols, WINDOW)
+        if EVEN:
+            width, count, window_query_blocks = WINDOW, WINDOW * WINDOW, query_blocks
+        else:  # the window clipped to the grid, as the forward; a block past its patches loops over no queries
+            width, count = _clipped_window(top, left, grid_h, grid_w, WINDOW)
+            window_query_blocks = tl.where(block < tl.cdiv(count, BLOCK_N), tl.cdiv(count, BLOCK_M), 0)
         offs_d, d_mask = _head_columns(HEAD_DIM, BLOCK_D, SPLIT_HALVES)
-        k_tokens, k_valid = _window_tokens(top, left, block * BLOCK_N + tl.arange(0, BLOCK_N), num_prefix, grid_h,
-                                           grid_w, WINDOW)
+        k_tokens, k_valid = _clipped_window_tokens(top, left, block * BLOCK_N + tl.arange(0, BLOCK_N), width, count,
+                                                   num_prefix, grid_h, grid_w, WINDOW, EVEN)
         k_mask = _row_mask(k_valid, d_mask, EVEN)
         k_base = k_ptr + batch * stride_kb + head * stride_kh
         v_base = v_ptr + batch * stride_vb + head * stride_vh
@@ -291,9 +302,9 @@ if triton is not None:
 
         dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
         dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-        for query_block in range(query_blocks):
-            q_tokens, q_valid = _window_tokens(top, left, query_block * BLOCK_M + tl.arange(0, BLOCK_M), num_prefix,
-                                               grid_h, grid_w, WINDOW)
+        for query_block in range(window_query_blocks):
+            q_tokens, q_valid = _clipped_window_tokens(top, left, query_block * BLOCK_M + tl.arange(0, BLOCK_M),
+                                                       width, count, num_prefix, grid_h, grid_w, WINDOW, EVEN)
             q_mask = _row_mask(q_valid, d_mask, EVEN)
             q = _load_rotated(q_base, q_tokens, stride_qn, offs_d, q_mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM,
                               LOAD_ROPE, RELU=False)

@@ -437,12 +437,14 @@ def test_triton_window_kernel_prefix_query_programs(prefix_group, rope):
         torch.testing.assert_close(out.cpu().double(), expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("grid", [(16, 32), (21, 35)])
 @pytest.mark.parametrize("block_m, block_n", [(128, 64), (64, 128), (256, 64)])
-def test_triton_window_kernel_launch_settings_share_the_prefix_queries(block_m, block_n):
+def test_triton_window_kernel_launch_settings_share_the_prefix_queries(grid, block_m, block_n):
     """Each window program runs the prefix queries over its share of the key blocks: more key blocks than query
-    blocks, more query blocks than key blocks, and one program per window must all cover every key exactly once."""
+    blocks, more query blocks than key blocks, and one program per window must all cover every key exactly once, also
+    in windows clipped to the grid (21x35 in windows of 16: 80, 48 and 15 patches, fewer blocks than a whole one)."""
     device = triton_device(torch.float32)
-    grid, num_prefix = (16, 32), 5
+    num_prefix = 5
     q, k, v, _ = random_inputs(1, num_prefix, grid, 2, 32, 3, device=device, scale=2.0, seed=6)
     cos, sin = (t.to(device) for t in rope_tables(grid[0] * grid[1], 32))
     out = window_attention_triton(q, k, v, cos, sin, num_prefix, grid, 16, 0.2,
