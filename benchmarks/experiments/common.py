@@ -91,6 +91,18 @@ def timed_in_graphs(timed: dict, rounds: int, errors: dict, title: str) -> dict:
     return {"median_us": medians, "spread_us": spreads, "max_abs_diff_vs_shipped": errors}
 
 
+def max_abs_diffs(timed: dict, reference: str) -> dict:
+    """The largest absolute difference of each `{name: launch}` output of `timed` from the `reference` entry's."""
+    expected = timed[reference]().float()
+    return {name: (fn().float() - expected).abs().max().item() for name, fn in timed.items()}
+
+
+def timed_against(timed: dict, reference: str, rounds: int, title: str, **fields) -> dict:
+    """A run's JSON entry: `fields`, then `timed_in_graphs` of `timed` with each output's `max_abs_diffs` from
+    `reference`'s."""
+    return {**fields, **timed_in_graphs(timed, rounds, max_abs_diffs(timed, reference), title)}
+
+
 def experiment_record(rounds: int, **fields) -> dict:
     """The header of a kernel experiment's JSON: GPU, versions, command and the timing method."""
     import triton

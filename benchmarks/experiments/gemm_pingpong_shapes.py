@@ -21,7 +21,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for `benchmarks.*`
 
 from benchmarks.bench_linear_attention import graph_ms  # noqa: E402
-from benchmarks.experiments.common import interleaved_medians  # noqa: E402
+from benchmarks.experiments.common import interleaved_medians, max_abs_diffs  # noqa: E402
 from jetvit_hf.io import atomic_write_json  # noqa: E402
 from jetvit_hf.models.jetvit.kernels_jetvit_mlp import linear_gluon  # noqa: E402
 
@@ -77,8 +77,7 @@ def main(argv=None) -> int:
                 weight = (torch.randn(n, k, device="cuda") / k ** 0.5).bfloat16()
                 bias = (torch.randn(n, device="cuda") / 4).bfloat16()
                 timed = variants(x, weight, bias, gelu)
-                reference = timed["cublas"]().float()
-                errors = {name: (fn().float() - reference).abs().max().item() for name, fn in timed.items()}
+                errors = max_abs_diffs(timed, "cublas")
                 medians, spreads = interleaved_medians(
                     {name: (lambda fn=fn: 1e3 * graph_ms(fn)) for name, fn in timed.items()}, args.rounds)
                 flops = 2 * m * n * k

@@ -40,7 +40,7 @@ from benchmarks.experiments.common import (  # noqa: E402
     experiment_record,
     kernel_experiment_parser,
     print_sm90_resources,
-    timed_in_graphs,
+    timed_against,
     vit_l_inputs,
 )
 from jetvit_hf.io import atomic_write_json  # noqa: E402
@@ -401,11 +401,8 @@ def main(argv=None) -> int:
             for shape, (grid, prefix, rope) in shapes.items():
                 q, k, v, cos, sin, _ = vit_l_inputs(batch, grid, prefix)
                 timed = variants(q, k, v, *((cos, sin) if rope else (None, None)), prefix, grid)
-                reference = timed["shipped"]().float()
-                errors = {name: (fn().float() - reference).abs().max().item() for name, fn in timed.items()}
-                result["runs"][f"{shape}_batch_{batch}"] = {
-                    "grid": grid, "num_prefix": prefix, "rope": rope,
-                    **timed_in_graphs(timed, args.rounds, errors, f"{shape} bs{batch}")}
+                result["runs"][f"{shape}_batch_{batch}"] = timed_against(
+                    timed, "shipped", args.rounds, f"{shape} bs{batch}", grid=grid, num_prefix=prefix, rope=rope)
     if args.output:
         atomic_write_json(args.output, result)
     return 0
