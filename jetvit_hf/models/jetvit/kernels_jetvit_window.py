@@ -69,6 +69,17 @@ if triton is not None:
         return width, tl.maximum(tl.minimum(grid_h - top, WINDOW), 0) * width
 
     @triton.jit
+    def _clipped_window_blocks(top, left, grid_h, grid_w, WINDOW: tl.constexpr, BLOCK_M: tl.constexpr,
+                               BLOCK_N: tl.constexpr, EVEN: tl.constexpr):
+        """`_clipped_window`'s width and patch count, and the blocks of BLOCK_M queries and of BLOCK_N keys its
+        patches fill; EVEN (windows tile the grid, so none is clipped) gives the whole window's, at compile time."""
+        if EVEN:
+            patches: tl.constexpr = WINDOW * WINDOW
+            return WINDOW, patches, (patches + BLOCK_M - 1) // BLOCK_M, (patches + BLOCK_N - 1) // BLOCK_N
+        width, count = _clipped_window(top, left, grid_h, grid_w, WINDOW)
+        return width, count, tl.cdiv(count, BLOCK_M), tl.cdiv(count, BLOCK_N)
+
+    @triton.jit
     def _clipped_window_tokens(top, left, t, width, count, num_prefix, grid_h, grid_w, WINDOW: tl.constexpr,
                                EVEN: tl.constexpr):
         """`_window_tokens` over the clipped window of `_clipped_window` (`width`, `count` patches); EVEN (windows tile
@@ -175,11 +186,9 @@ if triton is not None:
             split = pid % splits
             patch_program = True
             owns_prefix_keys = split == 0  # window 0's first query block
-        if EVEN:  # no window is clipped
-            width, count, window_key_blocks, window_query_blocks = WINDOW, WINDOW * WINDOW, key_blocks, query_blocks
-        else:
-            width, count = _clipped_window(top, left, grid_h, grid_w, WINDOW)
-            window_key_blocks, window_query_blocks = tl.cdiv(count, BLOCK_N), tl.cdiv(count, BLOCK_M)
+        width, count, window_query_blocks, window_key_blocks = _clipped_window_blocks(top, left, grid_h, grid_w,
+                                                                                      WINDOW, BLOCK_M, BLOCK_N, EVEN)
+        if not EVEN:
             patch_program = patch_program & (block * BLOCK_M < count)
         offs_d = tl.arange(0, BLOCK_D)
         d_mask = offs_d < HEAD_DIM
@@ -209,8 +218,9 @@ if triton is not None:
             q = _load_rotated(q_base, q_tokens, stride_qn, offs_d, q_mask, cos_ptr, sin_ptr, num_prefix, HEAD_DIM,
                               HAS_ROPE, RELU=False)
             m_i, l_i, acc = _online_softmax_start(q, prefix_k, prefix_v, p_valid, qk_scale, PRECISION)
-            # a compile-time trip count, the blocks past the window's patches skipped: a run-time trip count made the
-            # compiler spill more (88 bytes against 56 without RoPE) and cost 2% at Depth Anything's shape
+            # a compile-time trip count, the blocks past the window's patches skipped: with a run-time trip count the
+            # compiler spills more (88 bytes against 56 without RoPE); timed, neither was faster at every shape
+            # (`h200_window_clipped_*.json` in benchmarks/experiments/)
             for key_block in tl.range(0, key_blocks, num_stages=KEY_STAGES):  # software-pipelined K/V loads
                 if key_block < window_key_blocks:
                     k, v, k_valid = _window_keys(k_base, v_base, cos_ptr, sin_ptr, top, left, width, count, key_block,

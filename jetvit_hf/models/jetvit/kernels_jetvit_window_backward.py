@@ -61,7 +61,7 @@ except ImportError:  # CPU-only installs: ops_jetvit.py recomputes the PyTorch p
 
 if triton is not None:
     from .kernels_jetvit_linear import _head_columns, _load_rotated
-    from .kernels_jetvit_window import _clipped_window, _clipped_window_tokens, _window_program
+    from .kernels_jetvit_window import _clipped_window_blocks, _clipped_window_tokens, _window_program
 
     @triton.jit
     def _row_mask(valid, d_mask, EVEN: tl.constexpr):
@@ -142,16 +142,14 @@ if triton is not None:
         `stats_ptr`, `[2, batch, heads, tokens]`), the prefix queries' partial (max, sum) over this program's share of
         the keys, and this block's partial `dk`, `dv` of the prefix keys (slots 1 and 2 of `partial_ptr`)."""
         query_blocks: tl.constexpr = (WINDOW * WINDOW + BLOCK_M - 1) // BLOCK_M
-        key_blocks: tl.constexpr = (WINDOW * WINDOW + BLOCK_N - 1) // BLOCK_N
         pid = tl.program_id(0)
         head = tl.program_id(1)
         block, window, batch, top, left = _window_program(pid, query_blocks, windows_per_image, window_cols, WINDOW)
-        if EVEN:
-            width, count, window_key_blocks, window_query_blocks = WINDOW, WINDOW * WINDOW, key_blocks, query_blocks
-        else:  # the window clipped to the grid, as the forward; a block past its patches loops over no keys
-            width, count = _clipped_window(top, left, grid_h, grid_w, WINDOW)
-            window_query_blocks = tl.cdiv(count, BLOCK_M)
-            window_key_blocks = tl.where(block < window_query_blocks, tl.cdiv(count, BLOCK_N), 0)
+        # the window clipped to the grid, as the forward; a block past its patches loops over no keys
+        width, count, window_query_blocks, window_key_blocks = _clipped_window_blocks(top, left, grid_h, grid_w,
+                                                                                      WINDOW, BLOCK_M, BLOCK_N, EVEN)
+        if not EVEN:
+            window_key_blocks = tl.where(block < window_query_blocks, window_key_blocks, 0)
         offs_d, d_mask = _head_columns(HEAD_DIM, BLOCK_D, SPLIT_HALVES)
         q_tokens, q_valid = _clipped_window_tokens(top, left, block * BLOCK_M + tl.arange(0, BLOCK_M), width, count,
                                                    num_prefix, grid_h, grid_w, WINDOW, EVEN)
@@ -282,11 +280,11 @@ if triton is not None:
         pid = tl.program_id(0)
         head = tl.program_id(1)
         block, window, batch, top, left = _window_program(pid, key_blocks, windows_per_image, window_cols, WINDOW)
-        if EVEN:
-            width, count, window_query_blocks = WINDOW, WINDOW * WINDOW, query_blocks
-        else:  # the window clipped to the grid, as the forward; a block past its patches loops over no queries
-            width, count = _clipped_window(top, left, grid_h, grid_w, WINDOW)
-            window_query_blocks = tl.where(block < tl.cdiv(count, BLOCK_N), tl.cdiv(count, BLOCK_M), 0)
+        # the window clipped to the grid, as the forward; a block past its patches loops over no queries
+        width, count, window_query_blocks, window_key_blocks = _clipped_window_blocks(top, left, grid_h, grid_w,
+                                                                                      WINDOW, BLOCK_M, BLOCK_N, EVEN)
+        if not EVEN:
+            window_query_blocks = tl.where(block < window_key_blocks, window_query_blocks, 0)
         offs_d, d_mask = _head_columns(HEAD_DIM, BLOCK_D, SPLIT_HALVES)
         k_tokens, k_valid = _clipped_window_tokens(top, left, block * BLOCK_N + tl.arange(0, BLOCK_N), width, count,
                                                    num_prefix, grid_h, grid_w, WINDOW, EVEN)
